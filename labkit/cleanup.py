@@ -1,0 +1,212 @@
+"""Everything labkit creates, found again and released.
+
+Three rules make cleanup safe on a machine labkit shares with other software:
+
+1. Every kernel object labkit creates has a name starting with ``labkit-`` (cgroups, network
+   namespaces, links, mount points, work directories, Docker containers). Nothing else is ever
+   touched.
+2. Before creating an object, labkit *claims* it: a small owner file under /run/labkit/owners records
+   the pid (and its start time, to survive pid reuse) of the process that made it. Objects are removed
+   by their owner's context managers on success, error and interrupt.
+3. A sweep (``labkit cleanup``, and automatically before labkit creates anything new) removes only
+   objects whose owner is dead - leftovers of a crashed or killed notebook kernel - and never an
+   object another live notebook is still using.
+
+Each concern module that creates objects (cgroups, net, rootfs, vm, engine, ...) exposes two
+functions, and is listed in `SWEEP_MODULES` in the order objects must go (processes before mounts
+before namespaces before directories):
+
+    find_leftovers() -> Iterable[Leftover]     every labkit- object of that kind that exists now
+    remove_leftover(leftover: Leftover) -> None
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import InvalidValue
+
+PREFIX = "labkit-"
+STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
+OWNERS_DIR = STATE_DIR / "owners"
+WORK_DIR = STATE_DIR / "work"          # per-object scratch directories, named labkit-...
+
+# Modules that create kernel objects, in the order their leftovers must be removed.
+SWEEP_MODULES = (
+    "labkit.engine",      # engine-made containers and Docker containers named labkit-*
+    "labkit.vm",          # qemu processes (they also live in labkit cgroups)
+    "labkit.cgroups",     # every process labkit started lives in a labkit cgroup: killed here
+    "labkit.rootfs",      # overlay and bind mounts, upper directories
+    "labkit.net",         # network namespaces, veths, bridges
+    "labkit.cleanup",     # owner records and work directories nobody owns any more
+)
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Leftover:
+    """One labkit object found on the machine."""
+
+    kind: str                      # "cgroup", "netns", "link", "mount", "dir", "container", ...
+    name: str                      # the labkit- name (what the owner claimed)
+    where: str = ""                # path or location, for humans
+    owner_pid: int | None = None   # who claimed it, if anyone
+    owner_alive: bool = False      # True: in use by a live process, not a leftover
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        owner = f"owner pid {self.owner_pid} " + ("alive" if self.owner_alive else "dead") \
+            if self.owner_pid else "no owner"
+        return f"{self.kind:<10} {self.name:<28} {self.where}  ({owner})"
+
+
+# --- names -------------------------------------------------------------------------------------
+
+def unique_name(hint: str = "", max_len: int = 64) -> str:
+    """A fresh ``labkit-<hint>-<random>`` name that fits in `max_len` characters.
+
+    Interface names have max_len=15 (IFNAMSIZ - 1), so the hint is shortened first, never the random
+    part that keeps two concurrent experiments apart.
+    """
+    token = secrets.token_hex(3)
+    room = max_len - len(PREFIX) - len(token) - 1
+    hint = re.sub(r"[^A-Za-z0-9]", "", hint)[: max(room, 0)]
+    return f"{PREFIX}{hint}-{token}" if hint else f"{PREFIX}{token}"
+
+
+def checked_name(name: str, max_len: int = 64) -> str:
+    """A user-chosen name made safe: ``box`` -> ``labkit-box``; refuses anything that could escape.
+
+    Accepted: letters, digits, ``_ . -``, starting with a letter or digit, at most `max_len`
+    characters once prefixed; no ``/``, ``..``, spaces or NUL.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidValue("name", name, "a non-empty string")
+    full = name if name.startswith(PREFIX) else PREFIX + name
+    if not _NAME_OK.match(name) or ".." in name or len(full) > max_len:
+        raise InvalidValue("name", name, f"letters, digits, '_', '.', '-' (no '/', '..', spaces), "
+                                         f"at most {max_len} characters with the {PREFIX!r} prefix")
+    return full
+
+
+# --- ownership ----------------------------------------------------------------------------------
+
+def _start_time(pid: int) -> str | None:
+    """Process start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_file(kind: str, name: str) -> Path:
+    return OWNERS_DIR / kind / name
+
+
+def claim(kind: str, name: str, pid: int | None = None) -> None:
+    """Record that process `pid` (default: this one) owns object `name` of `kind`."""
+    pid = pid or os.getpid()
+    path = _owner_file(kind, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def release(kind: str, name: str) -> None:
+    """Forget the owner record of an object that has been removed."""
+    try:
+        _owner_file(kind, name).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def owner(kind: str, name: str) -> tuple[int | None, bool]:
+    """(owner pid or None, whether that owner is still the same live process)."""
+    try:
+        pid_text, started = _owner_file(kind, name).read_text().split()
+    except (OSError, ValueError):
+        return None, False
+    pid = int(pid_text)
+    return pid, _start_time(pid) == started
+
+
+def leftover(kind: str, name: str, where: str = "", **extra) -> Leftover:
+    """Build a Leftover for an object found on the machine, with its owner looked up."""
+    pid, alive = owner(kind, name)
+    return Leftover(kind, name, where, pid, alive, extra)
+
+
+def work_dir(name: str) -> Path:
+    """A scratch directory for object `name` (claimed by the caller), created empty."""
+    path = WORK_DIR / name
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+# --- this module's own kind: owner records and work directories --------------------------------
+
+def find_leftovers() -> Iterable[Leftover]:
+    if WORK_DIR.is_dir():
+        for path in sorted(WORK_DIR.iterdir()):
+            if path.name.startswith(PREFIX):
+                yield leftover("dir", path.name, str(path))
+
+
+def remove_leftover(item: Leftover) -> None:
+    import shutil
+
+    if item.kind == "dir":
+        shutil.rmtree(item.where, ignore_errors=True)
+        release("dir", item.name)
+
+
+def _stale_owner_records() -> None:
+    """Drop owner records whose object is gone and whose owner is dead."""
+    if not OWNERS_DIR.is_dir():
+        return
+    for kind_dir in OWNERS_DIR.iterdir():
+        for record in kind_dir.iterdir():
+            _, alive = owner(kind_dir.name, record.name)
+            if not alive:
+                record.unlink(missing_ok=True)
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+def _modules():
+    for name in SWEEP_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue  # that chapter's module is not part of this checkout
+        module = importlib.import_module(name)
+        if hasattr(module, "find_leftovers"):
+            yield module
+
+
+def find_all(include_in_use: bool = False) -> list[Leftover]:
+    """Every labkit object on the machine; by default only those whose owner is dead."""
+    found = []
+    for module in _modules():
+        for item in module.find_leftovers():
+            if include_in_use or not item.owner_alive:
+                found.append(item)
+    return found
+
+
+def sweep(include_in_use: bool = False) -> list[Leftover]:
+    """Remove leftovers (objects whose owner is dead); return what was removed."""
+    removed = []
+    for module in _modules():
+        for item in list(module.find_leftovers()):
+            if item.owner_alive and not include_in_use:
+                continue
+            module.remove_leftover(item)
+            removed.append(item)
+    _stale_owner_records()
+    return removed

@@ -1,0 +1,112 @@
+"""The few Linux syscalls Python's os module lacks, through ctypes on libc.
+
+Python 3.12 added os.unshare and os.setns; on 3.11 they are missing, so we call libc directly.
+Every wrapper raises OSError with errno set, exactly like the os module would, and names its target.
+These are meant to be called in *child* processes: labkit never unshares or setns-es the notebook
+kernel itself (setns is per thread, and CLONE_NEWUSER fails in a threaded process).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# Clone flags (linux/sched.h): one per namespace kind.
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# mount(2) flags (linux/mount.h)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+# prctl(2)
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+
+# Filesystem magic numbers (linux/magic.h), as runc uses them to tell cgroup v1 from v2.
+CGROUP_SUPER_MAGIC = 0x27E0EB
+CGROUP2_SUPER_MAGIC = 0x63677270
+TMPFS_MAGIC = 0x01021994
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces of the kinds in `flags`."""
+    if hasattr(os, "unshare"):
+        os.unshare(flags)
+        return
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that the open /proc/PID/ns/KIND file `fd` refers to."""
+    if hasattr(os, "setns"):
+        os.setns(fd, nstype)
+        return
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    def b(s):
+        return s.encode() if s is not None else None
+    _check(_libc.mount(b(source), b(target), b(fstype), ctypes.c_ulong(flags), b(data)),
+           f"mount {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """Make `new_root` the root of this mount namespace; the old root moves to `put_old`."""
+    SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
+    _check(_libc.syscall(ctypes.c_long(SYS_pivot_root), new_root.encode(), put_old.encode()),
+           f"pivot_root {new_root}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname {name}")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs on 64-bit Linux: f_type first, which is all we read.
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+
+def filesystem_magic(path: str) -> int:
+    """The f_type of the filesystem mounted at `path` (statfs(2)); how runc tells v1 from v2."""
+    buf = _Statfs()
+    _check(_libc.statfs(path.encode(), ctypes.byref(buf)), f"statfs {path}")
+    return buf.f_type & 0xFFFFFFFF
