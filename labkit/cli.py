@@ -1,0 +1,137 @@
+"""`labkit` on the command line: doctor, spawn, cleanup, and one subcommand per chapter.
+
+Each subcommand is one `_cmd_<name>(args) -> exit status` function plus its parser lines in
+`build_parser`. LabkitError becomes a one-line message on stderr and exit status 2 (bad input) or 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import InvalidValue, LabkitError
+
+
+# --- doctor ----------------------------------------------------------------------------------------
+
+def _cmd_doctor(args) -> int:
+    from . import host
+
+    report = host.probe(check_kvm=args.kvm)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if not report.problems else 1
+    print(f"kernel       {report.kernel} ({report.arch})")
+    print(f"cgroup mode  {report.cgroup_mode}")
+    print(f"root         {'yes' if report.root else 'no'}")
+    print(f"lab host     {'yes' if report.lab_host else 'no'}")
+    print("\ncontrollers  version  mounted at")
+    for c in report.controllers:
+        print(f"  {c.name:<10} v{c.version}       {c.mountpoint}")
+    print("\nnamespace  available  since kernel  isolates")
+    for ns in report.namespaces:
+        print(f"  {ns['kind']:<8} {'yes' if ns['available'] else 'NO ':<10} {ns['min_kernel']:<13} {ns['isolates']}")
+    print("\noptional tools")
+    for name, path in report.tools.items():
+        print(f"  {name:<9} {path or 'missing'}")
+    kvm = report.kvm
+    usable = {True: "usable", False: "present but not usable (VMs use TCG)", None: "not probed (--kvm)"}
+    print(f"  {'kvm':<9} {usable[kvm['usable']] if kvm['device'] else 'no /dev/kvm (VMs use TCG)'}")
+    print()
+    if report.problems:
+        print("verdict: NOT READY")
+        for problem in report.problems:
+            print(f"  - {problem}")
+        return 1
+    print("verdict: ready")
+    return 0
+
+
+# --- spawn -----------------------------------------------------------------------------------------
+
+def _cmd_spawn(args) -> int:
+    from . import namespaces
+
+    if not args.command:
+        raise InvalidValue("command", "", "a command after `--`, e.g. labkit spawn --ns pid -- ps")
+    result = namespaces.spawn_with_limits(
+        args.command, namespaces=args.ns, memory=args.memory, cpu=args.cpu, pids=args.pids,
+        hostname=args.hostname)
+    if result.oom_killed:
+        print(f"labkit: {args.command[0]} was killed by the OOM killer "
+              f"(memory limit {args.memory})", file=sys.stderr)
+    elif result.returncode < 0:
+        print(f"labkit: {args.command[0]} was killed by signal {-result.returncode}", file=sys.stderr)
+    return result.exit_status
+
+
+# --- cleanup ---------------------------------------------------------------------------------------
+
+def _cmd_cleanup(args) -> int:
+    from . import cleanup
+
+    if args.check:
+        found = cleanup.find_all(include_in_use=args.all)
+        if not found:
+            print("labkit cleanup --check: nothing left behind")
+            return 0
+        print(f"labkit cleanup --check: {len(found)} object(s) left behind:")
+        for item in found:
+            print("  " + item.describe())
+        return 1
+    removed = cleanup.sweep(include_in_use=args.all)
+    for item in removed:
+        print("removed " + item.describe())
+    print(f"labkit cleanup: removed {len(removed)} object(s)")
+    return 0
+
+
+# --- the parser: one block per subcommand -----------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description="Containers from kernel primitives.")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+
+    p = sub.add_parser("doctor", help="what this machine can do for the lab")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--kvm", action="store_true", help="also boot a tiny VM to see whether KVM works")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("spawn", help="run a command in new namespaces and a fresh cgroup")
+    p.add_argument("--ns", default="all",
+                   help="namespace kinds, comma-separated (cgroup,ipc,mnt,net,pid,time,user,uts) or 'all'")
+    p.add_argument("--memory", help="memory limit, e.g. 64M")
+    p.add_argument("--cpu", help="CPU limit as a fraction of one CPU, e.g. 0.5")
+    p.add_argument("--pids", help="maximum number of processes")
+    p.add_argument("--hostname", help="hostname inside (with the uts namespace)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=_cmd_spawn)
+
+    p = sub.add_parser("cleanup", help="remove what dead labkit processes left behind")
+    p.add_argument("--check", action="store_true", help="only list leftovers; exit 1 if there are any")
+    p.add_argument("--all", action="store_true", help="include objects of live labkit processes")
+    p.set_defaults(func=_cmd_cleanup)
+
+    # (chapters add their subcommands below, one block each)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        return args.func(args)
+    except InvalidValue as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 2
+    except LabkitError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
