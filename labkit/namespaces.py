@@ -1,0 +1,591 @@
+"""Namespaces: the kernel's isolation primitive, the eight kinds, and processes started inside new ones.
+
+A namespace wraps one global resource so that processes inside see their own copy of it. Each kind
+has a clone flag (what unshare(2) and clone(2) take) and a file /proc/PID/ns/KIND whose inode number
+*is* the namespace's identity: two processes share a namespace exactly when those inodes are equal.
+
+How `spawn` starts a process in new namespaces without ever touching the calling process (a
+notebook kernel is multi-threaded, and setns/unshare there would change the notebook itself):
+
+    parent (notebook)            child                              grandchild (pid 1 inside)
+    fork ------------------->    unshare(flags)
+    writes uid_map/gid_map  <--  "mapped?" (with a user namespace)
+                                 writes time offsets, then fork -->  waits on a pipe
+    reads the grandchild's  <--  reports its pid; waits for it,
+    pid, puts it in the cgroup   exits with its status
+    and releases it -------------------------------------------->   unshare(cgroup ns), mount /proc,
+                                                                    sethostname, setup steps, exec
+
+The extra fork is needed because a new pid (or time) namespace applies to the children of the
+process that unshared it, not to that process itself (without pid and time there is no grandchild:
+the child itself execs). The command is placed in its cgroup before it is released, so nothing it
+runs can escape the limits; the waiting child stays outside, so the OOM killer never picks it.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import select
+import selectors
+import signal
+import struct
+import subprocess
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from . import host, syscalls
+from .errors import InvalidValue, LabkitError, NotFound, from_oserror
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str          # the file name under /proc/PID/ns
+    flag: int          # the clone/unshare flag
+    isolates: str      # what a process inside gets its own copy of
+    min_kernel: str    # first kernel release that had it
+    unshare_option: str  # the same kind for unshare(1)
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("cgroup", syscalls.CLONE_NEWCGROUP, "its view of the cgroup tree (/proc/self/cgroup)", "4.6", "--cgroup"),
+    Kind("ipc", syscalls.CLONE_NEWIPC, "System V IPC objects and POSIX message queues", "2.6.19", "--ipc"),
+    Kind("mnt", syscalls.CLONE_NEWNS, "the mount table: what is mounted where", "2.4.19", "--mount"),
+    Kind("net", syscalls.CLONE_NEWNET, "network devices, addresses, routes, ports, firewall", "2.6.29", "--net"),
+    Kind("pid", syscalls.CLONE_NEWPID, "process ids: the first process inside is pid 1", "3.8", "--pid"),
+    Kind("time", syscalls.CLONE_NEWTIME, "the monotonic and boot-time clocks' offsets", "5.6", "--time"),
+    Kind("user", syscalls.CLONE_NEWUSER, "user and group ids, and so capabilities", "3.8", "--user"),
+    Kind("uts", syscalls.CLONE_NEWUTS, "hostname and NIS domain name", "2.6.19", "--uts"),
+)
+BY_NAME = {k.name: k for k in KINDS}
+ALIASES = {"mount": "mnt", "network": "net", "hostname": "uts"}
+
+# Kinds that only take effect in children of the process that unshares them.
+_FOR_CHILDREN = {"pid", "time"}
+
+
+def kind_available(kind: Kind) -> bool:
+    return os.path.exists(f"/proc/self/ns/{kind.name}")
+
+
+def parse_kinds(spec: str | Iterable[str] | None) -> tuple[Kind, ...]:
+    """'pid,uts' / ['pid', 'uts'] / 'all' / None -> Kind objects; unknown names are refused."""
+    if spec is None or spec == "":
+        return ()
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        return KINDS
+    kinds = []
+    for raw in names:
+        name = ALIASES.get(str(raw).strip(), str(raw).strip())
+        if name not in BY_NAME:
+            raise InvalidValue("namespace kind", raw, "one of " + ", ".join(BY_NAME) + " or 'all'")
+        if BY_NAME[name] not in kinds:
+            kinds.append(BY_NAME[name])
+    return tuple(kinds)
+
+
+def ns_inode(pid: int | str, kind: str) -> int:
+    """The inode number that identifies process `pid`'s namespace of `kind`."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError as exc:
+        raise from_oserror(exc, "read namespace of", f"pid {pid}") from None
+
+
+def identity(pid: int | str = "self") -> dict[str, int]:
+    """{kind: inode} for all eight kinds of process `pid` - equal inodes mean a shared namespace."""
+    return {k.name: ns_inode(pid, k.name) for k in KINDS if kind_available(k)}
+
+
+def children_identity(pid: int | str = "self") -> dict[str, int]:
+    """Namespaces the *children* of `pid` will get (pid_for_children, time_for_children)."""
+    return {k: ns_inode(pid, f"{k}_for_children") for k in ("pid", "time")}
+
+
+# --- starting processes ------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """What `run` returns: like subprocess.CompletedProcess, plus the host pid it had."""
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int
+
+
+class Process:
+    """A process started by `spawn`. Shaped like subprocess.Popen: wait, poll, kill, communicate.
+
+    `pid` is the host's pid of the process running your command (pid 1 inside a new pid namespace);
+    `returncode` is its exit status, or -SIGNAL when a signal killed it.
+    """
+
+    def __init__(self, args, pid: int, waiter_pid: int, stdin, stdout, stderr):
+        self.args, self.pid, self._waiter = list(args), pid, waiter_pid
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.returncode: int | None = None
+        try:  # a pidfd names exactly this process, even if its number is reused later
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
+
+    def __repr__(self):
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<Process pid={self.pid} {self.args!r} {state}>"
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self._waiter, flags)
+            except ChildProcessError:
+                pid, status = self._waiter, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                self._close_pidfd()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None and self.poll() is None:
+            waiter = os.pidfd_open(self._waiter)
+            try:
+                if not select.select([waiter], [], [], timeout)[0]:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+            finally:
+                os.close(waiter)
+        return self._reap(0)
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None or self._pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None):
+        """Feed stdin, collect stdout/stderr until the process ends; like Popen.communicate."""
+        out, err = _collect(self, input, timeout)
+        self.wait(timeout)
+        return out, err
+
+    def namespaces(self) -> dict[str, int]:
+        return identity(self.pid)
+
+    def _close_pidfd(self):
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.poll() is None:
+            self.kill()
+        self.wait()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream:
+                stream.close()
+
+
+def _collect(proc: Process, input: bytes | None, timeout: float | None):
+    """Read stdout and stderr together (so neither pipe fills up and blocks the child)."""
+    chunks = {proc.stdout: [], proc.stderr: []}
+    with selectors.DefaultSelector() as sel:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                sel.register(stream, selectors.EVENT_READ)
+        if proc.stdin:
+            if input:
+                proc.stdin.write(input)
+            proc.stdin.close()
+        deadline = None if timeout is None else _now() + timeout
+        while sel.get_map():
+            remaining = None if deadline is None else deadline - _now()
+            if remaining is not None and remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            for key, _ in sel.select(remaining):
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fileobj].append(data)
+                else:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+    out = b"".join(chunks[proc.stdout]) if proc.stdout else None
+    err = b"".join(chunks[proc.stderr]) if proc.stderr else None
+    return out, err
+
+
+def _now() -> float:
+    import time
+    return time.monotonic()
+
+
+def _stdio_fd(spec, index: int, parent_ends: list, child_fds: list):
+    """Turn None/PIPE/DEVNULL/int/file into the fd the child gets; remember pipes to close."""
+    if spec is None:
+        return None
+    if spec == PIPE:
+        r, w = os.pipe()
+        parent_end, child_end = (w, r) if index == 0 else (r, w)
+        parent_ends.append(parent_end)
+        child_fds.append(child_end)
+        mode = "wb" if index == 0 else "rb"
+        return child_end, os.fdopen(parent_end, mode, buffering=0)
+    if spec == DEVNULL:
+        fd = os.open(os.devnull, os.O_RDWR)
+        child_fds.append(fd)
+        return fd, None
+    if isinstance(spec, int):
+        return spec, None
+    return spec.fileno(), None
+
+
+def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *,
+          cgroup=None, hostname: str | None = None, mount_proc: bool | None = None,
+          setup: Sequence[Callable[[], None]] = (), env: dict | None = None, cwd: str | None = None,
+          stdin=None, stdout=None, stderr=None, uid_map: str | None = None,
+          gid_map: str | None = None, time_offsets: dict | None = None,
+          join: tuple[int, Iterable[str]] | None = None, pass_fds: Sequence[int] = ()) -> Process:
+    """Start `argv` in new namespaces of the given kinds, inside `cgroup`; return a Process.
+
+    namespaces   kinds to create: "all", "pid,uts", ["net"], or None for none
+    cgroup       anything with .add(pid) (a labkit Cgroup): the process is in it before it execs
+    hostname     set inside a new uts namespace
+    mount_proc   mount a fresh /proc (default: when both pid and mnt are new, like unshare --mount-proc)
+    setup        callables run in the final child just before exec (e.g. pivot_root into a rootfs);
+                 they run in a forked copy of this process: syscalls only, no imports, no threads
+    uid_map      with a user namespace: "INSIDE OUTSIDE COUNT" lines (default: root inside = our uid)
+    time_offsets with a time namespace: {"monotonic": seconds, "boottime": seconds}
+    join         (pid, kinds): enter those existing namespaces of `pid` instead of creating new ones
+    pass_fds     extra file descriptors the child keeps (every other inherited one is closed)
+    """
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise InvalidValue("command", argv, "a non-empty list such as ['sh', '-c', 'echo hi']")
+    kinds = parse_kinds(namespaces)
+    names = {k.name for k in kinds}
+    if hostname is not None and "uts" not in names:
+        raise InvalidValue("hostname", hostname, "a uts namespace too (it would rename the host)")
+    if hostname is not None and not (0 < len(hostname) <= 64):
+        raise InvalidValue("hostname", hostname, "1 to 64 characters")
+    if time_offsets and "time" not in names:
+        raise InvalidValue("time_offsets", time_offsets, "a time namespace too")
+    if (uid_map or gid_map) and "user" not in names:
+        raise InvalidValue("uid_map", uid_map, "a user namespace too")
+    if mount_proc is None:
+        mount_proc = {"pid", "mnt"} <= names
+    join_fds = _open_join(join) if join else {}
+    flags = 0
+    for kind in kinds:
+        flags |= kind.flag
+    needs_fork = bool(names & _FOR_CHILDREN) or "pid" in join_fds or "time" in join_fds
+    host.require_lab_host("start a process in new namespaces")
+
+    parent_ends: list[int] = []
+    child_fds: list[int] = []
+    stdio = [_stdio_fd(s, i, parent_ends, child_fds) for i, s in enumerate((stdin, stdout, stderr))]
+    go_r, go_w = os.pipe()          # parent -> child: "your ids are mapped", "you are in the cgroup"
+    report_r, report_w = os.pipe()  # child -> parent: "I unshared the user ns", the command's pid
+    err_r, err_w = os.pipe()        # child -> parent: why it failed; closes on a successful exec
+    env = dict(os.environ if env is None else env)
+
+    with warnings.catch_warnings():  # 3.12+ warns that fork in a threaded process may deadlock;
+        warnings.simplefilter("ignore", DeprecationWarning)  # the child only makes syscalls and execs
+        pid = os.fork()
+    if pid == 0:  # ---------------------------------------------------------------- the child
+        status = 127
+        try:
+            # Keep only what we need: another thread's spawn may have pipes open right now, and
+            # holding their ends would make that parent wait for us.
+            _close_fds_except({go_r, report_w, err_w, *child_fds, *join_fds.values(), *pass_fds,
+                               *(entry[0] for entry in stdio if entry)})
+            for fd in join_fds.values():
+                syscalls.setns(fd, 0)
+            if flags & ~syscalls.CLONE_NEWCGROUP:
+                syscalls.unshare(flags & ~syscalls.CLONE_NEWCGROUP)
+            if "user" in names:
+                os.write(report_w, b"U")
+                _read_exact(go_r, 1)                      # parent has written uid_map/gid_map
+            if time_offsets:
+                _write_time_offsets(time_offsets)
+            if needs_fork:
+                _become_waiter(report_w, err_w, go_r, stdio)   # returns only in the new process
+            else:
+                os.write(report_w, struct.pack("i", os.getpid()))
+            os.close(report_w)
+            _read_exact(go_r, 1)                          # parent has put us in the cgroup
+            if "cgroup" in names:  # after joining the cgroup, so that it becomes our "/"
+                syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+            _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_fds)
+        except BaseException as exc:  # noqa: BLE001 - must never return into the parent's code
+            try:
+                os.write(err_w, _describe(exc).encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(status)
+
+    # ------------------------------------------------------------------------------------ the parent
+    for fd in (go_r, report_w, err_w, *child_fds):
+        os.close(fd)
+    for fd in join_fds.values():
+        os.close(fd)
+    try:
+        if "user" in names:
+            if _read_exact(report_r, 1) == b"U":
+                _write_id_maps(pid, uid_map, gid_map)
+                os.write(go_w, b"2")
+        raw = _read_exact(report_r, 4)
+        if len(raw) == 4:
+            final_pid = struct.unpack("i", raw)[0]
+            if cgroup is not None:   # the command is in its cgroup before it can run a single line
+                cgroup.add(final_pid)
+            os.write(go_w, b"1")
+        error = _read_all(err_r)
+        if error or len(raw) != 4:
+            _reap_quietly(pid)
+            raise _failure(argv, error or "the child exited before it could start the command")
+    except BaseException:
+        _kill_quietly(pid)
+        for stream in stdio:
+            if stream and stream[1]:
+                stream[1].close()
+        raise
+    finally:
+        for fd in (go_w, report_r, err_r):
+            os.close(fd)
+    pipes = [s[1] if s else None for s in stdio]
+    return Process(argv, final_pid, pid, *pipes)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    previous = 2
+    for fd in sorted(fd for fd in keep if fd > 2):
+        os.closerange(previous + 1, fd)
+        previous = fd
+    os.closerange(previous + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _open_join(join) -> dict[str, int]:
+    """Open /proc/PID/ns/KIND for each kind to join, user first (as nsenter does), mnt late."""
+    pid, kinds = join
+    order = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
+    wanted = {k.name for k in parse_kinds(kinds)}
+    fds = {}
+    try:
+        for name in order:
+            if name in wanted:
+                fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        for fd in fds.values():
+            os.close(fd)
+        raise from_oserror(exc, "open namespaces of", f"pid {pid}") from None
+    return fds
+
+
+def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
+    """In the child: fork the real process into the new pid/time namespace, then wait for it.
+
+    Returns only in the new process. The waiter itself stays outside the container's cgroup (so it is
+    never the OOM killer's victim there) and ignores Ctrl-C: the command inside reacts to it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    final = os.fork()
+    if final == 0:
+        return
+    os.write(report_w, struct.pack("i", final))
+    for fd in (report_w, err_w, go_r, *(entry[0] for entry in stdio if entry)):
+        if fd > 2:
+            os.close(fd)
+    while True:
+        _, status = os.waitpid(final, 0)
+        if os.WIFEXITED(status):
+            os._exit(os.WEXITSTATUS(status))
+        if os.WIFSIGNALED(status):  # die of the same signal, so our parent sees what really happened
+            sig = os.WTERMSIG(status)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+
+
+_FORWARDED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_fds):
+    """In the process that becomes the command: finish the namespace setup and exec."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    if "mnt" in names:  # keep our mounts from propagating back to the host
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    if hostname is not None:
+        syscalls.sethostname(hostname)
+    for step in setup:
+        step()
+    if mount_proc:
+        syscalls.mount("proc", "/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+    if cwd is not None:
+        os.chdir(cwd)
+    elif "mnt" in join_fds:
+        os.chdir("/")
+    for target, entry in enumerate(stdio):
+        if entry is not None:
+            os.dup2(entry[0], target)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        raise NotFound(f"command not found: {argv[0]!r}") from None
+
+
+def _write_id_maps(pid: int, uid_map: str | None, gid_map: str | None) -> None:
+    """Map root inside the new user namespace to our own ids outside (like unshare --map-root-user)."""
+    uid_map = uid_map or f"0 {os.geteuid()} 1"
+    gid_map = gid_map or f"0 {os.getegid()} 1"
+    if os.geteuid() != 0:
+        _write_file(f"/proc/{pid}/setgroups", "deny")
+    _write_file(f"/proc/{pid}/uid_map", uid_map)
+    _write_file(f"/proc/{pid}/gid_map", gid_map)
+
+
+def _write_time_offsets(offsets: dict) -> None:
+    """Offsets must be written before the first process enters the time namespace."""
+    lines = []
+    for clock, seconds in offsets.items():
+        if clock not in ("monotonic", "boottime"):
+            raise InvalidValue("time offset clock", clock, "'monotonic' or 'boottime'")
+        whole = int(seconds)
+        lines.append(f"{clock} {whole} {int((seconds - whole) * 1e9)}")
+    _write_file("/proc/self/timens_offsets", "\n".join(lines))
+
+
+def _write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks).decode(errors="replace")
+        chunks.append(chunk)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LabkitError):
+        return f"{type(exc).__name__}:{exc}"
+    if isinstance(exc, OSError):
+        return f"OSError:{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}:{exc}"
+
+
+def _failure(argv, error: str) -> LabkitError:
+    kind, _, message = error.partition(":")
+    if kind == "NotFound":
+        return NotFound(message)
+    if kind == "InvalidValue":
+        return LabkitError(message)
+    return LabkitError(f"could not start {argv[0]!r}: {message or error}")
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap_quietly(pid)
+
+
+def _reap_quietly(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def run(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *,
+        input: bytes | str | None = None, timeout: float | None = 30, **options) -> Result:
+    """Run `argv` in new namespaces, wait for it, and return its output (decoded) and status."""
+    if isinstance(input, str):
+        input = input.encode()
+    proc = spawn(argv, namespaces, stdin=PIPE if input is not None else DEVNULL,
+                 stdout=PIPE, stderr=PIPE, **options)
+    with proc:
+        try:
+            out, err = proc.communicate(input, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise LabkitError(f"{argv[0]!r} did not finish within {timeout} s; it was killed") from None
+    return Result(proc.args, proc.returncode, out.decode(errors="replace"),
+                  err.decode(errors="replace"), proc.pid)
+
+
+def enter(pid: int, kinds: str | Iterable[str], argv: Sequence[str], **options) -> Result:
+    """Run `argv` inside the existing namespaces of process `pid` (what nsenter(1) does)."""
+    return run(argv, None, join=(pid, kinds), **options)
+
+
+# --- the CLI's spawn: namespaces + a fresh cgroup with limits ----------------------------------------
+
+@dataclass
+class SpawnResult:
+    returncode: int        # like Popen: negative when killed by a signal
+    oom_killed: bool
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell would report: 128+N for a process killed by signal N."""
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+
+def spawn_with_limits(argv: Sequence[str], namespaces="all", *, memory=None, cpu=None, pids=None,
+                      hostname: str | None = None) -> SpawnResult:
+    """`labkit spawn`: argv in new namespaces and a new cgroup; output passes through; all removed after."""
+    parse_kinds(namespaces)  # refuse bad input before anything is created
+    from .cgroups import Cgroup
+
+    with Cgroup.create(memory=memory, cpu=cpu, pids=pids) as group:
+        names = {k.name for k in parse_kinds(namespaces)}
+        if hostname is None and "uts" in names:
+            hostname = group.name
+        proc = spawn(argv, namespaces, cgroup=group, hostname=hostname)
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            returncode = proc.wait()
+        oom = returncode == -signal.SIGKILL and group.oom_kills() > 0
+    return SpawnResult(returncode, oom)
