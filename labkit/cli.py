@@ -86,6 +86,42 @@ def _cmd_cleanup(args) -> int:
     return 0
 
 
+# --- vm (chapter 6) ---------------------------------------------------------------------------------
+
+def _cmd_vm(args) -> int:
+    import shlex
+
+    from . import vm
+
+    if args.vm_action == "fetch-kernel":
+        kernel = vm.fetch_kernel()
+        print(f"kernel {kernel.version}: {kernel.image} (modules in {kernel.modules})")
+        return 0
+    progress = None if args.quiet else vm.print_progress()
+    common = dict(memory=args.memory, cpus=args.cpus, accel=args.accel, progress=progress)
+    if args.vm_action == "boot":
+        result = vm.boot(args.cmd, share_host=args.share_host, **common)
+    else:
+        if not args.command:
+            raise InvalidValue("command", "", "a command after `--`, e.g. labkit vm run -- uname -a")
+        live = None if args.json else print  # stream the guest's output as it comes
+        result = vm.run(shlex.join(args.command), cwd=args.cwd, on_output=live, **common)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        if args.vm_action == "boot" and result.output:
+            print(result.output)
+        mib = result.guest_memtotal_kb / 1024
+        print(f"accelerator   {result.accel} ({result.accel_reason})\n"
+              f"boot to init  {result.boot_seconds:.2f} s   power-off {result.poweroff_seconds:.2f} s   "
+              f"total {result.total_seconds:.2f} s\n"
+              f"guest sees    kernel {result.guest_kernel}, {result.guest_cpus} CPU(s), "
+              f"MemTotal {mib:.0f} MiB (host kernel {result.host_kernel})\n"
+              f"qemu RSS      {result.qemu_rss_bytes / 2**20:.0f} MiB for a {result.memory_mib} MiB guest",
+              file=sys.stderr if args.vm_action == "run" else sys.stdout)
+    return result.returncode if result.returncode is not None else 0
+
+
 # --- the parser: one block per subcommand -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cleanup)
 
     # (chapters add their subcommands below, one block each)
+
+    p = sub.add_parser("vm", help="a disposable qemu VM (Debian's kernel, busybox initramfs)")
+    vm_sub = p.add_subparsers(dest="vm_action", required=True)
+    for action, text in (("boot", "boot a VM, report what it sees, power it off"),
+                         ("run", "run a command in a VM that sees the host's files read-only")):
+        q = vm_sub.add_parser(action, help=text)
+        q.add_argument("--json", action="store_true", help="machine-readable result")
+        q.add_argument("--memory", default="256M" if action == "boot" else "512M", help="guest RAM")
+        q.add_argument("--cpus", default=1, help="virtual CPUs")
+        q.add_argument("--accel", default="auto", help="auto (KVM if it really works, else TCG), kvm, tcg")
+        q.add_argument("--quiet", action="store_true", help="no progress line")
+        q.set_defaults(func=_cmd_vm)
+        if action == "boot":
+            q.add_argument("--cmd", help="a shell command to run in the guest (busybox, or the host's "
+                                         "files with --share-host)")
+            q.add_argument("--share-host", action="store_true", help="share the host's / read-only over 9p")
+        else:
+            q.add_argument("--cwd", default="/", help="working directory in the guest")
+            q.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    q = vm_sub.add_parser("fetch-kernel", help="apt-get download + dpkg -x Debian's kernel into the cache")
+    q.set_defaults(func=_cmd_vm)
 
     return parser
 

@@ -439,8 +439,12 @@ def kvm_usable(timeout: float = 10.0, refresh: bool = False) -> bool:
     at 100% without booting), so the device alone proves nothing. The answer is cached in
     /run/labkit/kvm-probe for this boot of the host (keyed by boot_id, kernel and qemu).
     """
+    from .host import is_lab_host, is_root
+
     if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
+    if not (is_root() and is_lab_host()):
+        return False  # may not boot the probe VM here; answer without caching a guess
     qemu = qemu_binary()
     if qemu is None:
         return False
@@ -700,6 +704,7 @@ class VM:
             if time.monotonic() > deadline:
                 raise self._fail(f"no {marker} from the guest within {self.timeout:.0f}s")
             ready, _, _ = select.select([fd], [], [], 0.25)
+            self._sample_rss()  # peak RSS: sampled all along, qemu may be gone right after power-off
             if ready:
                 data = os.read(fd, 65536)
                 if not data:  # qemu closed its stdout: it exited
@@ -716,7 +721,6 @@ class VM:
                 elapsed = time.monotonic() - self._t0
                 self._emit("kernel booting", 0.02 + 0.75 * min(elapsed / expected, 1.0))
             else:
-                self._sample_rss()
                 self._emit(self._stage, 0.95 if "READY" in self.times else 0.85)
 
     def wait_ready(self) -> dict:
