@@ -1,0 +1,98 @@
+"""The live plot and the snapshot over fake samples, headless: artists get the recorded data."""
+from __future__ import annotations
+
+import asyncio
+import math
+import warnings
+
+import matplotlib
+import pytest
+
+from labkit.live import LivePlot, snapshot
+from labkit.monitor import Sampler
+
+matplotlib.use("Agg")
+
+
+class FakeCgroup:
+    name = "labkit-fake-abcdef"
+
+    def __init__(self):
+        self.values = {"memory_current": 0, "memory_max": 64 * 2**20, "oom_kills": 0,
+                       "cpu_usage_ns": 0, "cpu_quota": 0.5, "nr_throttled": 0}
+        self.limits = []
+
+    def stats(self):
+        return dict(self.values)
+
+    def procs(self):
+        return []
+
+    def set(self, **limits):
+        self.limits.append(limits)
+
+
+def recorded(cg):
+    clock = {"now": 0.0}
+    sampler = Sampler(cg, rate=10, processes=False, clock=lambda: clock["now"])
+    for i in range(20):
+        cg.values["memory_current"] = min(i, 16) * 4 * 2**20
+        cg.values["cpu_usage_ns"] = int(i * 0.05e9)
+        cg.values["oom_kills"] = 1 if i >= 17 else 0
+        sampler.sample_once()
+        clock["now"] += 0.1
+    return sampler
+
+
+def test_plot_lines_carry_usage_limit_and_the_oom_mark():
+    cg = FakeCgroup()
+    sampler = recorded(cg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot = LivePlot(sampler, panels=("memory", "cpu"))
+        plot.update()
+    ax, _, _, usage, limit, marks = plot.drawing.artists[0]
+    assert max(usage.get_ydata()) == pytest.approx(64)          # MiB
+    assert set(limit.get_ydata()) == {64}
+    assert list(marks["oom_kill"].get_xdata()) == pytest.approx([1.7])
+    _, _, _, cpu, quota, _ = plot.drawing.artists[1]
+    assert cpu.get_ydata()[-1] == pytest.approx(0.5)
+    assert quota.get_ydata()[-1] == pytest.approx(0.5)
+    assert ax.get_ylim()[1] > 64  # the limit line is inside the view
+
+
+def test_snapshot_is_a_png():
+    image = snapshot(recorded(FakeCgroup()), panels=("memory",), title="t")
+    assert image.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slider_writes_the_limit_through_cgroup_set():
+    pytest.importorskip("ipywidgets")
+    cg = FakeCgroup()
+    plot = LivePlot(recorded(cg), panels=("memory",))
+    slider = plot.slider(cg, "memory", 16, 128, 8, 64)
+    slider.value = 32
+    assert cg.limits == [{"memory": "32M"}]
+
+
+def test_unknown_panel_is_refused():
+    with pytest.raises(ValueError, match="panel"):
+        LivePlot(recorded(FakeCgroup()), panels=("disk",))
+
+
+def test_run_is_bounded_by_the_experiment():
+    async def scenario():
+        cg = FakeCgroup()
+        plot = LivePlot(Sampler(cg, rate=50, processes=False), panels=("cpu",))
+
+        async def experiment():
+            await asyncio.sleep(0.2)
+            return "done"
+
+        await asyncio.wait_for(plot.run(experiment=experiment()), timeout=5)
+        return plot
+
+    plot = asyncio.run(scenario())
+    assert len(plot.samplers[0].samples) >= 3
+    assert not plot.samplers[0].running
+    assert not any(math.isnan(x) for x in plot.drawing.artists[0][4].get_ydata())
