@@ -1,0 +1,108 @@
+"""Unit tests (no root) for the foundation: names, ownership records, errors, host probe, CLI parsing."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit import cleanup, cli, errors, host
+
+
+def test_unique_names_carry_the_prefix_fit_and_differ():
+    names = {cleanup.unique_name("bridge", max_len=15) for _ in range(50)}
+    assert len(names) == 50
+    for name in names:
+        assert name.startswith("labkit-") and len(name) <= 15
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "../etc", "has space", "nul\0byte", "x" * 300,
+                                 "-leading-dash", "ok/..", None, 42])
+def test_checked_name_refuses_what_could_escape(bad):
+    with pytest.raises(errors.InvalidValue) as info:
+        cleanup.checked_name(bad)
+    assert repr(bad)[:20] in str(info.value) or bad in (None, 42)
+
+
+def test_checked_name_prefixes_good_names_once():
+    assert cleanup.checked_name("box") == "labkit-box"
+    assert cleanup.checked_name("labkit-box") == "labkit-box"
+
+
+def test_owner_records_tell_live_owners_from_dead_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    cleanup.claim("cgroup", "labkit-mine")
+    assert cleanup.owner("cgroup", "labkit-mine") == (os.getpid(), True)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cleanup.claim("netns", "labkit-orphan", pid=dead.pid)
+    pid, alive = cleanup.owner("netns", "labkit-orphan")
+    assert pid == dead.pid and alive is False
+
+    cleanup.release("cgroup", "labkit-mine")
+    assert cleanup.owner("cgroup", "labkit-mine") == (None, False)
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path, monkeypatch):
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    record = tmp_path / "owners" / "cgroup" / "labkit-x"
+    record.parent.mkdir(parents=True)
+    record.write_text(f"{os.getpid()} 1\n")  # our pid, but a start time that is not ours
+    assert cleanup.owner("cgroup", "labkit-x") == (os.getpid(), False)
+
+
+def test_kernel_errors_name_the_operation_and_keep_errno():
+    exc = errors.from_oserror(OSError(errno.EINVAL, "Invalid argument"), "write 500 to", "cpu.max")
+    assert isinstance(exc, errors.KernelError) and exc.errno == errno.EINVAL
+    assert "write 500 to cpu.max" in str(exc) and "EINVAL" in str(exc)
+    assert isinstance(errors.from_oserror(OSError(errno.ENOENT, "x"), "open", "f"), errors.NotFound)
+    assert isinstance(errors.from_oserror(OSError(errno.EPERM, "x"), "open", "f"), errors.NotPermitted)
+
+
+def test_invalid_value_names_value_and_accepted_range():
+    exc = errors.InvalidValue("memory limit", "12Q", "bytes or a number with K, M, G")
+    assert "12Q" in str(exc) and "K, M, G" in str(exc)
+    assert isinstance(exc, ValueError)
+
+
+def test_cgroup_mode_is_read_from_filesystem_magic(monkeypatch):
+    from labkit import syscalls
+    magic = {"/sys/fs/cgroup": syscalls.TMPFS_MAGIC, "/sys/fs/cgroup/unified": syscalls.CGROUP2_SUPER_MAGIC}
+    monkeypatch.setattr(syscalls, "filesystem_magic", lambda p: magic[p])
+    assert host.cgroup_mode() == "hybrid"
+    magic["/sys/fs/cgroup/unified"] = syscalls.TMPFS_MAGIC
+    assert host.cgroup_mode() == "v1"
+    magic["/sys/fs/cgroup"] = syscalls.CGROUP2_SUPER_MAGIC
+    assert host.cgroup_mode() == "v2"
+
+
+def test_the_guard_refuses_a_non_lab_host_and_says_how_to_opt_in(monkeypatch, tmp_path):
+    monkeypatch.setattr(host, "LAB_HOST_MARKER", tmp_path / "no-marker")
+    monkeypatch.delenv("LABKIT_ALLOW_HOST", raising=False)
+    monkeypatch.setattr(host, "is_root", lambda: True)
+    with pytest.raises(errors.NotPermitted, match="LABKIT_ALLOW_HOST=1"):
+        host.require_lab_host()
+    monkeypatch.setattr(host, "is_root", lambda: False)
+    with pytest.raises(errors.NotPermitted, match="root"):
+        host.require_lab_host()
+
+
+def test_probe_reports_all_eight_kinds_with_minimum_kernels():
+    report = host.probe()
+    kinds = {n["kind"]: n for n in report.namespaces}
+    assert set(kinds) == {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
+    assert all(n["min_kernel"] for n in kinds.values())
+    assert report.cgroup_mode in ("v1", "hybrid", "v2")
+
+
+def test_spawn_refuses_bad_namespace_kinds_on_the_command_line(capsys):
+    assert cli.main(["spawn", "--ns", "pid,bogus", "--", "true"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_spawn_needs_a_command(capsys):
+    assert cli.main(["spawn"]) == 2
+    assert "command" in capsys.readouterr().err
