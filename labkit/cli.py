@@ -122,6 +122,40 @@ def _cmd_vm(args) -> int:
     return result.returncode if result.returncode is not None else 0
 
 
+# --- lab: JupyterLab for the workbook (labkit/lab.py) -------------------------------------------------
+
+def _cmd_lab(args) -> int:
+    from . import lab
+
+    settings = lab.load_settings(args.config_dir or lab.CONFIG_DIR, args.run_dir or lab.RUN_DIR, ip=args.ip, port=args.port,
+                                 notebook_dir=args.notebook_dir)
+    if args.lab_action == "url":
+        print(lab.url(settings))
+        return 0
+    if args.lab_action == "serve":
+        lab.serve(settings)                  # execs JupyterLab: does not return
+        return 1
+    if args.lab_action == "start":
+        result = lab.start(settings, mode=args.mode)
+        verb = "started" if result["started"] else "already running"
+        print(f"JupyterLab {verb} ({result['mode']}, listening on {settings.ip}:{settings.port}, "
+              f"notebooks in {settings.notebook_dir})")
+        print(lab.url(settings))
+        return 0
+    if args.lab_action == "stop":
+        print("JupyterLab stopped" if lab.stop(settings) else "JupyterLab was not running")
+        return 0
+    settings.validate()
+    state = lab.status(settings)
+    if not args.quiet:
+        print(json.dumps(state, indent=2) if args.json else
+              f"JupyterLab: {'running' if state['running'] else 'not running'} ({state['mode']})"
+              f"{', answers' if state['answers'] else ''}"
+              f"{'' if state['as_configured'] or not state['running'] else ', with other settings'}"
+              f" - {state['url']}")
+    return 0 if state["running"] and state["answers"] and state["as_configured"] else 3
+
+
 # --- the parser: one block per subcommand -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     q = vm_sub.add_parser("fetch-kernel", help="apt-get download + dpkg -x Debian's kernel into the cache")
     q.set_defaults(func=_cmd_vm)
+
+    p = sub.add_parser("lab", help="JupyterLab for the workbook: url, start, stop, status")
+    p.add_argument("lab_action", choices=("url", "start", "stop", "status", "serve"),
+                   help="serve = run it in the foreground (what the service runs)")
+    p.add_argument("--ip", help="listen address (default 127.0.0.1; 0.0.0.0 inside a VM)")
+    p.add_argument("--port", help="port (default 8888)")
+    p.add_argument("--notebook-dir", help="directory JupyterLab serves (default: the repo's notebooks/)")
+    p.add_argument("--mode", default="auto", help="auto (systemd if PID 1 is systemd), systemd, direct")
+    p.add_argument("--config-dir", help="where the token and settings live (/etc/labkit)")
+    p.add_argument("--run-dir", help="pid file and log (/run/labkit/lab)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--quiet", action="store_true", help="status: only the exit code (0 = running as set)")
+    p.set_defaults(func=_cmd_lab)
 
     return parser
 
