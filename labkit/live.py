@@ -44,10 +44,10 @@ def _cpu_smoothed(samples: Sequence[Sample], window: float = 0.5):
         while samples[j].t < s.t - window and j < i:
             j += 1
         first = samples[j]
-        if i == j or s.cpu_usage_ns is None or first.cpu_usage_ns is None:
+        if i == j or s.cpu_usage_usec is None or first.cpu_usage_usec is None:
             out.append(math.nan if s.cpu is None else s.cpu)
         else:
-            out.append(max(s.cpu_usage_ns - first.cpu_usage_ns, 0) / 1e9 / (s.t - first.t))
+            out.append(max(s.cpu_usage_usec - first.cpu_usage_usec, 0) / 1e6 / (s.t - first.t))
     return out
 
 
@@ -66,7 +66,7 @@ PANELS = {
     "memory": Panel("memory", "MiB", _field("memory_current", 1 / MiB), _field("memory_max", 1 / MiB),
                     ("oom_kill",)),
     "swap": Panel("swap", "MiB", _field("swap_current", 1 / MiB), lambda s: [math.nan] * len(s), ()),
-    "cpu": Panel("CPU", "CPUs", _cpu_smoothed, _field("cpu_quota"), ("throttled",)),
+    "cpu": Panel("CPU", "CPUs", _cpu_smoothed, _field("cpu_max"), ("throttled",)),
     "pids": Panel("tasks", "tasks", _field("pids_current"), _field("pids_max"), ("fork_refused",)),
     "io": Panel("disk writes", "MiB/s", _field("io_write_bps", 1 / MiB), _field("io_write_bps_max", 1 / MiB),
                 ()),

@@ -42,8 +42,8 @@ from .errors import LabkitError, NotFound
 # Counters whose increase is an event worth marking on a plot: sample field -> event kind.
 EVENT_COUNTERS = {
     "oom_kills": "oom_kill",          # memory.events oom_kill (v2) / memory.oom_control oom_kill (v1)
-    "fork_refusals": "fork_refused",  # pids.events max: a fork/clone failed with EAGAIN
-    "nr_throttled": "throttled",      # cpu.stat nr_throttled: periods in which the quota ran out
+    "pids_events_max": "fork_refused",  # pids.events max: a fork/clone failed with EAGAIN
+    "throttled_periods": "throttled",   # cpu.stat nr_throttled: periods in which the quota ran out
 }
 
 
@@ -65,23 +65,25 @@ class Sample:
     Limits are None when unlimited ("max").
     """
 
-    t: float                             # seconds since the sampler started (monotonic clock)
-    memory_current: int | None = None    # bytes charged now (page cache included)
-    memory_peak: int | None = None       # highest memory_current seen by the kernel
-    memory_max: int | None = None        # the limit
-    swap_current: int | None = None      # bytes swapped out (v2 memory.swap.current; v1 memsw - mem)
-    oom_kills: int | None = None         # processes the OOM killer killed in this group
-    cpu_usage_ns: int | None = None      # CPU time used by all tasks, ever
-    cpu_quota: float | None = None       # the limit, in CPUs (quota / period)
-    nr_periods: int | None = None        # CFS enforcement periods elapsed
-    nr_throttled: int | None = None      # periods in which the group was throttled
-    throttled_ns: int | None = None      # total time spent throttled
-    pids_current: int | None = None      # tasks (threads included) in the group
-    pids_max: int | None = None          # the limit
-    fork_refusals: int | None = None     # forks refused because pids_max was reached
-    io_read_bytes: int | None = None     # bytes read from block devices, ever
-    io_write_bytes: int | None = None    # bytes written to block devices, ever
-    io_write_bps_max: int | None = None  # the write limit of the limited device, bytes/s
+    t: float                              # seconds since the sampler started (monotonic clock)
+    # counters and gauges, named as Cgroup.stats() names them (the same on v1 and v2)
+    memory_current: int | None = None     # bytes charged now (page cache included)
+    memory_peak: int | None = None        # highest memory_current the kernel saw
+    swap_current: int | None = None       # bytes swapped out, where the backend reports it
+    oom_kills: int | None = None          # processes the OOM killer killed in this group
+    cpu_usage_usec: int | None = None     # CPU time used by all its tasks, ever
+    nr_periods: int | None = None         # CFS enforcement periods elapsed
+    throttled_periods: int | None = None  # periods in which the quota ran out (nr_throttled)
+    throttled_usec: int | None = None     # total time spent throttled
+    pids_current: int | None = None       # tasks (threads included) in the group
+    pids_events_max: int | None = None    # forks refused because pids.max was reached
+    io_read_bytes: int | None = None      # bytes read from block devices, ever
+    io_write_bytes: int | None = None     # bytes written to block devices, ever
+    # the limits in force at that moment, from Cgroup.limits() (None: no limit)
+    memory_max: int | None = None         # bytes
+    cpu_max: float | None = None          # CPUs (quota / period)
+    pids_max: int | None = None           # tasks
+    io_write_bps_max: int | None = None   # bytes/s on the (first) limited device
     # derived from the previous sample
     cpu: float | None = None             # CPUs in use (1.0 = one whole CPU)
     io_read_bps: float | None = None
@@ -113,11 +115,20 @@ def _number(value):
     return value
 
 
-def reading(stats: dict, t: float) -> Sample:
-    """A Sample (without the derived rates) from one `Cgroup.stats()` dictionary."""
+_DERIVED = ("t", "cpu", "io_read_bps", "io_write_bps", "procs")
+
+
+def reading(stats: dict, t: float, limits: dict | None = None) -> Sample:
+    """A Sample (without the derived rates) from `Cgroup.stats()` and, optionally, `Cgroup.limits()`."""
     names = Sample.__dataclass_fields__
-    values = {key: _number(value) for key, value in stats.items() if key in names and key not in
-              ("t", "cpu", "io_read_bps", "io_write_bps", "procs")}
+    values = {key: _number(value) for key, value in stats.items() if key in names and key not in _DERIVED}
+    if limits:
+        io = limits.get("io") or ()
+        writes = [_number(item.get("write_bps") if isinstance(item, dict) else getattr(item, "write_bps", None))
+                  for item in io]
+        values.update(memory_max=_number(limits.get("memory")), cpu_max=_number(limits.get("cpu")),
+                      pids_max=_number(limits.get("pids")),
+                      io_write_bps_max=next((w for w in writes if w is not None), None))
     return Sample(t=t, **values)
 
 
@@ -135,7 +146,7 @@ def derive(sample: Sample, previous: Sample | None) -> Sample:
     dt = sample.t - previous.t
     return replace(
         sample,
-        cpu=_rate(sample.cpu_usage_ns, previous.cpu_usage_ns, dt, scale=1e9),
+        cpu=_rate(sample.cpu_usage_usec, previous.cpu_usage_usec, dt, scale=1e6),
         io_read_bps=_rate(sample.io_read_bytes, previous.io_read_bytes, dt),
         io_write_bps=_rate(sample.io_write_bytes, previous.io_write_bytes, dt),
     )
@@ -185,7 +196,8 @@ class Sampler:
 
     `cgroup` is a labkit Cgroup (anything with `.stats()` and `.procs()`); `label` names the series
     on a plot. `processes=False` skips psutil (cheaper at high rates); `max_procs` bounds how many
-    processes are read per sample (a fork bomb has hundreds).
+    processes are read per sample (a fork bomb has hundreds). The cgroup's `.limits()`, when it
+    has one, is read with every sample, so the record shows the limit in force at each moment.
     """
 
     def __init__(self, cgroup, rate: float = 10.0, keep: int = 3000, label: str | None = None,
@@ -200,6 +212,8 @@ class Sampler:
         self.samples: deque[Sample] = deque(maxlen=keep)
         self.events: deque[Event] = deque(maxlen=keep)
         self.processes, self.max_procs = processes, max_procs
+        # limits are read every sample too, so a plot's limit line follows a slider
+        self.read_limits = hasattr(cgroup, "limits")
         self.gone = False                       # True once the cgroup disappeared
         self.listeners: list[Callable[[Sample, list[Event]], None]] = []
         self._clock = clock
@@ -218,6 +232,7 @@ class Sampler:
             self._start = now
         try:
             stats = self.cgroup.stats()
+            limits = self.cgroup.limits() if self.read_limits else None
             procs = self._table.read(self.cgroup.procs(), self.max_procs) if self.processes else ()
         except (NotFound, FileNotFoundError):
             self.gone = True
@@ -228,7 +243,7 @@ class Sampler:
                 return None
             raise
         previous = self.samples[-1] if self.samples else None
-        sample = derive(replace(reading(stats, now - self._start), procs=procs), previous)
+        sample = derive(replace(reading(stats, now - self._start, limits), procs=procs), previous)
         new_events = events_between(previous, sample)
         self.samples.append(sample)
         self.events.extend(new_events)

@@ -18,9 +18,8 @@ class FakeCgroup:
     name = "labkit-fake-abcdef"
 
     def __init__(self):
-        self.values = {"memory_current": 0, "memory_max": 64 * 2**20, "oom_kills": 0,
-                       "cpu_usage_ns": 0, "cpu_quota": 0.5, "nr_throttled": 0}
-        self.limits = []
+        self.values = {"memory_current": 0, "oom_kills": 0, "cpu_usage_usec": 0, "throttled_periods": 0}
+        self.written = []
 
     def stats(self):
         return dict(self.values)
@@ -28,8 +27,11 @@ class FakeCgroup:
     def procs(self):
         return []
 
+    def limits(self):
+        return {"memory": 64 * 2**20, "cpu": 0.5, "pids": "max"}
+
     def set(self, **limits):
-        self.limits.append(limits)
+        self.written.append(limits)
 
 
 def recorded(cg):
@@ -37,7 +39,7 @@ def recorded(cg):
     sampler = Sampler(cg, rate=10, processes=False, clock=lambda: clock["now"])
     for i in range(20):
         cg.values["memory_current"] = min(i, 16) * 4 * 2**20
-        cg.values["cpu_usage_ns"] = int(i * 0.05e9)
+        cg.values["cpu_usage_usec"] = int(i * 0.05e6)
         cg.values["oom_kills"] = 1 if i >= 17 else 0
         sampler.sample_once()
         clock["now"] += 0.1
@@ -72,7 +74,7 @@ def test_slider_writes_the_limit_through_cgroup_set():
     plot = LivePlot(recorded(cg), panels=("memory",))
     slider = plot.slider(cg, "memory", 16, 128, 8, 64)
     slider.value = 32
-    assert cg.limits == [{"memory": "32M"}]
+    assert cg.written == [{"memory": "32M"}]
 
 
 def test_unknown_panel_is_refused():

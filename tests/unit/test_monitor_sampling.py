@@ -56,10 +56,10 @@ def test_ring_buffer_keeps_only_the_last_samples():
 
 
 def test_cpu_rate_is_delta_usage_over_delta_time():
-    cg, clock, sampler = make(cpu_usage_ns=0)
+    cg, clock, sampler = make(cpu_usage_usec=0)
     sampler.sample_once()
     clock.now += 0.5
-    cg.values["cpu_usage_ns"] = 250_000_000  # 0.25 s of CPU in 0.5 s of wall time
+    cg.values["cpu_usage_usec"] = 250_000  # 0.25 s of CPU in 0.5 s of wall time
     second = sampler.sample_once()
     assert sampler.samples[0].cpu is None  # no previous sample, no rate
     assert second.cpu == pytest.approx(0.5)
@@ -74,35 +74,37 @@ def test_io_rates_and_a_counter_reset_never_goes_negative():
 
 
 def test_mean_rate_uses_first_and_last_counter_in_the_window():
-    cg, clock, sampler = make(keep=100, cpu_usage_ns=0)
+    cg, clock, sampler = make(keep=100, cpu_usage_usec=0)
     for i in range(21):  # 2 s at 10 Hz, a steady 0.25 CPU
-        cg.values["cpu_usage_ns"] = int(i * 0.1 * 0.25e9)
+        cg.values["cpu_usage_usec"] = int(i * 0.1 * 0.25e6)
         sampler.sample_once()
         clock.now += 0.1
-    assert sampler.mean_rate("cpu_usage_ns", scale=1e9) == pytest.approx(0.25)
-    assert sampler.mean_rate("cpu_usage_ns", since=1.0, until=1.5, scale=1e9) == pytest.approx(0.25)
+    assert sampler.mean_rate("cpu_usage_usec", scale=1e6) == pytest.approx(0.25)
+    assert sampler.mean_rate("cpu_usage_usec", since=1.0, until=1.5, scale=1e6) == pytest.approx(0.25)
     assert sampler.mean("cpu", since=0.5) == pytest.approx(0.25)
 
 
-def test_limits_reported_as_max_become_none():
-    sample = reading({"memory_max": "max", "pids_max": 20, "unrelated_key": 1}, t=0.0)
-    assert sample.memory_max is None and sample.pids_max == 20
+def test_limits_become_sample_fields_and_max_becomes_none():
+    limits = {"memory": "max", "pids": 20, "cpu": 0.5, "io": [{"device": "7:0", "write_bps": 4096}]}
+    sample = reading({"memory_current": 5, "unrelated_key": 1}, t=0.0, limits=limits)
+    assert sample.memory_max is None and sample.pids_max == 20 and sample.cpu_max == 0.5
+    assert sample.io_write_bps_max == 4096 and sample.memory_current == 5
 
 
 def test_events_are_counters_that_went_up():
-    before = Sample(t=0.0, oom_kills=0, fork_refusals=3, nr_throttled=10)
-    after = Sample(t=0.1, oom_kills=1, fork_refusals=3, nr_throttled=12)
+    before = Sample(t=0.0, oom_kills=0, pids_events_max=3, throttled_periods=10)
+    after = Sample(t=0.1, oom_kills=1, pids_events_max=3, throttled_periods=12)
     found = events_between(before, after)
     assert found == [Event(0.1, "oom_kill", 1, 1), Event(0.1, "throttled", 2, 12)]
     assert events_between(None, after) == []
 
 
 def test_sampler_records_events_and_counts_them():
-    cg, clock, sampler = make(oom_kills=0, fork_refusals=0)
+    cg, clock, sampler = make(oom_kills=0, pids_events_max=0)
     sampler.sample_once()
     for _ in range(3):
         clock.now += 0.1
-        cg.values["fork_refusals"] += 2
+        cg.values["pids_events_max"] += 2
         sampler.sample_once()
     clock.now += 0.1
     cg.values["oom_kills"] = 1
@@ -150,7 +152,7 @@ def test_cancelling_the_task_stops_the_sampler():
 
 def test_watch_runs_several_samplers_until_the_condition():
     async def scenario():
-        samplers = [Sampler(FakeCgroup(cpu_usage_ns=0), rate=100, processes=False) for _ in range(2)]
+        samplers = [Sampler(FakeCgroup(cpu_usage_usec=0), rate=100, processes=False) for _ in range(2)]
         flag = {"done": False}
 
         async def finish():
