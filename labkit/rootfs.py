@@ -1,0 +1,545 @@
+"""Root filesystems: a busybox image built offline, overlayfs image layers, and pivot_root done right.
+
+A container's `/` is an ordinary directory tree that the container's mount namespace is told to treat
+as its root. Three pieces make that tree, in the order Docker uses them:
+
+1. **Image layers** (read-only). The base layer is a minimal Linux userland built once from Debian's
+   `busybox-static` (one static binary, plus a symlink per applet, plus /etc/passwd, /etc/group,
+   /etc/hostname) - no download at run time. More layers stack on top, each holding only what it
+   adds, changes or deletes, like an image's layers. They live in an *image store*,
+   ``/var/lib/labkit/images`` (``LABKIT_IMAGE_STORE``), which is a cache like Docker's
+   /var/lib/docker/image: it is kept between runs, rebuilt when missing or corrupt, and is not a
+   leftover (``labkit cleanup`` leaves it alone; `remove_image_store()` deletes it).
+2. **A container layer** (writable): a per-container tmpfs under /run/labkit/work/labkit-NAME holding
+   the overlay's ``upper`` and ``work`` directories. overlayfs merges upper + lower layers at
+   ``rootfs``: reading finds the topmost copy of a file; writing copies the file up into ``upper``
+   first (copy-on-write); deleting a lower file leaves a *whiteout*, a character device 0:0, in
+   ``upper``. The lower layers are never written. Unmounting the tmpfs throws the container's
+   changes away.
+3. **pivot_root** inside the container's new mount namespace: make ``/`` private recursively (so
+   nothing propagates back to the host), bind-mount the new root on itself (pivot_root needs a mount
+   point), mount /proc, a minimal /dev and a read-only /sys inside it, pivot_root, then detach the old
+   root. Unlike chroot, nothing of the host's tree is left reachable - `chroot_escape` shows the
+   difference on the real kernel.
+
+Cleanup: the tmpfs and overlay mounts are named after the container's work directory
+(kind "mount"); `find_leftovers` reads them from /proc/self/mountinfo, deepest first, so a sweep
+unmounts them before labkit.cleanup removes the directory itself (kind "dir").
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from . import cleanup, syscalls
+from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported, from_oserror
+
+IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
+LAYERS = IMAGE_STORE / "layers"
+BASE = "busybox"
+_LAYER_NAME = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+# The files every root needs besides the binaries (what a distribution's base-files package ships).
+_ETC = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/hostname": "labkit\n",
+    "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+    "etc/os-release": 'NAME="labkit busybox"\nID=labkit\nPRETTY_NAME="labkit busybox image"\n',
+}
+_DIRS = {"bin": 0o755, "sbin": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "etc": 0o755,
+         "proc": 0o555, "sys": 0o555, "dev": 0o755, "tmp": 0o1777, "root": 0o700, "run": 0o755,
+         "var/tmp": 0o1777, "home": 0o755}
+
+
+# --- the image store: read-only layers ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layer:
+    """One read-only layer in the image store: a directory tree plus a manifest."""
+    name: str
+    path: Path           # the layer's contents (what overlayfs gets as a lowerdir)
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path.parent / "layer.json").read_text())
+
+
+@dataclass(frozen=True)
+class Image:
+    """Layers stacked bottom first, like `docker image inspect`'s RootFS.Layers."""
+    name: str
+    layers: tuple[Layer, ...]
+
+    def lowerdir(self) -> str:
+        """overlayfs wants the TOP layer first in lowerdir=top:...:bottom."""
+        return ":".join(str(layer.path) for layer in reversed(self.layers))
+
+
+def _busybox_binary() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(candidate) and _is_static(candidate):
+            return Path(os.path.realpath(candidate))
+    raise Unsupported("no static busybox on this machine: `apt-get install busybox-static` "
+                      "(the base image is built from it, offline)")
+
+
+def _is_static(path: str) -> bool:
+    """An ELF file without a PT_INTERP program header needs no dynamic loader: it runs in any root."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:   # 64-bit ELF only
+            return False
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
+def _manifest_ok(layer_dir: Path) -> bool:
+    """Cheap integrity check run before every use: the manifest exists and its sentinels match."""
+    try:
+        manifest = json.loads((layer_dir / "layer.json").read_text())
+        for rel, size in manifest["sentinels"].items():
+            st = os.lstat(layer_dir / "root" / rel)
+            if size is not None and st.st_size != size:
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _install(layer_dir: Path, fill: Callable[[Path], dict], meta: dict) -> None:
+    """Build a layer in a temporary directory and rename it into place (atomic; races are harmless)."""
+    LAYERS.mkdir(parents=True, exist_ok=True)
+    tmp = LAYERS / f".{layer_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "root").mkdir(parents=True)
+    try:
+        sentinels = fill(tmp / "root")
+        (tmp / "layer.json").write_text(json.dumps({**meta, "sentinels": sentinels}, indent=1))
+        if layer_dir.exists():                # corrupt or stale: move aside, then remove
+            old = LAYERS / f".{layer_dir.name}.old-{os.getpid()}"
+            os.rename(layer_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, layer_dir)
+        except OSError:                       # another process installed it first: use theirs
+            if not _manifest_ok(layer_dir):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fill_busybox(root: Path) -> dict:
+    busybox = _busybox_binary()
+    for rel, mode in _DIRS.items():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / rel, mode)
+    shutil.copy2(busybox, root / "bin/busybox")
+    os.chmod(root / "bin/busybox", 0o755)
+    applets = os.popen(f"{busybox} --list-full").read().split()   # e.g. bin/sh, usr/bin/env
+    for applet in applets:
+        link = root / applet
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            # Relative targets resolve the same inside the container and from the host.
+            os.symlink(os.path.relpath(root / "bin/busybox", link.parent), link)
+    tini = "/usr/bin/tini-static"   # Debian's `tini` package: the reaper Docker runs for --init
+    if os.path.exists(tini) and _is_static(tini):
+        shutil.copy2(tini, root / "sbin/tini")
+    for rel, text in _ETC.items():
+        (root / rel).write_text(text)
+    return {"bin/busybox": os.path.getsize(busybox), "bin/sh": None, "etc/passwd": None}
+
+
+def base_layer(rebuild: bool = False) -> Layer:
+    """The busybox base layer; built from /bin/busybox the first time, or when missing/corrupt."""
+    layer_dir = LAYERS / BASE
+    if rebuild or not _manifest_ok(layer_dir):
+        busybox = _busybox_binary()
+        _install(layer_dir, _fill_busybox,
+                 {"name": BASE, "built_from": str(busybox), "parent": None,
+                  "busybox_sha256": hashlib.sha256(busybox.read_bytes()).hexdigest()})
+    return Layer(BASE, layer_dir / "root")
+
+
+def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str] = (),
+          modes: Mapping[str, int] = {}) -> Layer:
+    """A layer holding `files` ({path: content}) and deleting `delete` from the layers below.
+
+    A deletion is stored the way overlayfs (and an unpacked OCI image) stores it: a whiteout,
+    a character device with device number 0:0, at the deleted path. The layer is cached in the
+    image store and rebuilt only when its content changes.
+    """
+    import re
+    if not re.match(_LAYER_NAME, name or "") or name == BASE:
+        raise InvalidValue("layer name", name, f"lower-case letters, digits, '_.-' (not {BASE!r})")
+    paths = [*files, *delete]
+    for rel in paths:
+        if not isinstance(rel, str) or ".." in Path(rel).parts or rel.strip("/") == "":
+            raise InvalidValue("path in layer", rel, "a path inside the root without '..'")
+    spec = json.dumps([sorted((k, v if isinstance(v, str) else v.hex()) for k, v in files.items()),
+                       sorted(delete), sorted(modes.items())])
+    digest = hashlib.sha256(spec.encode()).hexdigest()
+    layer_dir = LAYERS / name
+
+    def fill(root: Path) -> dict:
+        for rel, content in files.items():
+            target = root / rel.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (target.write_text if isinstance(content, str) else target.write_bytes)(content)
+            os.chmod(target, modes.get(rel, 0o644))
+        for rel in delete:
+            target = root / rel.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        return {rel.lstrip("/"): None for rel in paths}
+
+    if not (_manifest_ok(layer_dir) and _read_manifest(layer_dir).get("digest") == digest):
+        _install(layer_dir, fill, {"name": name, "digest": digest})
+    return Layer(name, layer_dir / "root")
+
+
+def _read_manifest(layer_dir: Path) -> dict:
+    try:
+        return json.loads((layer_dir / "layer.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def image(ref: str | Image = BASE, layers: Sequence[Layer] = ()) -> Image:
+    """The image `ref`: "busybox" is the base layer; extra `layers` stack on top (bottom first)."""
+    if isinstance(ref, Image):
+        return ref
+    if ref != BASE:
+        raise NotFound(f"image {ref!r}: labkit builds only {BASE!r} offline; stack more with "
+                       f"image('{BASE}', layers=[layer('app', files={{...}})])")
+    return Image(BASE if not layers else f"{BASE}+" + "+".join(l.name for l in layers),
+                 (base_layer(), *layers))
+
+
+def remove_image_store() -> None:
+    """Delete the cached image store (it is rebuilt on next use)."""
+    shutil.rmtree(IMAGE_STORE, ignore_errors=True)
+
+
+# --- a container's root: overlay over the layers, writable layer on tmpfs -------------------------
+
+class RootFS:
+    """The root filesystem of one container, mounted on the host like Docker's overlay2 `merged`.
+
+        /run/labkit/work/labkit-NAME/      tmpfs (the container's writable layer lives in memory)
+            upper/    what the container changed (copy-up), added, or deleted (whiteouts)
+            work/     overlayfs's scratch space
+            rootfs/   the merged view: upper over the image's layers - the container's /
+
+    With `bind=PATH` (an OCI bundle's root.path) the directory is used as it is, like runc does.
+    The work directory's name doubles as the container's name lock: two at once -> Conflict.
+    """
+
+    def __init__(self, image_ref: str | Image | None = BASE, *, name: str | None = None,
+                 bind: str | os.PathLike | None = None, readonly: bool = False, size: str = "64m"):
+        self.name = cleanup.checked_name(name) if name else cleanup.unique_name("rootfs")
+        self.image = None if bind is not None else image(image_ref or BASE)
+        self.bind = Path(bind).resolve() if bind is not None else None
+        if self.bind is not None and not self.bind.is_dir():
+            raise InvalidValue("root path", str(bind), "an existing directory")
+        self.readonly = readonly
+        self.size = size
+        self.dir = cleanup.WORK_DIR / self.name
+        self.upper, self.work = self.dir / "upper", self.dir / "work"
+        self.merged = self.dir / "rootfs"
+        self.mounted = False
+
+    @property
+    def path(self) -> Path:
+        """The directory that becomes the container's /."""
+        return self.bind if self.bind is not None else self.merged
+
+    def mount(self) -> "RootFS":
+        from . import host
+        host.require_lab_host("mount a container root filesystem")
+        cleanup.WORK_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.dir, 0o700)   # atomic: the name is ours, or someone else's
+        except FileExistsError:
+            raise Conflict(f"a container named {self.name!r} exists already "
+                           f"({self.dir}); choose another name or delete it") from None
+        cleanup.claim("dir", self.name)
+        cleanup.claim("mount", self.name)
+        try:
+            syscalls.mount("tmpfs", str(self.dir), "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
+                           f"mode=0700,size={self.size}")
+            self.mounted = True
+            if self.image is not None:
+                for d in (self.upper, self.work, self.merged):
+                    d.mkdir()
+                options = f"lowerdir={self.image.lowerdir()},upperdir={self.upper},workdir={self.work}"
+                syscalls.mount("overlay", str(self.merged), "overlay",
+                               syscalls.MS_RDONLY if self.readonly else 0, options)
+        except OSError as exc:
+            self.unmount()
+            raise from_oserror(exc, "mount root filesystem", str(self.merged)) from None
+        except BaseException:
+            self.unmount()
+            raise
+        return self
+
+    def unmount(self) -> None:
+        """Unmount overlay and tmpfs (the container's changes vanish), remove the directory."""
+        for target in (self.merged, self.dir):
+            if _is_mountpoint(target):
+                _umount(str(target))
+        self.mounted = False
+        cleanup.release("mount", self.name)
+        try:
+            os.rmdir(self.dir)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        cleanup.release("dir", self.name)
+
+    def __enter__(self) -> "RootFS":
+        return self.mount() if not self.mounted else self
+
+    def __exit__(self, *exc) -> None:
+        self.unmount()
+
+    def changes(self) -> list[tuple[str, str]]:
+        """What the container changed, like `docker diff`: (A)dded, (C)hanged, (D)eleted paths."""
+        if self.image is None:
+            raise Unsupported("changes() needs an overlay root (this one is a bind mount)")
+        result = []
+        for dirpath, dirnames, filenames in os.walk(self.upper):
+            for entry in sorted(dirnames + filenames):
+                full = os.path.join(dirpath, entry)
+                rel = "/" + os.path.relpath(full, self.upper)
+                st = os.lstat(full)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    result.append(("D", rel))
+                elif any(os.path.lexists(str(layer.path) + rel) for layer in self.image.layers):
+                    result.append(("C", rel))
+                else:
+                    result.append(("A", rel))
+        return sorted(result, key=lambda item: item[1])
+
+    def mounts(self) -> list[dict]:
+        """This root's mounts as the kernel lists them in /proc/self/mountinfo."""
+        return [m for m in read_mountinfo() if m["mountpoint"] in (str(self.dir), str(self.merged))]
+
+    def __repr__(self) -> str:
+        what = self.image.name if self.image else str(self.bind)
+        return f"<RootFS {self.name} {what} {'mounted' if self.mounted else 'unmounted'}>"
+
+
+def _umount(target: str) -> None:
+    try:
+        syscalls.umount2(target, 0)
+    except OSError:   # busy (a dying container still holds it): detach now, freed when unused
+        syscalls.umount2(target, syscalls.MNT_DETACH)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return any(m["mountpoint"] == str(path) for m in read_mountinfo())
+
+
+def read_mountinfo(pid: int | str = "self") -> list[dict]:
+    """/proc/PID/mountinfo parsed: mount id, parent, mountpoint, fstype, source, options."""
+    mounts = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            fields = left.split()
+            fstype, source, superopts = (right.split() + ["", ""])[:3]
+            unescape = lambda s: s.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            mounts.append({"id": int(fields[0]), "parent": int(fields[1]),
+                           "mountpoint": unescape(fields[4]), "options": fields[5],
+                           "fstype": fstype, "source": source, "superopts": superopts})
+    return mounts
+
+
+def overlay_layers(mount: dict) -> dict:
+    """{'lower': [top, ..., bottom], 'upper': path, 'work': path} from an overlay mount's options."""
+    opts = dict(opt.split("=", 1) for opt in mount["superopts"].split(",") if "=" in opt)
+    return {"lower": opts.get("lowerdir", "").split(":"), "upper": opts.get("upperdir"),
+            "work": opts.get("workdir")}
+
+
+# --- pivot_root done right: setup steps for the container's final child ---------------------------
+
+_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
+            "tty": (5, 0)}
+_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+
+
+def bind_root(root: str) -> None:
+    """pivot_root needs the new root to be a mount point: bind-mount it on itself."""
+    syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
+
+
+def mount_sys(root: str) -> None:
+    """sysfs read-only: the container may look at devices, never reconfigure them."""
+    syscalls.mount("sysfs", f"{root}/sys", "sysfs", syscalls.MS_RDONLY | syscalls.MS_NOSUID
+                   | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+
+
+def make_dev(root: str) -> None:
+    """A minimal /dev on tmpfs: the six character devices programs expect, /dev/pts, fd links."""
+    dev = f"{root}/dev"
+    syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=64k")
+    old = os.umask(0)
+    try:
+        for node, (major, minor) in _DEVICES.items():
+            os.mknod(f"{dev}/{node}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    finally:
+        os.umask(old)
+    for link, target in _DEV_LINKS.items():
+        os.symlink(target, f"{dev}/{link}")
+    os.mkdir(f"{dev}/pts")
+    syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620")
+    os.mkdir(f"{dev}/shm", 0o1777)
+
+
+def pivot(root: str) -> None:
+    """pivot_root(2) into `root`, then detach the old root so nothing of the host stays reachable.
+
+    pivot_root(".", ".") (as runc does) stacks the old root on top of the new one at the same place;
+    umount2(".", MNT_DETACH) then takes it away lazily - no put_old directory to create or remove,
+    which also works when the new root is read-only.
+    """
+    os.chdir(root)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+
+
+def remount_readonly() -> None:
+    syscalls.mount(None, "/", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+
+
+def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, dev: bool = True,
+                sys: bool = True) -> list[Callable[[], None]]:
+    """The setup steps, in order, for namespaces.spawn(setup=...): the child ends up inside `root`.
+
+    spawn itself has already made `/` private recursively (so these mounts never reach the host),
+    set the hostname, and mounts /proc after these steps (a /proc of the container's pid namespace).
+    """
+    root = str(root)
+    steps = [functools.partial(bind_root, root)]
+    if sys:
+        steps.append(functools.partial(mount_sys, root))
+    if dev:
+        steps.append(functools.partial(make_dev, root))
+    steps.append(functools.partial(pivot, root))
+    if readonly:
+        steps.append(remount_readonly)
+    return steps
+
+
+# --- chroot versus pivot_root: the classic escape, tried for real --------------------------------
+
+@dataclass
+class EscapeResult:
+    method: str              # "chroot" or "pivot_root"
+    escaped: bool            # True: the process reached the host's real /
+    root_entries: list[str]  # what `ls /` showed after the escape attempt
+    host_root: list[str]     # the host's `ls /`, for comparison
+
+    def __str__(self) -> str:
+        verdict = "ESCAPED to the host's /" if self.escaped else "stayed inside its root"
+        return f"{self.method:<10} {verdict}: ls / -> {' '.join(self.root_entries[:12])}"
+
+
+def _escape_attempt() -> tuple[int, int, list[str]]:
+    """The trick: chroot into a subdirectory WITHOUT chdir, so the cwd is now outside the root;
+    walk up with chdir("..") (the kernel stops only at the process's root, which we just moved
+    below us), then chroot(".") at the top we reached."""
+    os.makedirs("/.escape", exist_ok=True)
+    os.chroot("/.escape")
+    for _ in range(64):
+        os.chdir("..")
+    os.chroot(".")
+    st = os.stat("/")
+    return st.st_dev, st.st_ino, sorted(os.listdir("/"))
+
+
+def _enter_root(root: str, method: str) -> None:
+    if method == "chroot":
+        os.chroot(root)
+        os.chdir("/")
+    else:
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        bind_root(root)
+        pivot(root)
+
+
+def chroot_escape(method: str = "chroot", image_ref: str | Image = BASE) -> EscapeResult:
+    """Put a root child process into a busybox root with `method` ("chroot" or "pivot_root"), let it
+    try the chroot escape, and report what it saw. Runs on a throwaway overlay root."""
+    if method not in ("chroot", "pivot_root"):
+        raise InvalidValue("method", method, "'chroot' or 'pivot_root'")
+    host_st = os.stat("/")
+    host_root = sorted(os.listdir("/"))
+    with RootFS(image_ref, name=cleanup.unique_name("escape")) as rootfs:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            try:
+                os.close(r)
+                _enter_root(str(rootfs.path), method)
+                dev, ino, entries = _escape_attempt()
+                os.write(w, json.dumps([dev, ino, entries]).encode())
+                os._exit(0)
+            except BaseException as exc:  # noqa: BLE001
+                os.write(w, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+                os._exit(1)
+        os.close(w)
+        with os.fdopen(r) as pipe:
+            data = json.loads(pipe.read() or '{"error": "child died"}')
+        os.waitpid(pid, 0)
+    if isinstance(data, dict):
+        raise LabkitError(f"chroot_escape({method!r}) failed in the child: {data['error']}")
+    dev, ino, entries = data
+    return EscapeResult(method, (dev, ino) == (host_st.st_dev, host_st.st_ino), entries, host_root)
+
+
+# --- cleanup hooks ------------------------------------------------------------------------------
+
+def find_leftovers():
+    """Every mount under /run/labkit/work/labkit-*, deepest first (so unmounting works in order)."""
+    prefix = str(cleanup.WORK_DIR) + "/" + cleanup.PREFIX
+    found = []
+    try:
+        mounts = read_mountinfo()
+    except OSError:
+        return
+    for m in mounts:
+        if m["mountpoint"].startswith(prefix):
+            name = m["mountpoint"][len(str(cleanup.WORK_DIR)) + 1:].split("/")[0]
+            found.append(cleanup.leftover("mount", name, m["mountpoint"], fstype=m["fstype"]))
+    yield from sorted(found, key=lambda item: -len(item.where))
+
+
+def remove_leftover(item) -> None:
+    if item.kind != "mount":
+        return
+    try:
+        syscalls.umount2(item.where, syscalls.MNT_DETACH)
+    except OSError:
+        pass
+    if not any(m["mountpoint"].startswith(str(cleanup.WORK_DIR / item.name)) for m in read_mountinfo()):
+        cleanup.release("mount", item.name)
