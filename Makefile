@@ -1,0 +1,33 @@
+# Docker Deep Dive Lab. As root on a Linux machine (Debian 12 / Ubuntu 24.04), two commands:
+#   make lab    install what is missing, start JupyterLab on 127.0.0.1:8888, print its URL with the token
+#   make test   install what is missing (plus the test tools), run the whole suite
+# Both call vagrant/provision.sh, the same script the Vagrant VM and cloud-init run, and it skips
+# everything that is already in place. `make clean` stops the lab and removes test output and caches;
+# `make distclean` also removes the venv.
+
+SHELL := /bin/bash
+VENV ?= $(or $(LABKIT_VENV),$(CURDIR)/.venv)
+export LABKIT_VENV := $(VENV)
+LAB_PORT ?= 8888
+LAB_IP ?= 127.0.0.1
+
+.PHONY: lab test provision clean distclean
+
+lab:
+	bash vagrant/provision.sh --lab --ip $(LAB_IP) --port $(LAB_PORT)
+
+test:
+	bash vagrant/provision.sh --test-tools
+	bash tests/run_suite.sh
+
+provision:
+	bash vagrant/provision.sh
+
+clean:
+	-[ -x $(VENV)/bin/labkit ] && $(VENV)/bin/labkit lab stop
+	-[ -x $(VENV)/bin/labkit ] && $(VENV)/bin/labkit cleanup
+	rm -rf test-output .pytest_cache .vagrant
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) labkit.egg-info

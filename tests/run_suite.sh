@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# The whole test suite, in stages, after vagrant/provision.sh has set the machine up (`make test`).
+#
+#   0 sweep          labkit cleanup: remove and report leftovers of EARLIER runs on this machine
+#   1 unit           pytest tests/unit (no root needed)
+#   2 integration    pytest tests/integration (root: real namespaces, cgroups, links, the lab server)
+#   3 notebooks      nbval --nbval-lax over every notebook
+#   4 v2tier         the pure cgroup-v2 tier inside a microVM (tests/v2tier/run.py, when it exists)
+#   5 provision      vagrant/provision.sh again: must report "nothing changed" (idempotence)
+#   6 vagrant        vagrant validate
+#   7 shellcheck     every shell script: vagrant/, tests/, scripts/, benchmarks/, .ci/run
+#   8 leaks          labkit cleanup --check: what THIS run left behind
+#
+# Every stage runs even when an earlier one failed; the script prints a table of results and
+# durations, then `N passed, N failed, N skipped` summed over the pytest stages, and exits non-zero if
+# any stage failed.
+#
+# "No tests collected" (pytest exit 5): a stage whose inputs do not exist yet (no notebooks/*.ipynb,
+# no tests/v2tier/run.py) is reported as SKIP and does not fail the run - the project grows chapter by
+# chapter. A stage whose inputs DO exist but collects nothing FAILS: tests that silently vanished
+# (a broken conftest, a wrong path) must not pass as green.
+# The stage functions are called through `stage NAME ... -- FUNCTION`, which shellcheck cannot follow:
+# shellcheck disable=SC2317
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+VENV=${LABKIT_VENV:-$PWD/.venv}
+PY=$VENV/bin/python
+LABKIT=$VENV/bin/labkit
+OUT=${TEST_OUTPUT:-$PWD/test-output}
+mkdir -p "$OUT"
+
+NAMES=() RESULTS=() TIMES=() NOTES=()
+PASSED=0 FAILED=0 SKIPPED=0
+STAGE_NOTE=""
+
+banner() {
+    printf '\n%s\n' "======================================================================================"
+    printf '== stage %s: %s\n' "$1" "$2"
+    printf '%s\n' "======================================================================================"
+}
+
+record() {   # name result seconds note
+    NAMES+=("$1") RESULTS+=("$2") TIMES+=("$3") NOTES+=("$4")
+    printf '== stage %s: %s in %ss%s\n' "$1" "$2" "$3" "${4:+ ($4)}"
+}
+
+# stage NAME TIMEOUT_SECONDS DESCRIPTION -- COMMAND...
+# COMMAND's exit status: 0 PASS, 77 SKIP (reason in STAGE_NOTE), anything else FAIL.
+stage() {
+    local name=$1 limit=$2 what=$3 start rc result
+    shift 4
+    banner "$name" "$what"
+    STAGE_NOTE=""
+    start=$(date +%s)
+    "$@"
+    rc=$?
+    case $rc in
+        0) result=PASS ;;
+        77) result=SKIP ;;
+        124|137) result=FAIL; STAGE_NOTE="timed out after ${limit}s" ;;
+        *) result=FAIL; STAGE_NOTE=${STAGE_NOTE:-"exit status $rc"} ;;
+    esac
+    record "$name" "$result" "$(( $(date +%s) - start ))" "$STAGE_NOTE"
+}
+
+# Sum passed/failed/skipped from a pytest JUnit XML file into the totals.
+count_junit() {
+    local counts
+    counts=$("$PY" - "$1" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError):
+    print(0, 0, 0); sys.exit()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+tests = failed = skipped = 0
+for s in suites:
+    tests += int(s.get("tests", 0))
+    failed += int(s.get("failures", 0)) + int(s.get("errors", 0))
+    skipped += int(s.get("skipped", 0))
+print(tests - failed - skipped, failed, skipped)
+EOF
+)
+    read -r p f s <<< "$counts"
+    PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + s))
+    STAGE_NOTE="$p passed, $f failed, $s skipped"
+}
+
+# run_pytest NAME LIMIT ARGS...: pytest with a JUnit report; exit 5 (nothing collected) is a failure.
+run_pytest() {
+    local name=$1 limit=$2 rc
+    shift 2
+    rm -f "$OUT/$name.xml"
+    timeout -k 30 "$limit" "$PY" -m pytest -q -rfE -p no:cacheprovider \
+        --junitxml="$OUT/$name.xml" "$@"
+    rc=$?
+    count_junit "$OUT/$name.xml"
+    if [ "$rc" -eq 5 ]; then
+        STAGE_NOTE="pytest collected no tests although there are test files"
+        return 1
+    fi
+    return "$rc"
+}
+
+# --- the stages ------------------------------------------------------------------------------------
+
+sweep() { "$LABKIT" cleanup; }
+
+unit() {
+    compgen -G 'tests/unit/test_*.py' >/dev/null || { STAGE_NOTE="no tests/unit/test_*.py"; return 77; }
+    run_pytest unit 900 tests/unit
+}
+
+integration() {
+    compgen -G 'tests/integration/test_*.py' >/dev/null \
+        || { STAGE_NOTE="no tests/integration/test_*.py"; return 77; }
+    run_pytest integration 1500 tests/integration
+}
+
+notebooks() {
+    compgen -G 'notebooks/*.ipynb' >/dev/null || { STAGE_NOTE="no notebooks yet"; return 77; }
+    run_pytest notebooks 1800 --nbval-lax --nbval-sanitize-with tests/sanitize.cfg notebooks/
+}
+
+v2tier() {
+    [ -f tests/v2tier/run.py ] || { STAGE_NOTE="tests/v2tier/run.py not written yet"; return 77; }
+    timeout -k 30 1200 "$PY" tests/v2tier/run.py
+}
+
+provision_again() {
+    local log=$OUT/provision-again.log
+    bash vagrant/provision.sh --test-tools 2>&1 | tee "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+    if grep -q '^\[provision\] nothing changed$' "$log"; then
+        STAGE_NOTE="second run: nothing changed"
+        return 0
+    fi
+    STAGE_NOTE="second run changed something: $(grep '^\[provision\] changed:' "$log" | head -3 | tr '\n' ' ')"
+    return 1
+}
+
+vagrant_validate() {
+    command -v vagrant >/dev/null || { STAGE_NOTE="vagrant is not installed"; return 1; }
+    timeout -k 10 300 vagrant validate
+}
+
+shell_scripts() {
+    local f
+    for f in .ci/run vagrant/*.sh tests/*.sh tests/**/*.sh scripts/* benchmarks/*.sh; do
+        [ -f "$f" ] && printf '%s\n' "$f"
+    done | sort -u
+}
+
+shellcheck_all() {
+    local files
+    command -v shellcheck >/dev/null || { STAGE_NOTE="shellcheck is not installed"; return 1; }
+    shopt -s globstar nullglob
+    mapfile -t files < <(shell_scripts)
+    shopt -u globstar nullglob
+    echo "shellcheck ${files[*]}"
+    STAGE_NOTE="${#files[@]} scripts"
+    shellcheck -x "${files[@]}"
+}
+
+leaks() { "$LABKIT" cleanup --check; }
+
+SUITE_START=$(date +%s)
+stage sweep        120  "labkit cleanup: remove leftovers of earlier runs" -- sweep
+stage unit         900  "unit tests (tests/unit)" -- unit
+stage integration  1500 "root integration tests on the real kernel (tests/integration)" -- integration
+stage notebooks    1800 "nbval --nbval-lax over every notebook (notebooks/)" -- notebooks
+stage v2tier       1200 "the cgroup-v2 tier in a microVM (tests/v2tier/run.py)" -- v2tier
+stage provision    900  "provisioning is idempotent (vagrant/provision.sh, second run)" -- provision_again
+stage vagrant      300  "vagrant validate (Vagrantfile)" -- vagrant_validate
+stage shellcheck   120  "shellcheck over every shell script" -- shellcheck_all
+stage leaks        120  "labkit cleanup --check: nothing left behind" -- leaks
+
+printf '\n%s\n' "======================================================================================"
+printf '%-13s %-6s %8s  %s\n' "stage" "result" "seconds" "note"
+status=0
+for i in "${!NAMES[@]}"; do
+    printf '%-13s %-6s %8s  %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}" "${NOTES[$i]}"
+    [ "${RESULTS[$i]}" = FAIL ] && status=1
+done
+printf '%-13s %-6s %8s\n' "total" "$([ $status = 0 ] && echo PASS || echo FAIL)" "$(( $(date +%s) - SUITE_START ))"
+printf '%s\n' "======================================================================================"
+printf '%d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+exit $status

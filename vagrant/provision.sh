@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Provision a Docker Deep Dive Lab host: the ONE script behind `make lab`, `make test`, `vagrant up`
+# and cloud-init. Debian 12 and Ubuntu 24.04, amd64 and arm64. Idempotent: every step first checks
+# whether it is already right, and a second run ends with "nothing changed".
+#
+#   vagrant/provision.sh [--test-tools] [--lab] [--ip ADDR] [--port N]
+#
+#   --test-tools   also install what `make test` needs (packages tagged `test` in packages.txt)
+#   --lab          start JupyterLab (a systemd service where PID 1 is systemd, else a background
+#                  process) and print its URL with the token
+#   --ip, --port   where JupyterLab listens (default 127.0.0.1:8888; the Vagrant VM uses 0.0.0.0 so
+#                  that the NAT port forward, bound to the HOST's 127.0.0.1 only, can reach it)
+#
+# Environment: LABKIT_REPO (default: this script's repository), LABKIT_VENV (default: $REPO/.venv),
+# LABKIT_PYTHON (the Python to build the venv from; default: python3 on PATH if >= 3.11, else
+# /usr/bin/python3).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=${LABKIT_REPO:-$(cd "$HERE/.." && pwd)}
+VENV=${LABKIT_VENV:-$REPO/.venv}
+MARKER=/etc/labkit/lab-host
+PACKAGES_FILE=$HERE/packages.txt
+
+TEST_TOOLS=0
+START_LAB=0
+LAB_ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --test-tools) TEST_TOOLS=1 ;;
+        --lab) START_LAB=1 ;;
+        --ip|--port)
+            [ $# -ge 2 ] || { echo "provision: $1 needs a value" >&2; exit 2; }
+            LAB_ARGS+=("$1" "$2"); shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "provision: unknown option '$1' (accepted: --test-tools --lab --ip ADDR --port N)" >&2
+           exit 2 ;;
+    esac
+    shift
+done
+
+CHANGES=()
+say()     { printf '[provision] %s\n' "$*"; }
+changed() { CHANGES+=("$1"); say "changed: $1"; }
+die()     { printf '[provision] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): it installs packages and writes $MARKER"
+[ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE"
+
+# --- 1. where are we -----------------------------------------------------------------------------
+# shellcheck source=/dev/null
+. /etc/os-release
+DISTRO=${ID:-unknown}
+ARCH=$(dpkg --print-architecture)
+case "$DISTRO $VERSION_ID" in
+    "debian 12"|"ubuntu 24.04") ;;
+    *) say "warning: tested on Debian 12 and Ubuntu 24.04, this is $DISTRO $VERSION_ID: trying anyway" ;;
+esac
+case "$ARCH" in
+    amd64|arm64) ;;
+    *) say "warning: tested on amd64 and arm64, this is $ARCH: trying anyway" ;;
+esac
+say "host: $DISTRO $VERSION_ID $ARCH, repo $REPO, venv $VENV"
+
+# --- 2. system packages ----------------------------------------------------------------------------
+# A package is wanted when all its tags match this machine; it is missing when dpkg says it is not
+# installed. apt-get update runs only when something is missing.
+have_kernel() { compgen -G '/boot/vmlinuz-*' >/dev/null; }
+
+wanted_packages() {
+    local pkg tags tag ok
+    while read -r pkg tags; do
+        case "$pkg" in ''|'#'*) continue ;; esac
+        ok=1
+        for tag in $tags; do
+            case "$tag" in
+                amd64|arm64) [ "$tag" = "$ARCH" ] || ok=0 ;;
+                debian|ubuntu) [ "$tag" = "$DISTRO" ] || ok=0 ;;
+                test) [ "$TEST_TOOLS" = 1 ] || ok=0 ;;
+                kernel) ;;   # handled below: any installed kernel will do
+                *) die "packages.txt: unknown tag '$tag' on '$pkg' (accepted: amd64 arm64 debian ubuntu test kernel)" ;;
+            esac
+        done
+        [ "$ok" = 1 ] && printf '%s %s\n' "$pkg" "$tags"
+    done < "$PACKAGES_FILE"
+}
+
+is_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+MISSING=()
+KERNEL_PKGS=()
+while read -r pkg tags; do
+    is_installed "$pkg" && continue
+    if [[ " $tags " == *" kernel "* ]]; then
+        have_kernel && continue
+        KERNEL_PKGS+=("$pkg")
+    fi
+    MISSING+=("$pkg")
+done < <(wanted_packages)
+
+apt_install() {
+    # Non-interactive, keep existing config files, no recommends (they double the download: docker
+    # recommends git and apparmor, vagrant recommends the whole libvirt plugin, qemu a GUI).
+    DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a NEEDRESTART_SUSPEND=1 INITRD=No \
+        apt-get install -y --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        -o Dpkg::Use-Pty=0 "$@"
+}
+
+if [ ${#MISSING[@]} -eq 0 ]; then
+    say "system packages: all $(wanted_packages | wc -l) present"
+else
+    say "system packages: ${#MISSING[@]} missing: ${MISSING[*]}"
+    say "apt-get update ..."
+    DEBIAN_FRONTEND=noninteractive apt-get update -o Dpkg::Use-Pty=0
+    # Test-only tools a distribution does not ship (Ubuntu has no chromium .deb) are skipped with a
+    # note; a missing lab package is an error.
+    INSTALL=()
+    for pkg in "${MISSING[@]}"; do
+        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        if [ -n "$candidate" ] && [ "$candidate" != "(none)" ]; then
+            INSTALL+=("$pkg")
+        elif grep -Eq "^${pkg}[[:space:]].*\btest\b" "$PACKAGES_FILE"; then
+            say "warning: $pkg is not available on $DISTRO $VERSION_ID: skipped (its tests will skip)"
+        else
+            die "package $pkg is not available on $DISTRO $VERSION_ID $ARCH"
+        fi
+    done
+    if [ ${#INSTALL[@]} -gt 0 ]; then
+        [ ${#KERNEL_PKGS[@]} -eq 0 ] || say "guest kernel: ${KERNEL_PKGS[*]} (INITRD=No: no initramfs is generated)"
+        say "apt-get install ${INSTALL[*]} ..."
+        apt_install "${INSTALL[@]}"
+        changed "installed ${#INSTALL[@]} package(s): ${INSTALL[*]}"
+    fi
+fi
+
+# --- 3. the Python venv with labkit ---------------------------------------------------------------
+# Rebuilt only when pyproject.toml or the base Python changed: the stamp records both.
+pick_python() {
+    local py real
+    for py in "${LABKIT_PYTHON:-}" python3 /usr/bin/python3; do
+        if [ -z "$py" ] || ! command -v "$py" >/dev/null 2>&1; then continue; fi
+        real=$("$py" -c 'import sys; print(sys.executable)' 2>/dev/null) || continue
+        if "$real" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            printf '%s\n' "$real"
+            return 0
+        fi
+    done
+    return 1
+}
+
+STAMP=$VENV/.labkit-provisioned
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    BASE_PY=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')
+else
+    BASE_PY=$(pick_python) || die "no Python >= 3.11 with venv found (apt-get install python3-venv)"
+    if [ -e "$VENV" ]; then
+        say "venv at $VENV is broken: rebuilding it"
+        rm -rf "$VENV"
+    fi
+    say "creating venv $VENV from $BASE_PY"
+    "$BASE_PY" -m venv "$VENV"
+    changed "created venv $VENV"
+fi
+WANT_STAMP="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ] && "$VENV/bin/python" -c 'import labkit' 2>/dev/null; then
+    say "venv: up to date with pyproject.toml ($VENV)"
+else
+    say "pip install -e $REPO (labkit and its dependencies) ..."
+    "$VENV/bin/python" -m pip install --progress-bar off -e "$REPO"
+    printf '%s\n' "$WANT_STAMP" > "$STAMP"
+    changed "installed labkit and its Python dependencies into $VENV"
+fi
+
+# A venv outside the repository (the Vagrant VM keeps it off the synced folder, where symlinks may be
+# refused) is put on root's PATH for login shells.
+case "$VENV" in
+    "$REPO"/*) ;;
+    *)
+        PROFILE=/etc/profile.d/deep-dive-lab.sh
+        WANT="export LABKIT_VENV=$VENV; export PATH=\"$VENV/bin:\$PATH\""
+        if [ "$(cat "$PROFILE" 2>/dev/null)" != "$WANT" ]; then
+            printf '%s\n' "$WANT" > "$PROFILE"
+            changed "wrote $PROFILE"
+        fi ;;
+esac
+
+# --- 4. the lab-host marker ------------------------------------------------------------------------
+if [ -f "$MARKER" ]; then
+    say "lab host: $MARKER present (labkit may create kernel objects here)"
+else
+    mkdir -p "$(dirname "$MARKER")"
+    printf 'This machine is a Docker Deep Dive Lab host: labkit may create namespaces, cgroups,\nnetwork links and microVMs here. Written by vagrant/provision.sh.\n' > "$MARKER"
+    changed "wrote the lab-host marker $MARKER: this machine is now a lab host"
+fi
+
+# --- 5. JupyterLab ---------------------------------------------------------------------------------
+if [ "$START_LAB" = 1 ]; then
+    LABKIT=$VENV/bin/labkit
+    if "$LABKIT" lab status --quiet "${LAB_ARGS[@]}" --notebook-dir "$REPO/notebooks"; then
+        say "JupyterLab: already running as configured"
+    else
+        "$LABKIT" lab start "${LAB_ARGS[@]}" --notebook-dir "$REPO/notebooks"
+        changed "started JupyterLab"
+    fi
+fi
+
+# --- summary ---------------------------------------------------------------------------------------
+if [ ${#CHANGES[@]} -eq 0 ]; then
+    say "nothing changed"
+else
+    say "${#CHANGES[@]} change(s):"
+    for c in "${CHANGES[@]}"; do say "  - $c"; done
+fi
+if [ "$START_LAB" = 1 ]; then
+    echo
+    echo "JupyterLab is running. Open this URL in your browser:"
+    echo "    $("$VENV/bin/labkit" lab url)"
+    echo "(print it again any time with: labkit lab url)"
+fi
