@@ -282,7 +282,6 @@ def snapshot(samplers: Sampler | Iterable[Sampler], panels: Sequence[str] = ("me
 
     Returns an IPython.display.Image; with `path` the PNG is also written there.
     """
-    from IPython.display import Image
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -290,10 +289,20 @@ def snapshot(samplers: Sampler | Iterable[Sampler], panels: Sequence[str] = ("me
     fig = Figure(figsize=figsize or (8.0, 2.4 * len(panels) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     _Drawing(fig, samplers, panels, title).update()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    png = buffer.getvalue()
+    image = png(fig, dpi)
     if path:
         with open(path, "wb") as f:
-            f.write(png)
-    return Image(data=png, format="png")
+            f.write(image.data)
+    return image
+
+
+def png(fig, dpi: int = 90):
+    """Any matplotlib Figure as a static PNG (an IPython Image): diagrams that must survive export."""
+    from IPython.display import Image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return Image(data=buffer.getvalue(), format="png")

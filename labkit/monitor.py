@@ -242,6 +242,9 @@ class Sampler:
                 self.gone = True
                 return None
             raise
+        if all(value is None for value in stats.values()) and not self._exists():
+            self.gone = True  # a v1 backend reads missing files as None rather than failing
+            return None
         previous = self.samples[-1] if self.samples else None
         sample = derive(replace(reading(stats, now - self._start, limits), procs=procs), previous)
         new_events = events_between(previous, sample)
@@ -250,6 +253,10 @@ class Sampler:
         for listener in list(self.listeners):
             listener(sample, new_events)
         return sample
+
+    def _exists(self) -> bool:
+        exists = getattr(self.cgroup, "exists", None)
+        return True if exists is None else bool(exists())
 
     # running on the event loop
 
