@@ -389,6 +389,12 @@ def bind_root(root: str) -> None:
     syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
 
 
+def mount_proc(root: str) -> None:
+    """A /proc of the container's own pid namespace (this process is already pid 1 in it)."""
+    syscalls.mount("proc", f"{root}/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV
+                   | syscalls.MS_NOEXEC)
+
+
 def mount_sys(root: str) -> None:
     """sysfs read-only: the container may look at devices, never reconfigure them."""
     syscalls.mount("sysfs", f"{root}/sys", "sysfs", syscalls.MS_RDONLY | syscalls.MS_NOSUID
@@ -430,15 +436,18 @@ def remount_readonly() -> None:
     syscalls.mount(None, "/", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
 
 
-def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, dev: bool = True,
-                sys: bool = True) -> list[Callable[[], None]]:
-    """The setup steps, in order, for namespaces.spawn(setup=...): the child ends up inside `root`.
+def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool = True,
+                dev: bool = True, sys: bool = True) -> list[Callable[[], None]]:
+    """The setup steps, in order, for namespaces.spawn(setup=..., mount_proc=False): the child ends
+    up inside `root`, with /proc (of its own pid namespace), a minimal /dev and a read-only /sys.
 
-    spawn itself has already made `/` private recursively (so these mounts never reach the host),
-    set the hostname, and mounts /proc after these steps (a /proc of the container's pid namespace).
+    spawn itself has already made `/` private recursively (so these mounts never reach the host)
+    and set the hostname before these steps run.
     """
     root = str(root)
     steps = [functools.partial(bind_root, root)]
+    if proc:
+        steps.append(functools.partial(mount_proc, root))
     if sys:
         steps.append(functools.partial(mount_sys, root))
     if dev:

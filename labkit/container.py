@@ -1,0 +1,438 @@
+"""A container: namespaces + a cgroup + a root filesystem (+ a network), with an OCI runtime's verbs.
+
+    with Container("busybox", ["sh", "-c", "hostname; ps"], hostname="box", mem_limit="32M") as c:
+        c.create()      # optional: without it, start() creates and runs in one go
+        c.start()
+        c.wait()
+        print(c.logs())
+
+is the seed's definition - "an isolated area of an OS with resource usage limits applied" - put
+together from the pieces of the earlier chapters:
+
+    create   RootFS: overlay of the image's read-only layers + a writable tmpfs layer  (labkit.rootfs)
+             Cgroup with the memory / cpu / pids limits                               (labkit.cgroups)
+             spawn: a child in new pid, mnt, uts, ipc, net namespaces, placed in the cgroup before
+             it runs anything, pivot_root into the rootfs, /proc /dev /sys mounted  (labkit.namespaces)
+             ... and there it WAITS, on a pipe, like runc's `create` waits on exec.fifo
+    start    one byte down that pipe: the child execs the command
+    exec     another process joins the running container's namespaces and cgroup (like nsenter)
+    kill     a signal to the container's pid 1
+    delete   everything in the cgroup killed, cgroup removed, rootfs unmounted, work dir gone
+    state    the OCI state: {"id", "status": created|running|stopped, "pid", "bundle"}
+
+Keyword names follow the docker SDK for Python where they overlap (image, command, name,
+hostname, environment, working_dir, mem_limit, nano_cpus, pids_limit, network, read_only, init),
+so what you learn here carries over to `docker.from_env().containers.run(...)`.
+
+Pid 1 and orphans: a process whose parent dies is re-parented to pid 1 of its pid namespace, and
+only pid 1 can reap it. A shell or a server is not written to do that, so by default (`init=None`)
+labkit runs the image's /sbin/tini as pid 1 - the same tiny reaper `docker run --init` injects -
+and tini runs the command as its child, forwards signals to it and exits with its status. It costs
+one fork+exec of a 700 kB static binary (well under a millisecond); a Python reaper would have cost
+a copy of the whole interpreter as pid 1 in every container. `init=False` makes the command pid 1.
+"""
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from . import cleanup, rootfs as _rootfs
+from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
+
+DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT = "/sbin/tini"
+_INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init", "systemd"}
+OCI_VERSION = "1.0.2"
+
+
+@dataclass
+class Result:
+    """What `run` returns (shaped like namespaces.Result / subprocess.CompletedProcess)."""
+    args: list[str]
+    returncode: int       # negative: killed by that signal
+    stdout: str
+    stderr: str
+    pid: int              # the host pid the container's pid 1 had
+    oom_killed: bool = False
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell reports: 128+N for a process killed by signal N."""
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+
+def _environment(environment, hostname: str) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"}
+    if environment is None:
+        return env
+    items = environment.items() if isinstance(environment, Mapping) else \
+        (str(e).split("=", 1) if "=" in str(e) else (str(e), "") for e in environment)
+    for key, value in items:
+        if not key or "=" in key or "\0" in key + str(value):
+            raise InvalidValue("environment variable", key, "NAME=value with a NAME without '=' or NUL")
+        env[key] = str(value)
+    return env
+
+
+def _command(command) -> list[str]:
+    if command is None:
+        return ["/bin/sh"]
+    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    if not argv:
+        raise InvalidValue("command", command, "a non-empty command, e.g. ['sh', '-c', 'echo hi']")
+    return argv
+
+
+class Container:
+    """One container. Arguments are checked here, before anything exists; `create()` makes it."""
+
+    def __init__(self, image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None,
+                 *, name: str | None = None, hostname: str | None = None,
+                 environment: Mapping[str, str] | Iterable[str] | None = None,
+                 working_dir: str | None = None, mem_limit=None, memory=None, nano_cpus: int | None = None,
+                 cpu=None, pids_limit: int | None = None, network=None,
+                 namespaces: Iterable[str] = DEFAULT_NAMESPACES, read_only: bool = False,
+                 init: bool | None = None, layers: Sequence[_rootfs.Layer] = (),
+                 rootfs: str | os.PathLike | None = None, user: tuple[int, int] | None = None,
+                 rlimits: Mapping[int, tuple[int, int]] | None = None, no_new_privileges: bool = False,
+                 attach: bool = False, bundle: str | None = None):
+        from .namespaces import parse_kinds
+
+        self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
+        self.command = _command(command)
+        self.kinds = tuple(k.name for k in parse_kinds(namespaces))
+        if "mnt" not in self.kinds:
+            raise InvalidValue("namespaces", list(namespaces), "a list including 'mnt' (a container "
+                                                               "needs its own mount table to get its own /)")
+        if hostname is None and "uts" in self.kinds:
+            hostname = self.name[:64]
+        if hostname is not None and "uts" not in self.kinds:
+            raise InvalidValue("hostname", hostname, "a 'uts' namespace too (it would rename the host)")
+        if hostname is not None and not (0 < len(hostname) <= 64) or hostname and "/" in hostname:
+            raise InvalidValue("hostname", hostname, "1 to 64 characters without '/'")
+        self.hostname = hostname
+        self.environment = _environment(environment, hostname or "")
+        self.working_dir = working_dir or "/"
+        if not self.working_dir.startswith("/"):
+            raise InvalidValue("working_dir", working_dir, "an absolute path inside the container")
+        if mem_limit is not None and memory is not None:
+            raise InvalidValue("memory", memory, "either mem_limit or memory, not both")
+        if nano_cpus is not None and cpu is not None:
+            raise InvalidValue("cpu", cpu, "either nano_cpus or cpu, not both")
+        if nano_cpus is not None:
+            if isinstance(nano_cpus, bool) or not isinstance(nano_cpus, int) or nano_cpus <= 0:
+                raise InvalidValue("nano_cpus", nano_cpus, "a positive integer (1e9 = one CPU)")
+            cpu = nano_cpus / 1e9
+        self.limits = {k: v for k, v in {"memory": mem_limit if mem_limit is not None else memory,
+                                         "cpu": cpu, "pids": pids_limit}.items() if v is not None}
+        if self.limits:
+            from .cgroups.limits import parse
+            parse(self.limits)          # InvalidValue now, before anything is created
+        self.network = network
+        self.read_only = bool(read_only)
+        self.user = user
+        self.rlimits = dict(rlimits or {})
+        self.no_new_privileges = no_new_privileges
+        self.attach = attach
+        self.bundle = bundle
+        self.rootfs = _rootfs.RootFS(image if rootfs is None else None, name=self.name, bind=rootfs,
+                                     readonly=self.read_only) if not layers else \
+            _rootfs.RootFS(_rootfs.image(image, layers), name=self.name, readonly=self.read_only)
+        if init and "pid" not in self.kinds:
+            raise InvalidValue("init", init, "a 'pid' namespace too (the reaper must be pid 1)")
+        self.init = init
+        self.cgroup = None
+        self.process = None
+        self.pid: int | None = None
+        self.status = "new"
+        self._gate: tuple[int, int] | None = None   # (ready_r, start_w) while created
+        self._thread: threading.Thread | None = None
+        self._spawned: dict = {}
+        self._netns = None
+
+    def __repr__(self) -> str:
+        return f"<Container {self.name} {self.status} pid={self.pid}>"
+
+    # -- OCI verbs -------------------------------------------------------------------------------------
+
+    def create(self) -> "Container":
+        """Make everything - root filesystem, cgroup, namespaces, the process - but do not run the
+        command yet: the container's process waits on a pipe until `start()`."""
+        return self._create(gate=True)
+
+    def start(self) -> "Container":
+        """Run the command: from `created` release the waiting process; from new, create and run."""
+        if self.status == "new":
+            return self._create(gate=False)
+        if self.status != "created":
+            raise Conflict(f"container {self.name} is {self.status}; only a created container starts")
+        ready_r, start_w = self._gate
+        self._gate = None
+        os.write(start_w, b"1")
+        os.close(start_w)
+        os.close(ready_r)
+        self._thread.join()
+        if "error" in self._spawned:
+            self.status = "stopped"
+            raise self._spawned["error"]
+        self.process = self._spawned["process"]
+        self.status = "running"
+        return self
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command to end; its exit status (negative: killed by that signal)."""
+        if self.process is None:
+            raise Conflict(f"container {self.name} is {self.status}: start it first")
+        returncode = self.process.wait(timeout)
+        self.status = "stopped"
+        return returncode
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the container's pid 1 (with tini as pid 1, it forwards it to the command)."""
+        if self.status in ("running", "created") and self.pid:
+            try:
+                fd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                return
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+
+    def exec(self, command: str | Sequence[str], *, environment=None, timeout: float | None = 30):
+        """Run another command inside the running container (its namespaces, its cgroup, its root)."""
+        from . import namespaces
+
+        if self.state()["status"] != "running":
+            raise Conflict(f"container {self.name} is {self.status}: exec needs a running container")
+        env = dict(self.environment)
+        env.update(_environment(environment, self.hostname or ""))
+        return namespaces.enter(self.pid, self.kinds, _command(command), cgroup=self.cgroup,
+                                env=env, cwd=self.working_dir, timeout=timeout)
+
+    def state(self) -> dict:
+        """The OCI runtime state of this container."""
+        if self.status == "running" and self.process.poll() is not None:
+            self.status = "stopped"
+        if self.status in ("new", "deleted"):
+            raise NotFound(f"container {self.name} does not exist ({self.status})")
+        return {"ociVersion": OCI_VERSION, "id": self.name, "status": self.status, "pid": self.pid,
+                "bundle": str(self.bundle or self.rootfs.dir), "annotations": {}}
+
+    def delete(self, force: bool = False) -> None:
+        """Remove everything: processes (with force), cgroup, network, root filesystem, work dir."""
+        if self.status == "deleted":
+            return
+        if self.status == "running" and self.process.poll() is None and not force:
+            raise Conflict(f"container {self.name} is running: kill it first, or delete(force=True)")
+        try:
+            self._stop_everything()
+        finally:
+            self._teardown()
+
+    def logs(self, stdout: bool = True, stderr: bool = True) -> str:
+        """What the command wrote (kept in the container's work dir, like Docker's log files)."""
+        if self.attach:
+            raise Unsupported("this container's output went to the terminal (attach=True)")
+        text = ""
+        for wanted, stream in ((stdout, "stdout"), (stderr, "stderr")):
+            if wanted:
+                try:
+                    text += (self.rootfs.dir / stream).read_text(errors="replace")
+                except FileNotFoundError:
+                    raise NotFound(f"logs of {self.name}: the container was deleted") from None
+        return text
+
+    def oom_killed(self) -> bool:
+        return bool(self.cgroup and self.cgroup.oom_kills())
+
+    def __enter__(self) -> "Container":
+        return self     # create() or start() inside the block; leaving it deletes everything
+
+    def __exit__(self, *exc) -> None:
+        self.delete(force=True)
+
+    # -- how create works ------------------------------------------------------------------------------
+
+    def _argv(self) -> list[str]:
+        init = self.init
+        has_tini = os.path.exists(f"{self.rootfs.path}{INIT}")
+        if init is None:
+            init = has_tini and "pid" in self.kinds and os.path.basename(self.command[0]) not in _INITS
+        elif init and not has_tini:
+            raise Unsupported(f"init=True needs {INIT} in the image (the base layer copies it from "
+                              "Debian's tini package: apt-get install tini, then rebuild the image)")
+        return [INIT, "--", *self.command] if init else list(self.command)
+
+    def _create(self, gate: bool) -> "Container":
+        from . import namespaces
+        from .cgroups import Cgroup
+
+        if self.status != "new":
+            raise Conflict(f"container {self.name} is {self.status} already")
+        self.rootfs.mount()                               # Conflict when the name is taken
+        self.status = "creating"
+        try:
+            self.cgroup = Cgroup.create(name=self.name, **self.limits)
+            stdout = stderr = None
+            if not self.attach:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                stdout = os.open(self.rootfs.dir / "stdout", flags, 0o600)
+                stderr = os.open(self.rootfs.dir / "stderr", flags, 0o600)
+            steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only)
+            steps += self._process_steps()
+            options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
+                           env=self.environment, cwd=self.working_dir,
+                           stdin=None if self.attach else namespaces.DEVNULL, stdout=stdout, stderr=stderr)
+            argv = self._argv()
+            try:
+                if gate:
+                    self._spawn_gated(namespaces, argv, steps, options)
+                else:
+                    self.process = namespaces.spawn(argv, self.kinds, setup=steps, **options)
+                    self.pid = self.process.pid
+                    self.status = "running"
+            finally:
+                for fd in (stdout, stderr):
+                    if fd is not None:
+                        os.close(fd)
+            if self.network is not None:
+                self._connect_network()
+        except BaseException:
+            self._stop_everything()
+            self._teardown()
+            raise
+        return self
+
+    def _process_steps(self) -> list:
+        """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as."""
+        steps = []
+        if self.rlimits:
+            import resource
+            steps.append(lambda: [resource.setrlimit(kind, tuple(v)) for kind, v in self.rlimits.items()])
+        if self.no_new_privileges:
+            from . import syscalls
+            steps.append(lambda: syscalls.prctl(38))   # PR_SET_NO_NEW_PRIVS
+        if self.user:
+            uid, gid, *groups = self.user
+
+            def switch_user():
+                os.setgroups(list(groups[0]) if groups else [])
+                os.setgid(gid)
+                os.setuid(uid)
+            steps.append(switch_user)
+        return steps
+
+    def _spawn_gated(self, namespaces, argv, steps, options) -> None:
+        """spawn() returns once the command has exec'd; to hold the process at `created` we run
+        spawn in a thread and make the child's last setup step wait on a pipe for `start()`."""
+        ready_r, ready_w = os.pipe()
+        start_r, start_w = os.pipe()
+        host_pid = []
+
+        def note_host_pid():   # before pivot_root: /proc is still the host's, so it shows the host pid
+            host_pid.append(int(os.readlink("/proc/self")))
+
+        def wait_for_start():
+            os.write(ready_w, str(host_pid[0]).encode())
+            os.close(ready_w)
+            if os.read(start_r, 1) != b"1":
+                raise LabkitError("deleted before it was started")
+            os.close(start_r)
+
+        def run_spawn():
+            try:
+                self._spawned["process"] = namespaces.spawn(
+                    argv, self.kinds, setup=[note_host_pid, *steps, wait_for_start],
+                    pass_fds=(ready_w, start_r), **options)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._spawned["error"] = exc
+
+        self._thread = threading.Thread(target=run_spawn, name=f"create {self.name}", daemon=True)
+        self._thread.start()
+        data = b""
+        while not data:
+            if select.select([ready_r], [], [], 0.05)[0]:
+                data = os.read(ready_r, 32)
+            elif not self._thread.is_alive():
+                break
+        os.close(ready_w)
+        os.close(start_r)
+        if not data:
+            self._thread.join()
+            os.close(ready_r)
+            os.close(start_w)
+            raise self._spawned.get("error") or LabkitError(f"container {self.name} failed to create")
+        self._gate = (ready_r, start_w)
+        self.pid = int(data)
+        self.status = "created"
+
+    def _connect_network(self) -> None:
+        from . import net
+        self._netns = net.attach_container(self.network, self.pid, name=self.name)
+
+    # -- how delete works ------------------------------------------------------------------------------
+
+    def _stop_everything(self) -> None:
+        if self._gate is not None:                 # created, never started: let the waiter fail
+            ready_r, start_w = self._gate
+            self._gate = None
+            os.close(start_w)
+            os.close(ready_r)
+        if self.cgroup is not None:
+            self.cgroup.kill()                     # every process in the container, pid 1 included
+        if self._thread is not None:
+            self._thread.join()
+            self.process = self.process or self._spawned.get("process")
+        if self.process is not None:
+            self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream:
+                    stream.close()
+
+    def _teardown(self) -> None:
+        errors = []
+        if self._netns is not None:
+            try:
+                self._netns.close()
+            except Exception as exc:  # noqa: BLE001 - keep removing the rest
+                errors.append(exc)
+            self._netns = None
+        if self.cgroup is not None:
+            try:
+                self.cgroup.delete()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        if self.status != "new":
+            self.rootfs.unmount()
+        self.status = "deleted" if self.status != "new" else "new"
+        if errors:
+            raise errors[0]
+
+
+def run(image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None, *,
+        timeout: float | None = 60, **options) -> Result:
+    """Create, start, wait for and delete a container; return its exit status and output."""
+    with Container(image, command, **options) as box:
+        box.start()
+        try:
+            returncode = box.wait(timeout)
+        except Exception:
+            box.kill(signal.SIGKILL)
+            raise LabkitError(f"{box.command[0]!r} did not finish within {timeout} s; it was killed") \
+                from None
+        oom = returncode in (-signal.SIGKILL, 128 + signal.SIGKILL) and box.oom_killed()
+        if options.get("attach"):
+            out = err = ""
+        else:
+            out, err = box.logs(stderr=False), box.logs(stdout=False)
+        return Result(box.command, returncode, out, err, box.pid, oom)
