@@ -37,7 +37,8 @@ from typing import Callable, Iterable
 
 import psutil
 
-from .errors import LabkitError, NotFound
+from .errors import NotFound
+
 
 # Counters whose increase is an event worth marking on a plot: sample field -> event kind.
 EVENT_COUNTERS = {
@@ -234,16 +235,14 @@ class Sampler:
             stats = self.cgroup.stats()
             limits = self.cgroup.limits() if self.read_limits else None
             procs = self._table.read(self.cgroup.procs(), self.max_procs) if self.processes else ()
-        except (NotFound, FileNotFoundError):
+            vanished = all(value is None for value in stats.values()) and not self._exists()
+        except Exception as exc:
+            # the cgroup was removed while (or before) we read it: that ends the watch, not an error
+            if not isinstance(exc, (NotFound, FileNotFoundError)) and self._exists():
+                raise
+            vanished = True
+        if vanished:
             self.gone = True
-            return None
-        except LabkitError as exc:
-            if "no such file" in str(exc).lower():
-                self.gone = True
-                return None
-            raise
-        if all(value is None for value in stats.values()) and not self._exists():
-            self.gone = True  # a v1 backend reads missing files as None rather than failing
             return None
         previous = self.samples[-1] if self.samples else None
         sample = derive(replace(reading(stats, now - self._start, limits), procs=procs), previous)

@@ -11,7 +11,18 @@ import pytest
 from labkit.live import LivePlot, snapshot
 from labkit.monitor import Sampler
 
-matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def agg_backend():
+    """Plain Agg: these tests are about the data in the artists, not the widget."""
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("Agg")
+    yield
+    plt.close("all")
+    plt.switch_backend(previous)
 
 
 class FakeCgroup:
