@@ -1,0 +1,49 @@
+"""labkit.lab without starting anything: settings validation, token file, URL."""
+from __future__ import annotations
+
+import pytest
+
+from labkit import lab
+from labkit.errors import InvalidValue
+
+
+def _settings(tmp_path, **kw):
+    return lab.LabSettings(notebook_dir=str(tmp_path), config_dir=str(tmp_path / "etc"),
+                           run_dir=str(tmp_path / "run"), **kw)
+
+
+@pytest.mark.parametrize("port", [0, 65536, "http", -1])
+def test_bad_port_is_refused_with_the_accepted_range(tmp_path, port):
+    with pytest.raises(InvalidValue) as err:
+        _settings(tmp_path, port=port).validate()
+    assert str(port) in str(err.value) and "1..65535" in str(err.value)
+
+
+def test_bad_ip_and_missing_notebook_dir_are_refused(tmp_path):
+    with pytest.raises(InvalidValue, match="localhost"):
+        _settings(tmp_path, ip="localhost").validate()
+    with pytest.raises(InvalidValue, match="nowhere"):
+        lab.LabSettings(notebook_dir=str(tmp_path / "nowhere")).validate()
+
+
+def test_token_is_made_once_and_private(tmp_path):
+    settings = _settings(tmp_path)
+    with pytest.raises(lab.NotFound):
+        lab.token(settings)
+    first = lab.token(settings, create=True)
+    assert lab.token(settings, create=True) == first and len(first) == 48
+    assert settings.token_file.stat().st_mode & 0o077 == 0
+
+
+def test_url_names_the_host_side_address(tmp_path):
+    settings = _settings(tmp_path, ip="0.0.0.0", port=8890)
+    token = lab.token(settings, create=True)
+    assert lab.url(settings) == f"http://127.0.0.1:8890/lab?token={token}"
+
+
+def test_settings_are_saved_and_overridden(tmp_path):
+    settings = _settings(tmp_path, port=9999).validate()
+    settings.save()
+    again = lab.load_settings(settings.config_dir, settings.run_dir)
+    assert again.port == 9999 and again.notebook_dir == settings.notebook_dir
+    assert lab.load_settings(settings.config_dir, settings.run_dir, port=8000).port == 8000
