@@ -199,12 +199,18 @@ def find_all(include_in_use: bool = False) -> list[Leftover]:
     return found
 
 
-def sweep(include_in_use: bool = False) -> list[Leftover]:
-    """Remove leftovers (objects whose owner is dead); return what was removed."""
+def sweep(include_in_use: bool = False, owner_pid: int | None = None) -> list[Leftover]:
+    """Remove leftovers (objects whose owner is dead); return what was removed.
+
+    owner_pid: only what that (dead) process owned - the watchdog's sweep after its notebook died.
+    include_in_use: also objects of live owners (`labkit cleanup --all`, for a learner's reset).
+    """
     removed = []
     for module in _modules():
         for item in list(module.find_leftovers()):
             if item.owner_alive and not include_in_use:
+                continue
+            if owner_pid is not None and item.owner_pid != owner_pid:
                 continue
             module.remove_leftover(item)
             removed.append(item)

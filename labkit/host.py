@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -155,25 +154,19 @@ def _problems(report: HostReport) -> list[str]:
 
 # --- the guard ------------------------------------------------------------------------------------
 
-_swept = False
-_sweep_lock = threading.Lock()
-
-
 def require_lab_host(action: str = "create kernel objects") -> None:
     """Refuse, with a clear reason and the way out, unless this is root on a lab host.
 
-    The first time it passes in a process it also sweeps leftovers of dead labkit processes (a
-    notebook kernel that was killed outright), so a fresh kernel starts from a clean machine.
+    The first time it passes in a process it starts this process's watchdog (labkit/watchdog.py),
+    which first sweeps what dead labkit processes left (a notebook kernel that was killed outright),
+    then waits to clean up after this process if it is killed in turn. It runs beside us, so a
+    container start never waits for a sweep.
     """
-    global _swept
     if not is_root():
         raise NotPermitted(f"to {action} labkit needs root (the lab creates namespaces and cgroups); "
                            "run it as root, e.g. inside the lab VM or with sudo")
     if not is_lab_host():
         raise NotPermitted(f"to {action} labkit needs a lab host: this machine has no {LAB_HOST_MARKER}. "
                            f"Provision it with `make lab` (or vagrant up), or opt in with {ALLOW_ENV}=1")
-    with _sweep_lock:
-        if not _swept:
-            _swept = True
-            from . import cleanup
-            cleanup.sweep()
+    from . import watchdog
+    watchdog.ensure_running()
