@@ -68,8 +68,8 @@ class Result:
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
 
 
-def _environment(environment, hostname: str) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"}
+def _environment(environment, hostname: str, defaults: bool = True) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"} if defaults else {}
     if environment is None:
         return env
     items = environment.items() if isinstance(environment, Mapping) else \
@@ -79,6 +79,14 @@ def _environment(environment, hostname: str) -> dict[str, str]:
             raise InvalidValue("environment variable", key, "NAME=value with a NAME without '=' or NUL")
         env[key] = str(value)
     return env
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _command(command) -> list[str]:
@@ -102,6 +110,8 @@ class Container:
                  init: bool | None = None, layers: Sequence[_rootfs.Layer] = (),
                  rootfs: str | os.PathLike | None = None, user: tuple[int, int] | None = None,
                  rlimits: Mapping[int, tuple[int, int]] | None = None, no_new_privileges: bool = False,
+                 masked_paths: Sequence[str] = (), readonly_paths: Sequence[str] = (),
+                 oom_score_adj: int | None = None, umask: int | None = None, default_env: bool = True,
                  attach: bool = False, bundle: str | None = None):
         from .namespaces import parse_kinds
 
@@ -118,7 +128,8 @@ class Container:
         if hostname is not None and not (0 < len(hostname) <= 64) or hostname and "/" in hostname:
             raise InvalidValue("hostname", hostname, "1 to 64 characters without '/'")
         self.hostname = hostname
-        self.environment = _environment(environment, hostname or "")
+        self.environment = _environment(environment, hostname or "") if default_env else \
+            _environment(environment, "", defaults=False)
         self.working_dir = working_dir or "/"
         if not self.working_dir.startswith("/"):
             raise InvalidValue("working_dir", working_dir, "an absolute path inside the container")
@@ -140,6 +151,8 @@ class Container:
         self.user = user
         self.rlimits = dict(rlimits or {})
         self.no_new_privileges = no_new_privileges
+        self.masked_paths, self.readonly_paths = list(masked_paths), list(readonly_paths)
+        self.oom_score_adj, self.umask = oom_score_adj, umask
         self.attach = attach
         self.bundle = bundle
         self.rootfs = _rootfs.RootFS(image if rootfs is None else None, name=self.name, bind=rootfs,
@@ -288,7 +301,8 @@ class Container:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                 stdout = os.open(self.rootfs.dir / "stdout", flags, 0o600)
                 stderr = os.open(self.rootfs.dir / "stderr", flags, 0o600)
-            steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only)
+            steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only,
+                                        masked=self.masked_paths, readonly_paths=self.readonly_paths)
             steps += self._process_steps()
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
@@ -316,12 +330,16 @@ class Container:
     def _process_steps(self) -> list:
         """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as."""
         steps = []
+        if self.oom_score_adj is not None:
+            steps.append(lambda: _write("/proc/self/oom_score_adj", str(self.oom_score_adj)))
+        if self.umask is not None:
+            steps.append(lambda: os.umask(self.umask))
         if self.rlimits:
             import resource
             steps.append(lambda: [resource.setrlimit(kind, tuple(v)) for kind, v in self.rlimits.items()])
         if self.no_new_privileges:
             from . import syscalls
-            steps.append(lambda: syscalls.prctl(38))   # PR_SET_NO_NEW_PRIVS
+            steps.append(lambda: syscalls.prctl(38, 1))   # PR_SET_NO_NEW_PRIVS
         if self.user:
             uid, gid, *groups = self.user
 

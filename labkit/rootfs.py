@@ -228,6 +228,39 @@ def image(ref: str | Image = BASE, layers: Sequence[Layer] = ()) -> Image:
                  (base_layer(), *layers))
 
 
+def export(dest: str | os.PathLike, image_ref: str | Image = BASE) -> Path:
+    """Flatten an image into a plain directory (like `docker export`), e.g. an OCI bundle's rootfs.
+
+    Layers are copied bottom first; a whiteout in a layer deletes the path copied from below.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for lay in image(image_ref).layers:
+        for dirpath, dirnames, filenames in os.walk(lay.path):
+            rel = os.path.relpath(dirpath, lay.path)
+            target_dir = dest / rel
+            target_dir.mkdir(exist_ok=True)
+            shutil.copystat(dirpath, target_dir)
+            for entry in dirnames + filenames:
+                src, dst = os.path.join(dirpath, entry), target_dir / entry
+                st = os.lstat(src)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:      # whiteout: delete below
+                    if dst.is_dir() and not dst.is_symlink():
+                        shutil.rmtree(dst)
+                    elif os.path.lexists(dst):
+                        dst.unlink()
+                elif stat.S_ISDIR(st.st_mode):
+                    continue                                         # os.walk descends into it
+                else:
+                    if os.path.lexists(dst):
+                        dst.unlink()
+                    if stat.S_ISLNK(st.st_mode):
+                        os.symlink(os.readlink(src), dst)
+                    else:
+                        shutil.copy2(src, dst)
+    return dest
+
+
 def remove_image_store() -> None:
     """Delete the cached image store (it is rebuilt on next use)."""
     shutil.rmtree(IMAGE_STORE, ignore_errors=True)
@@ -416,7 +449,9 @@ def make_dev(root: str) -> None:
     os.mkdir(f"{dev}/pts")
     syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620")
-    os.mkdir(f"{dev}/shm", 0o1777)
+    os.mkdir(f"{dev}/shm")
+    syscalls.mount("shm", f"{dev}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV
+                   | syscalls.MS_NOEXEC, "mode=1777,size=64m")
 
 
 def pivot(root: str) -> None:
@@ -432,12 +467,32 @@ def pivot(root: str) -> None:
     os.chdir("/")
 
 
+def mask_paths(paths: Sequence[str]) -> None:
+    """After pivot_root: hide each path (e.g. /proc/kcore) under /dev/null, or a directory under an
+    empty read-only tmpfs - what runc does for an OCI bundle's linux.maskedPaths."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY, "size=0")
+        elif os.path.lexists(path):
+            syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
+
+
+def _readonly_paths(paths: Sequence[str]) -> None:
+    """After pivot_root: make each path read-only (a bind mount on itself, remounted read-only)."""
+    for path in paths:
+        if os.path.lexists(path):
+            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT
+                           | syscalls.MS_RDONLY | syscalls.MS_REC)
+
+
 def remount_readonly() -> None:
     syscalls.mount(None, "/", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
 
 
 def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool = True,
-                dev: bool = True, sys: bool = True) -> list[Callable[[], None]]:
+                dev: bool = True, sys: bool = True, masked: Sequence[str] = (),
+                readonly_paths: Sequence[str] = ()) -> list[Callable[[], None]]:
     """The setup steps, in order, for namespaces.spawn(setup=..., mount_proc=False): the child ends
     up inside `root`, with /proc (of its own pid namespace), a minimal /dev and a read-only /sys.
 
@@ -453,6 +508,10 @@ def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool =
     if dev:
         steps.append(functools.partial(make_dev, root))
     steps.append(functools.partial(pivot, root))
+    if masked:
+        steps.append(functools.partial(mask_paths, list(masked)))
+    if readonly_paths:
+        steps.append(functools.partial(_readonly_paths, list(readonly_paths)))
     if readonly:
         steps.append(remount_readonly)
     return steps

@@ -1,0 +1,264 @@
+"""OCI runtime bundles: a directory with config.json and a root filesystem, as `runc spec` writes it.
+
+`labkit run --bundle DIR` reads DIR/config.json and runs it as a labkit Container. What a field means
+is defined by the OCI runtime specification (config.md, config-linux.md); labkit supports the part a
+container from scratch needs, and refuses the rest by name instead of silently ignoring it:
+
+    honoured      process.args, env, cwd, user.uid/gid/additionalGids/umask, rlimits,
+                  noNewPrivileges, oomScoreAdj; root.path, root.readonly; hostname;
+                  linux.namespaces (pid, network, ipc, uts, mount, cgroup; no `path`);
+                  linux.resources.memory.limit, cpu.quota + cpu.period, pids.limit;
+                  linux.maskedPaths, linux.readonlyPaths; the standard mounts /proc, /dev,
+                  /dev/pts, /dev/shm, /sys (read-only) - labkit makes these itself
+    accepted,     process.terminal (no pseudo-terminal: the process gets labkit's own stdio),
+    not enforced  process.capabilities (the process keeps root's capabilities),
+                  linux.resources.devices (no device cgroup rules), the /dev/mqueue and
+                  /sys/fs/cgroup mounts (not mounted), annotations
+    refused       everything else (hooks, seccomp, user namespaces and id mappings, sysctl,
+                  other mounts, other resources, namespaces joined by path, ...): Unsupported
+                  naming the field
+
+A field whose value is empty (null, "", [], {}, false, 0) counts as absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidValue, LabkitError, NotFound, Unsupported
+
+NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
+              "cgroup": "cgroup"}
+# The mounts `runc spec` writes, by destination: the filesystem type labkit expects there, and
+# whether labkit provides it (the others are accepted but not mounted).
+STANDARD_MOUNTS = {"/proc": ("proc", True), "/dev": ("tmpfs", True), "/dev/pts": ("devpts", True),
+                   "/dev/shm": ("tmpfs", True), "/dev/mqueue": ("mqueue", False),
+                   "/sys": ("sysfs", True), "/sys/fs/cgroup": ("cgroup", False)}
+
+
+class UnsupportedField(Unsupported):
+    """A config.json field labkit does not implement; `field` is its dotted path."""
+
+    def __init__(self, config: Path, field_path: str, why: str = ""):
+        self.field = field_path
+        super().__init__(f"{config}: {field_path} is not supported by labkit"
+                         + (f" ({why})" if why else "")
+                         + "; see `python -m pydoc labkit.oci` for what is")
+
+
+@dataclass
+class Bundle:
+    """config.json, checked and turned into Container arguments."""
+    path: Path
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    root: Path
+    readonly: bool
+    hostname: str | None
+    namespaces: list[str]
+    memory: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+    user: tuple | None = None
+    rlimits: dict = field(default_factory=dict)
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    umask: int | None = None
+    masked_paths: list[str] = field(default_factory=list)
+    readonly_paths: list[str] = field(default_factory=list)
+    not_enforced: list[str] = field(default_factory=list)   # accepted fields labkit does not apply
+
+    def container(self, name: str | None = None, attach: bool = True):
+        """A labkit Container that runs this bundle (output to our stdio when attach)."""
+        from .container import Container
+
+        return Container(None, self.args, name=name, hostname=self.hostname, environment=self.env,
+                         working_dir=self.cwd, memory=self.memory, cpu=self.cpu, pids_limit=self.pids,
+                         namespaces=self.namespaces, read_only=self.readonly, init=False,
+                         rootfs=self.root, user=self.user, rlimits=self.rlimits,
+                         no_new_privileges=self.no_new_privileges, attach=attach,
+                         bundle=str(self.path), masked_paths=self.masked_paths,
+                         readonly_paths=self.readonly_paths, oom_score_adj=self.oom_score_adj,
+                         umask=self.umask, default_env=False)
+
+
+def _empty(value) -> bool:
+    return value is None or value == "" or value == [] or value == {} or value is False or value == 0
+
+
+class _Reader:
+    """Walks config.json; every key read is 'used'; anything left over is refused by name."""
+
+    def __init__(self, config: Path):
+        self.config = config
+
+    def only(self, obj, where: str, allowed: set[str]) -> dict:
+        if obj is None:
+            return {}
+        if not isinstance(obj, dict):
+            raise InvalidValue(f"{self.config}: {where}", obj, "a JSON object")
+        for key, value in obj.items():
+            if key not in allowed and not _empty(value):
+                raise UnsupportedField(self.config, f"{where}.{key}" if where else key)
+        return obj
+
+    def refuse(self, where: str, why: str = ""):
+        raise UnsupportedField(self.config, where, why)
+
+    def bad(self, where: str, value, accepted: str):
+        raise InvalidValue(f"{self.config}: {where}", value, accepted)
+
+
+def load(bundle: str | os.PathLike) -> Bundle:
+    """Read and check BUNDLE/config.json; Unsupported (naming the field) for what labkit can't do."""
+    path = Path(bundle).resolve()
+    config = path / "config.json"
+    try:
+        spec = json.loads(config.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{config}: no config.json in the bundle (create one with `runc spec`)") from None
+    except ValueError as exc:
+        raise InvalidValue(str(config), "", f"valid JSON ({exc})") from None
+    return parse(spec, path, config)
+
+
+def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
+    """Check a config.json document (already decoded) for a bundle at `path`."""
+    config = config or path / "config.json"
+    r = _Reader(config)
+    top = r.only(spec, "", {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"})
+    version = str(top.get("ociVersion", ""))
+    if not version.startswith("1."):
+        r.bad("ociVersion", version, "a 1.x version of the runtime spec")
+    notes = []
+
+    # -- process
+    proc = top.get("process")
+    if not proc:
+        r.bad("process", proc, "an object with args (OCI: required to run)")
+    r.only(proc, "process", {"terminal", "consoleSize", "user", "args", "env", "cwd", "capabilities",
+                             "rlimits", "noNewPrivileges", "oomScoreAdj"})
+    args = proc.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        r.bad("process.args", args, "a non-empty list of strings")
+    env = {}
+    for item in proc.get("env") or []:
+        if not isinstance(item, str) or "=" not in item:
+            r.bad("process.env", item, "strings of the form NAME=value")
+        key, value = item.split("=", 1)
+        env[key] = value
+    cwd = proc.get("cwd") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        r.bad("process.cwd", cwd, "an absolute path")
+    if proc.get("terminal"):
+        notes.append("process.terminal: no pseudo-terminal; the process uses labkit's stdio")
+    if proc.get("capabilities"):
+        notes.append("process.capabilities: not dropped; the process keeps root's capabilities")
+    user = r.only(proc.get("user"), "process.user", {"uid", "gid", "additionalGids", "umask"})
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    for key, value in (("uid", uid), ("gid", gid)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            r.bad(f"process.user.{key}", value, "a non-negative integer")
+    groups = list(user.get("additionalGids") or [])
+    umask = user.get("umask")
+    rlimits = {}
+    for i, item in enumerate(proc.get("rlimits") or []):
+        r.only(item, f"process.rlimits[{i}]", {"type", "hard", "soft"})
+        kind = getattr(resource, str(item.get("type")), None)
+        if not str(item.get("type")).startswith("RLIMIT_") or kind is None:
+            r.bad(f"process.rlimits[{i}].type", item.get("type"), "an RLIMIT_* name, e.g. RLIMIT_NOFILE")
+        rlimits[kind] = (int(item.get("soft", 0)), int(item.get("hard", 0)))
+    oom = proc.get("oomScoreAdj")
+    if oom is not None and not (isinstance(oom, int) and -1000 <= oom <= 1000):
+        r.bad("process.oomScoreAdj", oom, "an integer from -1000 to 1000")
+
+    # -- root, hostname
+    root_obj = r.only(top.get("root"), "root", {"path", "readonly"})
+    if not root_obj.get("path"):
+        r.bad("root.path", root_obj.get("path"), "the root filesystem directory (OCI: required)")
+    root = (path / root_obj["path"]).resolve()
+    if not root.is_dir():
+        raise NotFound(f"{config}: root.path {str(root)!r} is not a directory "
+                       "(put a root filesystem there, e.g. labkit.rootfs.export(DIR))")
+    hostname = top.get("hostname") or None
+
+    # -- linux
+    linux = r.only(top.get("linux"), "linux", {"namespaces", "resources", "maskedPaths",
+                                              "readonlyPaths"})
+    kinds = []
+    for i, ns in enumerate(linux.get("namespaces") or []):
+        r.only(ns, f"linux.namespaces[{i}]", {"type"})
+        kind = ns.get("type")
+        if kind not in NAMESPACES:
+            r.refuse(f"linux.namespaces[{i}].type={kind!r}",
+                     "labkit creates " + ", ".join(NAMESPACES) + " namespaces")
+        kinds.append(NAMESPACES[kind])
+    if "mnt" not in kinds:
+        r.bad("linux.namespaces", [n.get("type") for n in linux.get("namespaces") or []],
+              "a list that includes {'type': 'mount'} (labkit always gives a container its own /)")
+    if hostname and "uts" not in kinds:
+        r.bad("hostname", hostname, "a uts namespace in linux.namespaces too")
+    res = r.only(linux.get("resources"), "linux.resources", {"memory", "cpu", "pids", "devices"})
+    memory = cpu = pids = None
+    mem = r.only(res.get("memory"), "linux.resources.memory", {"limit"})
+    if mem.get("limit") not in (None, -1):
+        memory = mem["limit"]
+    cpu_obj = r.only(res.get("cpu"), "linux.resources.cpu", {"quota", "period"})
+    quota, period = cpu_obj.get("quota"), cpu_obj.get("period")
+    if quota not in (None, -1, 0):
+        if not isinstance(quota, int) or quota < 1000:
+            r.bad("linux.resources.cpu.quota", quota, "microseconds per period, at least 1000")
+        period = period or 100_000
+        if not isinstance(period, int) or not 1000 <= period <= 1_000_000:
+            r.bad("linux.resources.cpu.period", period, "1000 to 1000000 microseconds")
+        cpu = quota / period      # labkit's cgroups take the same ratio as a fraction of a CPU
+    pids_obj = r.only(res.get("pids"), "linux.resources.pids", {"limit"})
+    if pids_obj.get("limit") not in (None, -1, 0):
+        pids = pids_obj["limit"]
+    for i, rule in enumerate(res.get("devices") or []):
+        if rule.get("allow") or rule.get("type") or rule.get("major") or rule.get("minor"):
+            r.refuse(f"linux.resources.devices[{i}]", "only the default deny-all rule is accepted")
+    if res.get("devices"):
+        notes.append("linux.resources.devices: no device cgroup rules (the minimal /dev is the limit)")
+    for i, m in enumerate(top.get("mounts") or []):
+        r.only(m, f"mounts[{i}]", {"destination", "type", "source", "options"})
+        expected = STANDARD_MOUNTS.get(m.get("destination"))
+        if expected is None or m.get("type") != expected[0]:
+            r.refuse(f"mounts[{i}] ({m.get('type')} on {m.get('destination')})",
+                     "labkit provides only the standard mounts: " + ", ".join(STANDARD_MOUNTS))
+        if not expected[1]:
+            notes.append(f"mounts[{i}]: {m['destination']} is not mounted")
+    if top.get("annotations"):
+        notes.append("annotations: kept in config.json only")
+
+    return Bundle(path=path, args=args, env=env, cwd=cwd, root=root,
+                  readonly=bool(root_obj.get("readonly")), hostname=hostname, namespaces=kinds,
+                  memory=memory, cpu=cpu, pids=pids,
+                  user=(uid, gid, groups) if (uid or gid or groups) else None, rlimits=rlimits,
+                  no_new_privileges=bool(proc.get("noNewPrivileges")), oom_score_adj=oom,
+                  umask=umask, masked_paths=list(linux.get("maskedPaths") or []),
+                  readonly_paths=list(linux.get("readonlyPaths") or []), not_enforced=notes)
+
+
+def run(bundle: str | os.PathLike, name: str | None = None) -> int:
+    """Run a bundle attached to our stdio (what `labkit run --bundle` does); its exit status."""
+    import signal
+
+    box = load(bundle).container(name=name)
+    with box:
+        box.start()
+        try:
+            returncode = box.wait()
+        except KeyboardInterrupt:
+            box.kill(signal.SIGKILL)
+            returncode = box.wait()
+    if returncode < 0:
+        return 128 - returncode
+    return returncode
+
+
+__all__ = ["Bundle", "UnsupportedField", "load", "parse", "run", "LabkitError"]
