@@ -249,9 +249,10 @@ class LivePlot:
         self.update()
 
     async def run(self, seconds: float | None = None, until: Callable[[], bool] | None = None,
-                  experiment=None) -> None:
+                  experiment=None):
         """Sample and redraw until `seconds` pass, `until()` is true or `experiment` (a coroutine)
-        finishes - whichever first; everything stops together, also when the cell is interrupted."""
+        finishes - whichever first; everything stops together, also when the cell is interrupted.
+        Returns what the experiment returned (None without one)."""
         from .monitor import watch
 
         if seconds is None and until is None and experiment is None:
@@ -262,7 +263,7 @@ class LivePlot:
         try:
             await watch(self.samplers, seconds, stop)
             if job is not None:
-                await job  # re-raise the experiment's own error, if it had one
+                return await job  # its result, or its own error re-raised
         finally:
             for task in (redraw, job):
                 if task is not None and not task.done():
