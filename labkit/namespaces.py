@@ -321,6 +321,8 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
             if "user" in names:
                 os.write(report_w, b"U")
                 _read_exact(go_r, 1)                      # parent has written uid_map/gid_map
+                if _maps_root(uid_map):
+                    _become_root_inside()
             if time_offsets:
                 _write_time_offsets(time_offsets)
             if needs_fork:
@@ -463,6 +465,23 @@ def _write_id_maps(pid: int, uid_map: str | None, gid_map: str | None) -> None:
         _write_file(f"/proc/{pid}/setgroups", "deny")
     _write_file(f"/proc/{pid}/uid_map", uid_map)
     _write_file(f"/proc/{pid}/gid_map", gid_map)
+
+
+def _maps_root(uid_map: str | None) -> bool:
+    """Does the map give the new user namespace a root (a line "0 OUTSIDE COUNT")? The default does."""
+    return uid_map is None or any(line.split()[:1] == ["0"] for line in uid_map.splitlines())
+
+
+def _become_root_inside() -> None:
+    """Take the ids the maps give root inside, as runc does once the maps are written. Without this the
+    process keeps its outside ids - unmapped inside unless they are the mapped ones (shown as 65534) -
+    and loses its capabilities at exec."""
+    try:
+        os.setgroups([])      # drop the host's supplementary groups; refused when setgroups is "deny"
+    except PermissionError:
+        pass
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
 
 
 def _write_time_offsets(offsets: dict) -> None:

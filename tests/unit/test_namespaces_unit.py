@@ -1,0 +1,153 @@
+"""Unit tests (no root) for namespace parsing and validation, and the read-only helpers of chapter 1."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit import namespaces as ns
+from labkit import nsview, propagation, syscalls, timens
+from labkit.errors import InvalidValue
+
+
+def test_kinds_are_the_eight_of_proc_self_ns_with_distinct_flags():
+    names = [k.name for k in ns.KINDS]
+    assert sorted(names) == ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"]
+    assert len({k.flag for k in ns.KINDS}) == 8
+    for kind in ns.KINDS:
+        assert os.path.exists(f"/proc/self/ns/{kind.name}")
+        assert kind.unshare_option.startswith("--")
+    assert ns.BY_NAME["mnt"].flag == syscalls.CLONE_NEWNS == 0x20000
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("pid,uts", ["pid", "uts"]),
+    (["net"], ["net"]),
+    ("mount,network,hostname", ["mnt", "net", "uts"]),
+    (" pid , pid ", ["pid"]),
+    (None, []),
+    ("", []),
+])
+def test_parse_kinds(spec, expected):
+    assert [k.name for k in ns.parse_kinds(spec)] == expected
+
+
+def test_parse_all_is_every_kind():
+    assert ns.parse_kinds("all") == ns.KINDS
+    assert ns.parse_kinds(["all"]) == ns.KINDS
+
+
+@pytest.mark.parametrize("bad", ["bogus", "pid,", "PID", "all,pid", ["uts", 3]])
+def test_parse_kinds_refuses_unknown_names_and_names_them(bad):
+    with pytest.raises(InvalidValue) as err:
+        ns.parse_kinds(bad)
+    assert "expected one of cgroup, ipc" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(namespaces="pid", hostname="box"), "hostname"),
+    (dict(namespaces="uts", hostname="x" * 65), "hostname"),
+    (dict(namespaces="pid", time_offsets={"boottime": 5}), "time_offsets"),
+    (dict(namespaces="pid", uid_map="0 1000 1"), "uid_map"),
+    (dict(namespaces="nope"), "namespace kind"),
+])
+def test_spawn_validates_before_the_guard(kwargs, word, monkeypatch):
+    """Bad input is refused before the lab-host guard, i.e. before anything could be created."""
+    monkeypatch.setattr(ns.os, "fork", lambda: pytest.fail("spawn forked on bad input"))
+    with pytest.raises(InvalidValue, match=word):
+        ns.spawn(["true"], **kwargs)
+
+
+def test_spawn_refuses_an_empty_command(monkeypatch):
+    monkeypatch.setattr(ns.os, "fork", lambda: pytest.fail("spawn forked on bad input"))
+    with pytest.raises(InvalidValue, match="command"):
+        ns.spawn([], "uts")
+
+
+def test_identity_of_self_matches_readlink():
+    ids = ns.identity()
+    for kind, inode in ids.items():
+        assert os.readlink(f"/proc/self/ns/{kind}") == f"{kind}:[{inode}]"
+    assert set(ns.children_identity()) == {"pid", "time"}
+
+
+# --- nsview ----------------------------------------------------------------------------------------
+
+def test_sharing_summary_and_table_mark_new_namespaces(monkeypatch):
+    fake = {"self": {k: 100 + i for i, k in enumerate(nsview.KIND_NAMES)}}
+    fake["42"] = dict(fake["self"], uts=999, net=998)
+    monkeypatch.setattr(nsview, "identity", lambda pid: fake[str(pid)])
+    summary = nsview.sharing_summary({"notebook": "self", "box": 42})
+    assert summary.startswith("box: own net, uts; shares with notebook: cgroup, ipc, mnt, pid, time, user")
+    table = nsview.format_table({"notebook": "self", "box": 42})
+    assert "uts:[999] NEW" in table and "ipc:[101] =" in table
+    assert nsview.differing_kinds(42) == {"uts", "net"}
+
+
+def test_check_namespaces_explains_what_is_wrong(monkeypatch):
+    fake = {"self": {k: 1 for k in nsview.KIND_NAMES}, "7": dict({k: 1 for k in nsview.KIND_NAMES}, uts=2)}
+    monkeypatch.setattr(nsview, "identity", lambda pid: fake[str(pid)])
+    monkeypatch.setattr(nsview.os.path, "exists", lambda path: True)
+    assert nsview.check_namespaces(7, "uts")[0] is True
+    ok, why = nsview.check_namespaces(7, "uts,net")
+    assert not ok and "should be new): net" in why
+    ok, why = nsview.check_namespaces(7, [])
+    assert not ok and "should be shared): uts" in why
+
+
+def test_check_namespaces_on_a_missing_process():
+    ok, why = nsview.check_namespaces(2**22 + 12345, "uts")
+    assert not ok and "no process" in why
+
+
+def test_proc_info_of_ourselves():
+    me = nsview.proc_info(os.getpid())
+    assert me.ppid == os.getppid() and me.state in "RS" and me.nspid[0] == os.getpid()
+
+
+def test_draw_makes_one_cell_per_kind_and_process():
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = nsview.draw({"a": "self", "b": "self"})
+    assert len(fig.axes[0].patches) == 2 * len(nsview.KIND_NAMES)
+
+
+def test_zombies_found_below_a_parent_that_does_not_wait():
+    """A child that exits while its parent (here: a sleeping sh after exec) never waits is a zombie."""
+    parent = subprocess.Popen(["sh", "-c", "true & exec sleep 5"])
+    try:
+        for _ in range(100):
+            if nsview.zombies(parent.pid):
+                break
+            __import__("time").sleep(0.02)
+        assert [z.state for z in nsview.zombies(parent.pid)] == ["Z"]
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# --- pidone, propagation, timens -----------------------------------------------------------------
+
+def test_pidone_passes_the_exit_status_and_reaps():
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "labkit.pidone", *argv], capture_output=True)
+    assert run("sh", "-c", "exit 5").returncode == 5
+    assert run().returncode == 2
+    assert run("labkit-no-such-command").returncode == 127
+
+
+def test_propagation_demo_refuses_unknown_modes():
+    with pytest.raises(InvalidValue, match="propagation mode"):
+        propagation.PropagationDemo("rslave")
+
+
+def test_mountinfo_reads_propagation_of_root():
+    table = propagation.mountinfo()
+    assert "/" in table
+    assert table["/"] == "private" or table["/"].startswith(("shared:", "master:"))
+
+
+def test_timens_offsets_of_the_host_are_zero():
+    assert timens.offsets() == {"monotonic": 0.0, "boottime": 0.0}
+    assert timens.uptime() > 0
