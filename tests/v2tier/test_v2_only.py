@@ -213,3 +213,19 @@ def test_delete_with_sub_cgroups_needs_kill_then_leaves_first(cg):
     for path in (leaf, cg / "a", cg / "a2", cg):
         path.rmdir()
     assert not cg.exists()
+
+
+def test_labkit_cgroups_picks_its_v2_backend_and_sees_the_oom_kill():
+    """labkit's own Cgroup API on this pure v2 host (the hybrid host exercises its v1 backend)."""
+    from labkit import cgroups
+
+    assert cgroups.backend_name() == "v2"
+    with cgroups.Cgroup.create(memory="32M", pids=10) as group:
+        path = Path(group.path("memory"))
+        assert path.parent == ROOT and read(path, "memory.max") == str(32 * 2**20)
+        assert read(path, "pids.max") == "10"
+        hog = start_in(path, python("b = b'x' * (200 << 20)"))
+        assert hog.wait(timeout=60) == -9
+        assert keyed(path, "memory.events")["oom_kill"] >= 1
+        assert group.oom_kills() >= 1
+    assert not path.exists()
