@@ -39,6 +39,7 @@ import select
 import signal
 import socket
 import struct
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -138,6 +139,44 @@ def _off_loop(fn):
     return wrapper
 
 
+_held: list | None = None     # SIGINTs caught while a kernel change was being made (main thread only)
+
+
+@contextmanager
+def _hold_interrupts():
+    """Hold Ctrl-C until the block has finished, then raise KeyboardInterrupt.
+
+    Making a kernel object and recording it must not be split by an interrupt: pyroute2 creates a
+    netns in a forked child that carries on even if we are interrupted, and an object made but not
+    yet recorded could not be torn down. Nested blocks share the outermost hold. Signals are only
+    delivered to the main thread; in a notebook the work runs in _off_loop's worker and the main
+    thread waits for it to finish before it raises.
+    """
+    global _held
+    if _held is not None or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    _held = []
+    previous = signal.signal(signal.SIGINT, lambda *_: _held.append(1))
+    try:
+        yield
+    finally:
+        caught, _held = _held, None
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _holding(method):
+    """Decorator form of _hold_interrupts, for the methods that change the kernel."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _hold_interrupts():
+            return method(*args, **kwargs)
+    return wrapper
+
+
 # --- namespaces --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -219,11 +258,12 @@ def create_namespace(hint: str = "ns", label: str | None = None) -> Namespace:
     from pyroute2 import netns
 
     name = cleanup.unique_name(hint)
-    cleanup.claim("netns", name)
     try:
-        netns.create(name)
+        with _hold_interrupts():               # an interrupt waits until the child has finished ...
+            cleanup.claim("netns", name)
+            netns.create(name)
     except BaseException:
-        _remove_named(name)
+        _remove_named(name)                    # ... so that nothing half-made survives it
         raise
     return Namespace(label or name, str(NETNS_DIR / name), name=name)
 
@@ -241,6 +281,7 @@ def _remove_named(name: str) -> None:
 
 
 @_off_loop
+@_holding
 def remove_namespace(ns: Namespace) -> None:
     """Remove a named lab namespace. Its veths are deleted first, so their peers vanish now, not later."""
     if not ns.name or not ns.name.startswith(cleanup.PREFIX):
@@ -309,6 +350,7 @@ def set_up(ns: Namespace, ifname: str = "lo") -> None:
 
 
 @_off_loop
+@_holding
 def create_bridge(ns: Namespace, name: str | None = None) -> str:
     """`ip link add NAME type bridge; ip link set NAME up` inside ns; no address (nothing routes out)."""
     _refuse_host(ns, "create a bridge in")
@@ -325,6 +367,7 @@ def create_bridge(ns: Namespace, name: str | None = None) -> str:
 
 
 @_off_loop
+@_holding
 def create_veth(ns: Namespace, name: str | None = None, peer: str | None = None) -> tuple[str, str]:
     """`ip link add NAME type veth peer name PEER` inside ns: two ends of one virtual cable."""
     name = check_ifname(name or cleanup.unique_name("v", IFNAMSIZ - 1))
@@ -342,6 +385,7 @@ def create_veth(ns: Namespace, name: str | None = None, peer: str | None = None)
 
 
 @_off_loop
+@_holding
 def move_link(src: Namespace, ifname: str, dst: Namespace, new_name: str | None = None) -> str:
     """Move a link into another namespace (`ip link set IFNAME netns DST`), optionally renaming it there.
 
@@ -956,6 +1000,7 @@ class Network:
         self.close()
 
     @_off_loop
+    @_holding
     def create(self) -> "Network":
         """The switch namespace and its bridge (up, no address)."""
         if self.switch is None:
@@ -965,6 +1010,7 @@ class Network:
         return self
 
     @_off_loop
+    @_holding
     def connect(self, member=None, address=None, label: str | None = None) -> Endpoint:
         """Plug a member (pid, Process, Namespace, lab netns name, or None = a new bare namespace) in."""
         if self.switch is None:
@@ -1014,8 +1060,12 @@ class Network:
         raise NotFound(f"{member!r} is not connected to this network")
 
     @_off_loop
+    @_holding
     def disconnect(self, member) -> None:
-        """Unplug a member: deleting the switch-side veth end deletes its peer (the member's ethN) too."""
+        """Unplug a member: deleting the switch-side veth end deletes its peer (the member's ethN) too.
+
+        The member's namespace stays (and so does a bare one this network made, until close()).
+        """
         e = self.endpoint(member)
         with _rtnl(self.switch) as ipr:
             found = ipr.link_lookup(ifname=e.port)
@@ -1025,11 +1075,10 @@ class Network:
         for name in (e.port, e.peer_name):
             cleanup.release("link", name)
         self.endpoints.remove(e)
-        if e.namespace in self._owned:
-            remove_namespace(e.namespace)
-            self._owned.remove(e.namespace)
+        # a bare namespace this network created stays until close(): it may be plugged in elsewhere
 
     @_off_loop
+    @_holding
     def close(self) -> None:
         """Remove everything this network made; safe to call twice, after errors and half-finished setups."""
         errors = []
@@ -1160,6 +1209,7 @@ class HostVeth:
         self.close()
 
     @_off_loop
+    @_holding
     def create(self) -> "HostVeth":
         from .host import require_lab_host
 
@@ -1187,6 +1237,7 @@ class HostVeth:
         return self
 
     @_off_loop
+    @_holding
     def close(self) -> None:
         """Delete the host end (its peer goes with it). If the container died first, the kernel is
         already removing the pair on its own: wait for that instead of racing it."""
