@@ -195,6 +195,25 @@ def _cmd_run(args) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
+# --- engine and trace (chapter 5, labkit/engine/) ---------------------------------------------------
+
+def _cmd_engine(args) -> int:
+    from .engine import server
+
+    print(f"labkit engine: Docker Engine API {server.api.API_VERSION} on {args.socket} "
+          f"(DOCKER_HOST=unix://{args.socket}); Ctrl-C stops it and removes its containers",
+          file=sys.stderr, flush=True)
+    server.serve(args.socket, server.parse_image_options(args.image), verbose=args.verbose)
+    return 0
+
+
+def _cmd_trace(args) -> int:
+    from .engine import tracer
+
+    tracer.serve(args.socket, args.upstream)
+    return 0
+
+
 # --- the parser: one block per subcommand -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cleanup)
 
     # (chapters add their subcommands below, one block each)
+
+    p = sub.add_parser("engine", help="labkit's Docker-API-compatible engine (chapter 5)")
+    engine_sub = p.add_subparsers(dest="engine_action", required=True)
+    q = engine_sub.add_parser("serve", help="serve the Docker Engine API on a unix socket (root only)")
+    q.add_argument("--socket", required=True, help="unix socket path, e.g. /run/labkit/engine.sock")
+    q.add_argument("--image", action="append", metavar="NAME=DIR",
+                   help="also offer the root filesystem DIR as image NAME (repeatable)")
+    q.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    q.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("trace", help="record every Docker API call passing through a proxy socket")
+    p.add_argument("--socket", required=True, help="the proxy's unix socket: DOCKER_HOST=unix://SOCKET")
+    p.add_argument("--upstream", default="/var/run/docker.sock", help="the real API socket")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("vm", help="a disposable qemu VM (Debian's kernel, busybox initramfs)")
     vm_sub = p.add_subparsers(dest="vm_action", required=True)

@@ -1,0 +1,463 @@
+"""The REST API: Docker Engine API v1.41 paths, answered by labkit's engine.
+
+Every request the docker CLI sends is an HTTP request on the unix socket; this module is the table
+of those requests and a short function for each. `docker container run --rm IMG echo hello` is:
+
+    HEAD /_ping                                     which API version do you speak?
+    POST /v1.41/containers/create                   the config as JSON -> 201 {"Id": ...}
+    POST /v1.41/containers/ID/attach?stream=1&...   101: the connection becomes the output stream
+    POST /v1.41/containers/ID/wait?condition=removed  headers now, {"StatusCode": N} at the end
+    POST /v1.41/containers/ID/start                 204: namespaces + cgroup + exec (the runtime)
+
+Errors have Docker's shape, ``{"message": "..."}``, with the status Docker would use: 400 for a
+bad request, 404 for an unknown container, image or endpoint, 409 for a conflict (a name in use,
+removing a running container), 500 when the engine itself failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qsl, urlsplit
+
+from .. import __version__
+from ..errors import Conflict, InvalidValue, LabkitError, NotFound
+from . import state, streams, wire
+from .state import Engine, Record, human_duration, rfc3339
+
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+_VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_ID = r"(?P<id>[^/]+)"
+
+
+class HTTPError(Exception):
+    """An error answered with a status of our choosing (the rest is mapped from LabkitError)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _version_tuple(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def split_target(target: str) -> tuple[str, dict, str | None]:
+    """'/v1.41/containers/json?all=1' -> ('/containers/json', {'all': '1'}, '1.41').
+
+    A version above ours or below the minimum is refused the way dockerd refuses it.
+    """
+    parts = urlsplit(target)
+    path, version = parts.path, None
+    match = _VERSIONED.match(path)
+    if match:
+        version = f"{match.group(1)}.{match.group(2)}"
+        path = match.group(3)
+        if _version_tuple(version) > _version_tuple(API_VERSION):
+            raise HTTPError(400, f"client version {version} is too new. Maximum supported API version "
+                                 f"is {API_VERSION}")
+        if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
+            raise HTTPError(400, f"client version {version} is too old. Minimum supported API version "
+                                 f"is {MIN_API_VERSION}, please upgrade your client to a newer version")
+    return path, dict(parse_qsl(parts.query, keep_blank_values=True)), version
+
+
+def flag(query: dict, name: str, default: bool = False) -> bool:
+    """Docker's boolean query parameters: 1/true/True/yes are true; absent is `default`."""
+    if name not in query:
+        return default
+    return query[name].strip().lower() not in ("", "0", "false", "no")
+
+
+def parse_json_body(raw: bytes):
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"malformed JSON in the request body: {exc}") from None
+
+
+# --- JSON shapes: what docker inspect / docker ps read ---------------------------------------------
+
+def status_text(record: Record) -> str:
+    """The STATUS column of `docker ps`."""
+    if record.status == "running" and record.started_at:
+        return "Up " + human_duration(time.time() - record.started_at)
+    if record.status == "exited" and record.finished_at:
+        return f"Exited ({record.exit_code}) {human_duration(time.time() - record.finished_at)} ago"
+    return record.status.capitalize()
+
+
+def summary(record: Record) -> dict:
+    """An entry of GET /containers/json (docker ps)."""
+    spec = record.spec
+    return {
+        "Id": record.id, "Names": ["/" + record.name], "Image": spec.image, "ImageID": record.image_id,
+        "Command": " ".join(spec.argv), "Created": int(record.created), "Ports": [],
+        "Labels": spec.labels, "State": record.status, "Status": status_text(record),
+        "HostConfig": {"NetworkMode": spec.network_mode}, "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    }
+
+
+def inspect(record: Record) -> dict:
+    """GET /containers/ID/json (docker inspect), plus a "Labkit" section: the kernel side."""
+    spec = record.spec
+    host = spec.host_config
+    hostname = spec.hostname or record.id[:12]
+    return {
+        "Id": record.id, "Created": rfc3339(record.created),
+        "Path": spec.argv[0], "Args": spec.argv[1:],
+        "State": {"Status": record.status, "Running": record.running, "Paused": False,
+                  "Restarting": False, "OOMKilled": record.oom_killed, "Dead": False,
+                  "Pid": record.pid, "ExitCode": record.exit_code, "Error": record.error,
+                  "StartedAt": rfc3339(record.started_at), "FinishedAt": rfc3339(record.finished_at)},
+        "Image": record.image_id, "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
+        "LogPath": "", "Name": "/" + record.name, "RestartCount": 0, "Driver": "overlay",
+        "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": {
+            "NetworkMode": spec.network_mode, "AutoRemove": spec.auto_remove,
+            "Memory": spec.memory or 0, "NanoCpus": int(host.get("NanoCpus") or 0),
+            "CpuQuota": int(host.get("CpuQuota") or 0), "CpuPeriod": int(host.get("CpuPeriod") or 0),
+            "PidsLimit": spec.pids, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "LogConfig": {"Type": "json-file", "Config": {}}, "Runtime": "labkit", "Privileged": False,
+            "Binds": None, "PortBindings": {}},
+        "GraphDriver": {"Name": "overlay", "Data": {"MergedDir": record.details.get("RootFS", "")}},
+        "Mounts": [],
+        "Config": {"Hostname": hostname, "Domainname": "", "User": "", "AttachStdin": False,
+                   "AttachStdout": True, "AttachStderr": True, "Tty": False, "OpenStdin": False,
+                   "StdinOnce": False, "Env": spec.env, "Cmd": spec.cmd, "Image": spec.image,
+                   "Volumes": None, "WorkingDir": spec.working_dir, "Entrypoint": spec.entrypoint,
+                   "OnBuild": None, "Labels": spec.labels},
+        "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False, "Ports": {},
+                            "SandboxKey": f"/proc/{record.pid}/ns/net" if record.pid else "",
+                            "Networks": {"none": {"NetworkID": "none", "IPAddress": "", "Gateway": "",
+                                                  "MacAddress": ""}}},
+        "Labkit": record.details,
+    }
+
+
+def version_info() -> dict:
+    """GET /version (docker version's Server part)."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "GitCommit": "",
+               "GoVersion": f"python{platform.python_version()}", "Os": "linux", "Arch": arch,
+               "KernelVersion": platform.release(), "BuildTime": "", "Experimental": "false"}
+    return {"Platform": {"Name": "labkit engine"},
+            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+            "Version": __version__, **{k: v for k, v in details.items() if k != "Experimental"}}
+
+
+# --- the handlers: one function per endpoint ------------------------------------------------------
+
+def ping(h: "Handler", m, q):
+    h.send_bytes(200, b"OK", "text/plain; charset=utf-8")
+
+
+def version(h, m, q):
+    h.send_json(200, version_info())
+
+
+def info(h, m, q):
+    engine = h.engine
+    records = engine.list(all=True)
+    running = sum(r.running for r in records)
+    from .. import host
+
+    h.send_json(200, {
+        "ID": "labkit", "Containers": len(records), "ContainersRunning": running,
+        "ContainersPaused": 0, "ContainersStopped": len(records) - running,
+        "Images": len(engine.images.list()), "Driver": "overlay", "DriverStatus": [],
+        "DockerRootDir": "/run/labkit", "Plugins": {"Volume": [], "Network": ["none"], "Log": ["json-file"]},
+        "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True,
+        "PidsLimit": True, "IPv4Forwarding": False, "Debug": False, "NFd": len(os.listdir("/proc/self/fd")),
+        "NGoroutines": 0, "SystemTime": rfc3339(time.time()), "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs", "CgroupVersion": "2" if host.cgroup_mode() == "v2" else "1",
+        "KernelVersion": platform.release(), "OperatingSystem": "labkit engine", "OSType": "linux",
+        "Architecture": platform.machine(), "NCPU": os.cpu_count(),
+        "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "IndexServerAddress": "",
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": [], "Mirrors": []},
+        "Name": socket.gethostname(), "Labels": [], "ExperimentalBuild": False,
+        "ServerVersion": __version__, "Runtimes": {"labkit": {"path": "labkit.container"}},
+        "DefaultRuntime": "labkit", "Swarm": {"LocalNodeState": "inactive", "NodeID": "",
+                                              "NodeAddr": "", "ControlAvailable": False},
+        "LiveRestoreEnabled": False, "Isolation": "", "InitBinary": "tini", "SecurityOptions": [],
+        "Warnings": ["labkit engine: a teaching subset of the Docker Engine API; "
+                     "containers live in memory and go when the engine stops"]})
+
+
+def list_containers(h, m, q):
+    records = h.engine.list(all=flag(q, "all"))
+    filters = parse_json_body(q.get("filters", "").encode()) if q.get("filters") else {}
+    for key, values in filters.items():
+        values = list(values) if isinstance(values, (list, dict)) else [values]
+        if key == "name":
+            records = [r for r in records if any(v.lstrip("/") in r.name for v in values)]
+        elif key == "id":
+            records = [r for r in records if any(r.id.startswith(v) for v in values)]
+        elif key == "status":
+            records = [r for r in records if r.status in values]
+        else:
+            raise InvalidValue("filter", key, "name, id or status")
+    limit = int(q.get("limit", "-1") or -1)
+    if limit > 0:
+        records = records[:limit]
+    h.send_json(200, [summary(r) for r in records])
+
+
+def create(h, m, q):
+    record = h.engine.create(parse_json_body(h.body), q.get("name"))
+    h.send_json(201, {"Id": record.id, "Warnings": []})
+
+
+def inspect_container(h, m, q):
+    h.send_json(200, inspect(h.engine.get(m["id"])))
+
+
+def start(h, m, q):
+    h.send_empty(204 if h.engine.start(m["id"]) else 304)
+
+
+def wait(h, m, q):
+    """Headers at once (the CLI waits for them before it starts the container), body at exit."""
+    engine = h.engine
+    condition = q.get("condition") or "not-running"
+    if condition not in state.WAIT_CONDITIONS:
+        raise InvalidValue("condition", condition, " or ".join(state.WAIT_CONDITIONS))
+    engine.get(m["id"])                                       # 404 now, not after the headers
+    h.start_stream(200, "application/json")
+    try:
+        code = engine.wait(m["id"], condition)
+        body = {"StatusCode": code, "Error": None}
+    except NotFound:                                          # removed while we waited
+        body = {"StatusCode": 0, "Error": None}
+    h.write_chunk(json.dumps(body).encode() + b"\n")
+    h.end_stream()
+
+
+def logs(h, m, q):
+    out, err = flag(q, "stdout"), flag(q, "stderr")
+    if not (out or err):
+        raise InvalidValue("logs parameters", "stdout=0&stderr=0", "at least one of stdout=1, stderr=1")
+    tail = q.get("tail", "all")
+    if tail not in ("all", "") and not tail.isdigit():
+        raise InvalidValue("tail", tail, "'all' or a number of lines")
+    since = float(q.get("since") or 0)
+    timestamps = flag(q, "timestamps")
+    entries = h.engine.output(m["id"], stdout=out, stderr=err, follow=flag(q, "follow"),
+                              tail=int(tail) if tail.isdigit() else None, since=since,
+                              is_gone=lambda: state.client_gone(h.connection))
+    h.start_stream(200, streams.MULTIPLEXED)
+    for when, stream, data in entries:
+        if timestamps:
+            data = b"".join(rfc3339(when).encode() + b" " + line for line in data.splitlines(True))
+        h.write_chunk(streams.frame(stream, data))
+    h.end_stream()
+
+
+def attach(h, m, q):
+    """The connection is hijacked: after '101 UPGRADED' it carries the container's frames, raw.
+
+    The CLI attaches BEFORE it starts the container, so nothing the container writes is lost;
+    the stream ends when the container exits.
+    """
+    if flag(q, "stdin"):
+        raise InvalidValue("attach stdin", "stdin=1", "stdin=0: labkit's engine has no container stdin")
+    entries = h.engine.output(m["id"], stdout=flag(q, "stdout"), stderr=flag(q, "stderr"),
+                              until_exit=flag(q, "stream"), replay=flag(q, "logs"))
+    upgrade = "upgrade" in wire.header(list(h.headers.items()), "Connection").lower()
+    h.close_connection = True
+    if upgrade:
+        h.send_response(101, "UPGRADED")
+        h.send_header("Content-Type", streams.RAW)   # what dockerd 20.10 says; the CLI decides by Tty
+        h.send_header("Connection", "Upgrade")
+        h.send_header("Upgrade", "tcp")
+    else:
+        h.send_response(200)
+        h.send_header("Content-Type", streams.RAW)
+        h.send_header("Connection", "close")
+    h.end_headers()
+    h.wfile.flush()
+    try:
+        for _, stream, data in entries:
+            h.wfile.write(streams.frame(stream, data))
+    finally:
+        try:
+            h.connection.shutdown(socket.SHUT_WR)       # end of stream: the CLI's copy loop sees EOF
+        except OSError:
+            pass
+
+
+def kill(h, m, q):
+    h.engine.kill(m["id"], q.get("signal") or None)
+    h.send_empty(204)
+
+
+def stop(h, m, q):
+    timeout = q.get("t", "10") or "10"
+    if not timeout.lstrip("-").isdigit():
+        raise InvalidValue("t", timeout, "a number of seconds")
+    h.send_empty(204 if h.engine.stop(m["id"], timeout=max(int(timeout), 0)) else 304)
+
+
+def remove(h, m, q):
+    h.engine.remove(m["id"], force=flag(q, "force"))
+    h.send_empty(204)
+
+
+def list_images(h, m, q):
+    h.send_json(200, [image.summary() for image in h.engine.images.list()])
+
+
+def inspect_image(h, m, q):
+    h.send_json(200, h.engine.images.find(m["name"]).inspect())
+
+
+def pull(h, m, q):
+    ref = q.get("fromImage", "") + (":" + q["tag"] if q.get("tag") else "")
+    raise NotFound(f"labkit's engine cannot pull {ref or 'images'}: there is no registry here. "
+                   f"Local images: {', '.join(h.engine.images.names()) or 'none'}")
+
+
+ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, handler in [
+    ("GET", r"/_ping", ping),
+    ("HEAD", r"/_ping", ping),
+    ("GET", r"/version", version),
+    ("GET", r"/info", info),
+    ("GET", r"/containers/json", list_containers),
+    ("POST", r"/containers/create", create),
+    ("GET", rf"/containers/{_ID}/json", inspect_container),
+    ("POST", rf"/containers/{_ID}/start", start),
+    ("POST", rf"/containers/{_ID}/wait", wait),
+    ("GET", rf"/containers/{_ID}/logs", logs),
+    ("POST", rf"/containers/{_ID}/attach", attach),
+    ("POST", rf"/containers/{_ID}/kill", kill),
+    ("POST", rf"/containers/{_ID}/stop", stop),
+    ("DELETE", rf"/containers/{_ID}", remove),
+    ("GET", r"/images/json", list_images),
+    ("GET", r"/images/(?P<name>.+)/json", inspect_image),
+    ("POST", r"/images/create", pull),
+]]
+ENDPOINTS = sorted({pattern.pattern.strip("^$").replace("(?P<id>[^/]+)", "{id}")
+                    .replace("(?P<name>.+)", "{name}") for _, pattern, _ in ROUTES})
+
+
+def route(method: str, path: str):
+    """(handler, match) for a request, or HTTPError 404 / 405 with a message that says why."""
+    allowed = []
+    for route_method, pattern, handler in ROUTES:
+        match = pattern.match(path)
+        if match:
+            if route_method == method:
+                return handler, match.groupdict()
+            allowed.append(route_method)
+    if allowed:
+        raise HTTPError(405, f"{method} is not allowed on {path}: use {' or '.join(sorted(set(allowed)))}")
+    raise HTTPError(404, f"page not found: labkit's engine does not implement {method} {path}. It "
+                         f"speaks a subset of the Docker Engine API {API_VERSION}: "
+                         + ", ".join(ENDPOINTS))
+
+
+STATUS_OF = [(InvalidValue, 400), (NotFound, 404), (Conflict, 409), (LabkitError, 500)]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One connection; requests one after another (HTTP/1.1 keep-alive), routed by `ROUTES`."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"labkit-engine/{__version__}"
+    sys_version = ""
+    engine: Engine              # set by the server
+    verbose = False
+
+    def do_request(self) -> None:
+        self.body = b""
+        try:
+            framing = wire.body_framing(list(self.headers.items()), is_request=True)
+            self.body = wire.read_body(self.rfile, framing, list(self.headers.items()))
+            path, query, _ = split_target(self.path)
+            handler, match = route(self.command, path)
+            handler(self, match, query)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes Docker's error shape
+            self.send_error_json(exc)
+
+    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = do_request
+
+    # --- answers ------------------------------------------------------------------------------
+
+    def _common_headers(self) -> None:
+        self.send_header("Api-Version", API_VERSION)
+        self.send_header("Docker-Experimental", "false")
+        self.send_header("Ostype", "linux")
+
+    def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self._common_headers()
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_json(self, status: int, obj) -> None:
+        self.send_bytes(status, json.dumps(obj).encode() + b"\n", "application/json")
+
+    def send_empty(self, status: int) -> None:
+        self.send_response(status)
+        self._common_headers()
+        if status not in (204, 304):
+            self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def send_error_json(self, exc: Exception) -> None:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            self.close_connection = True
+            return
+        if getattr(self, "_streaming", False):
+            # Headers are gone already; all we can do is end the stream and the connection.
+            self.close_connection = True
+            return
+        status = exc.status if isinstance(exc, HTTPError) else \
+            next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 500)
+        if status == 500 and not isinstance(exc, LabkitError):
+            traceback.print_exc()
+        message = str(exc) if isinstance(exc, (HTTPError, LabkitError)) else f"internal error: {exc!r}"
+        self.send_json(status, {"message": message})
+
+    def start_stream(self, status: int, content_type: str) -> None:
+        """Headers now, body in chunks later (how /wait and /logs answer)."""
+        self.send_response(status)
+        self._common_headers()
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        self._streaming = True
+
+    def write_chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(wire.chunk(data))
+
+    def end_stream(self) -> None:
+        self.wfile.write(wire.chunk(b""))
+        self._streaming = False
+
+    def handle_one_request(self) -> None:
+        self._streaming = False
+        super().handle_one_request()
+
+    def log_message(self, format: str, *args) -> None:
+        if self.verbose:
+            super().log_message(format, *args)
+
+    def address_string(self) -> str:
+        return "unix"           # unix sockets have no client address

@@ -1,0 +1,405 @@
+"""The engine proper: containers by id and name, their lifecycle, their output, and who waits for them.
+
+The API layer (`server`) turns HTTP into calls on `Engine`; the engine turns those into a labkit
+Container per start (`runtime.launch`). Everything here is guarded by one lock with one condition
+variable: a request that waits (``/wait``, ``/attach``, ``/logs?follow=1``) sleeps on it, and every
+change - output arrived, the container started, exited, was removed - wakes the sleepers up to
+look again. One lock keeps the rules readable; containers here are few.
+
+Lifecycle, with Docker's names::
+
+    create -> "created" --start--> "running" --exit--> "exited" --remove--> (gone)
+                                        ^                  |
+                                        +------start-------+
+
+Docker keeps a container's record across daemon restarts; this engine keeps them in memory, and
+kills and removes its containers when it stops.
+"""
+from __future__ import annotations
+
+import datetime
+import secrets
+import signal as signals
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import cleanup
+from ..errors import Conflict, InvalidValue, NotFound
+from . import images as images_mod
+from .spec import ContainerSpec, check_name, parse_create
+from .streams import STDERR, STDOUT
+
+LOG_LIMIT = 8 * 1024 * 1024        # output bytes kept per container; older output is dropped
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never" in StartedAt / FinishedAt
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+FOLLOW_INTERVAL = 0.005             # seconds between two looks at a running container's output
+
+
+def rfc3339(t: float | None) -> str:
+    """Docker's timestamps: RFC 3339 with nanoseconds, UTC."""
+    if t is None:
+        return ZERO_TIME
+    dt = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(t * 1e9) % 1_000_000_000:09d}Z"
+
+
+def human_duration(seconds: float) -> str:
+    """As `docker ps` words it: 'Less than a second', '5 seconds', 'About a minute', '3 hours'."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    return f"{hours // 24} days"
+
+
+def parse_signal(value: str | None, default: int = signals.SIGKILL) -> int:
+    """'SIGTERM', 'TERM', '15' -> 15."""
+    if value in (None, ""):
+        return default
+    text = str(value).upper()
+    if text.isdigit() and 0 < int(text) < signals.NSIG:
+        return int(text)
+    name = text if text.startswith("SIG") else "SIG" + text
+    if hasattr(signals.Signals, name):
+        return int(signals.Signals[name])
+    raise InvalidValue("signal", value, "a signal name like SIGTERM or KILL, or a number from 1 to 64")
+
+
+@dataclass
+class Record:
+    """One container as the engine sees it."""
+
+    id: str
+    name: str
+    spec: ContainerSpec
+    image_id: str
+    created: float = field(default_factory=time.time)
+    status: str = "created"             # created | running | exited | removing
+    pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    starting: bool = False               # between start's request and the process running
+    exits: int = 0                       # how many times it has exited (for next-exit waits)
+    removed: bool = False
+    log: list = field(default_factory=list)    # (time, stream, bytes)
+    log_dropped: int = 0                       # entries dropped off the front (LOG_LIMIT)
+    log_bytes: int = 0
+    process: object = None                     # the runtime's handle while running
+    details: dict = field(default_factory=dict)  # namespaces, cgroup: what the runtime reports
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+class Engine:
+    """Containers for the API: create, start, wait, logs, attach, kill, remove, list, inspect."""
+
+    def __init__(self, image_store: images_mod.ImageStore, runtime=None):
+        if runtime is None:
+            from . import runtime
+        self.images = image_store
+        self.runtime = runtime
+        self._records: dict[str, Record] = {}
+        self._changed = threading.Condition()
+        self._closing = False
+
+    # --- finding containers ---------------------------------------------------------------
+
+    def _find(self, ref: str) -> Record:
+        """Exact id, then exact name, then a unique id prefix (Docker's order). Hold the lock."""
+        if ref in self._records:
+            return self._records[ref]
+        name = ref.lstrip("/")
+        for record in self._records.values():
+            if record.name == name:
+                return record
+        matches = [r for r in self._records.values() if r.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidValue("container id prefix", ref, "a prefix matching exactly one container")
+        raise NotFound(f"No such container: {ref}")
+
+    def get(self, ref: str) -> Record:
+        with self._changed:
+            return self._find(ref)
+
+    def list(self, all: bool = False) -> list[Record]:
+        with self._changed:
+            records = [r for r in self._records.values() if all or r.running]
+        return sorted(records, key=lambda r: r.created, reverse=True)
+
+    # --- create / start --------------------------------------------------------------------
+
+    def create(self, body, name: str | None = None) -> Record:
+        name = check_name(name)
+        spec = parse_create(body, self.images.find)
+        self.runtime.validate(spec)         # limits checked by the cgroup layer, before anything exists
+        image = self.images.find(spec.image)
+        with self._changed:
+            if self._closing:
+                raise Conflict("the engine is shutting down")
+            name = name or cleanup.unique_name()
+            for other in self._records.values():
+                if other.name == name:
+                    raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                                   f'"{other.id}". You have to remove (or rename) that container to be '
+                                   f'able to reuse that name.')
+            record = Record(secrets.token_hex(32), name, spec, image.id)
+            self._records[record.id] = record
+            self._changed.notify_all()
+        return record
+
+    def start(self, ref: str) -> bool:
+        """Start the container; False if it was already running (the API answers 304)."""
+        with self._changed:
+            record = self._find(ref)
+            if record.running or record.starting:
+                return False
+            if record.status == "removing" or self._closing:
+                raise Conflict(f"container {record.id} is being removed")
+            record.starting = True          # a second start now gets 304, a remove waits its turn
+        try:
+            image = self.images.find(record.image_id)
+            # Docker's default hostname is the first 12 characters of the container id.
+            process = self.runtime.launch(record.spec, image, hostname=record.id[:12])
+        except BaseException as exc:
+            with self._changed:
+                record.starting, record.error = False, str(exc)
+                if record.status == "created":
+                    record.status = "exited"
+                record.exit_code = 127 if isinstance(exc, FileNotFoundError) else 128
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            record.status, record.starting = "running", False
+            record.process, record.pid = process, process.pid
+            record.started_at, record.finished_at = time.time(), None
+            record.oom_killed, record.error = False, ""
+            record.details = process.details()
+            self._changed.notify_all()
+        threading.Thread(target=self._follow, args=(record, process), daemon=True,
+                         name=f"{record.name}-follow").start()
+        return True
+
+    def _follow(self, record: Record, process) -> None:
+        """Follow the container's output files until it exits; then collect its status and release it.
+
+        The output files only grow, so reading what is new every few milliseconds is all it takes
+        (Docker's json-file driver is followed the same way by `docker logs -f`). The last read
+        happens after the exit was seen, so no last words are lost.
+        """
+        files = {}
+        try:
+            while True:
+                exited = process.poll() is not None
+                for stream, path in ((STDOUT, process.stdout_path), (STDERR, process.stderr_path)):
+                    if stream not in files:
+                        try:
+                            files[stream] = open(path, "rb")
+                        except FileNotFoundError:
+                            continue
+                    data = files[stream].read()
+                    if data:
+                        self._append(record, stream, data)
+                if exited:
+                    break
+                time.sleep(FOLLOW_INTERVAL)
+        finally:
+            for f in files.values():
+                f.close()
+        returncode = process.wait()
+        oom = process.oom_killed()
+        try:
+            process.release()           # namespaces, cgroup, mounts of this run: gone now
+        finally:
+            with self._changed:
+                # Docker's convention: killed by signal N -> 128 + N
+                record.exit_code = 128 - returncode if returncode < 0 else returncode
+                record.oom_killed, record.finished_at = oom, time.time()
+                record.status, record.process, record.pid = "exited", None, 0
+                record.exits += 1
+                self._changed.notify_all()
+        if record.spec.auto_remove:
+            try:
+                self.remove(record.id, force=True)
+            except (NotFound, Conflict):
+                pass
+
+    def _append(self, record: Record, stream: int, data: bytes) -> None:
+        with self._changed:
+            record.log.append((time.time(), stream, data))
+            record.log_bytes += len(data)
+            while record.log_bytes > LOG_LIMIT and len(record.log) > 1:
+                record.log_bytes -= len(record.log.pop(0)[2])
+                record.log_dropped += 1
+            self._changed.notify_all()
+
+    # --- wait / kill / remove -----------------------------------------------------------------
+
+    def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None) -> int:
+        """Block until the condition holds; the container's exit code then.
+
+        not-running: now, unless it is running; next-exit: its next exit from now; removed: gone.
+        """
+        if condition in ("", None):
+            condition = "not-running"
+        if condition not in WAIT_CONDITIONS:
+            raise InvalidValue("condition", condition, " or ".join(WAIT_CONDITIONS))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            record = self._find(ref)
+            exits_before = record.exits
+
+            def done() -> bool:
+                if record.removed:
+                    return True
+                if condition == "not-running":
+                    return not record.running
+                if condition == "next-exit":
+                    return record.exits > exits_before
+                return False
+
+            while not done() and not self._closing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"container {record.name} still {record.status} after {timeout} s")
+                self._changed.wait(left if left is not None else 1.0)
+            return record.exit_code
+
+    def kill(self, ref: str, signal: str | int | None = None) -> None:
+        sig = parse_signal(signal) if not isinstance(signal, int) else signal
+        with self._changed:
+            record = self._find(ref)
+            if not record.running or record.process is None:
+                raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
+            process = record.process
+        process.kill(sig)
+
+    def stop(self, ref: str, timeout: float = 10) -> bool:
+        """SIGTERM, then SIGKILL after `timeout` seconds; False if it was not running (304)."""
+        with self._changed:
+            record = self._find(ref)
+            if not record.running:
+                return False
+        try:
+            self.kill(record.id, signals.SIGTERM)
+            self.wait(record.id, "not-running", timeout=timeout)
+        except TimeoutError:
+            self.kill(record.id, signals.SIGKILL)
+            self.wait(record.id, "not-running")
+        except Conflict:
+            pass                        # it exited between the check and the signal
+        return True
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        with self._changed:
+            record = self._find(ref)
+            if record.running and not force:
+                raise Conflict(f"You cannot remove a running container {record.id}. "
+                               "Stop the container before attempting removal or force remove")
+            if record.status == "removing" or record.starting:
+                raise Conflict(f"container {record.id} is {'being removed' if record.removed else 'starting'}; "
+                               "try again in a moment")
+            was_running = record.running
+            if was_running:
+                record.process.kill(signals.SIGKILL)
+        if was_running:
+            self.wait(record.id, "not-running")
+        with self._changed:
+            record.status = "removing"
+            self._records.pop(record.id, None)
+            record.removed = True
+            self._changed.notify_all()
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def output(self, ref: str, *, stdout: bool = True, stderr: bool = True, follow: bool = False,
+               tail: int | None = None, since: float = 0, until_exit: bool = False, replay: bool = True,
+               is_gone=lambda: False):
+        """An iterator of (time, stream, bytes) of the container's output.
+
+        follow: keep going until the container is not running; until_exit (attach): keep going
+        until the container's next exit, even if it has not started yet; replay: begin with the
+        output already logged (else only new output). `is_gone()` says the client hung up.
+
+        Where to begin is decided NOW, not at the first next(): the docker CLI starts the
+        container as soon as its attach is answered, and a fast container may have exited before
+        the first frame is sent.
+        """
+        wanted = {STDOUT} if stdout else set()
+        if stderr:
+            wanted.add(STDERR)
+        with self._changed:
+            record = self._find(ref)
+            exits_before = record.exits
+            position = record.log_dropped if replay else record.log_dropped + len(record.log)
+            if tail is not None and replay:
+                position = max(position, record.log_dropped + len(record.log) - tail)
+        return self._output(record, wanted, position, exits_before, follow, since, until_exit, is_gone)
+
+    def _output(self, record, wanted, position, exits_before, follow, since, until_exit, is_gone):
+        while True:
+            with self._changed:
+                while True:
+                    index = position - record.log_dropped
+                    if index < len(record.log):
+                        break
+                    if until_exit:
+                        finished = record.removed or record.exits > exits_before
+                    elif follow:
+                        finished = record.removed or not record.running
+                    else:
+                        finished = True
+                    if finished or self._closing or is_gone():
+                        return
+                    self._changed.wait(1.0)
+                entries = record.log[max(index, 0):]
+                position = record.log_dropped + len(record.log)
+            for entry in entries:
+                if entry[1] in wanted and entry[0] >= since:
+                    yield entry
+
+    # --- the engine's end ------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Kill and remove every container (called when the server stops)."""
+        with self._changed:
+            self._closing = True
+            refs = list(self._records)
+            self._changed.notify_all()
+        for ref in refs:
+            try:
+                self.remove(ref, force=True)
+            except (NotFound, Conflict):
+                pass
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """Has the peer closed the connection? (readable with nothing to read = EOF)."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True

@@ -1,0 +1,143 @@
+"""HTTP/1.1 on a unix socket, as Docker speaks it: just enough framing for a server, a client and a proxy.
+
+The Docker Engine API is plain HTTP/1.1 carried over /var/run/docker.sock instead of TCP. Three
+ways a body can end matter here:
+
+- ``Content-Length: N`` - N bytes follow (most requests and short answers);
+- ``Transfer-Encoding: chunked`` - hex size, CRLF, bytes, CRLF, ..., a zero-size chunk ends it
+  (answers that stream: /wait sends its headers at once and its body when the container exits;
+  /logs?follow=1 sends output as it comes);
+- ``101 Switching Protocols`` - after the headers, the connection is no longer HTTP at all but a raw
+  byte stream in both directions (the "hijacked" connection of /attach).
+"""
+from __future__ import annotations
+
+import http.client
+import socket
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: ``UnixHTTPConnection('/var/run/docker.sock')``."""
+
+    def __init__(self, path: str, timeout: float | None = 60):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection between two messages (the normal end of keep-alive)."""
+
+
+def read_head(rfile) -> tuple[str, list[tuple[str, str]], bytes] | None:
+    """Read a request or status line and headers: (first line, [(name, value)], raw bytes).
+
+    None when the connection closed cleanly before a new message began.
+    """
+    raw = bytearray()
+    first = rfile.readline(65537)
+    if not first:
+        return None
+    raw += first
+    headers = []
+    while True:
+        line = rfile.readline(65537)
+        if not line:
+            raise ConnectionClosed("connection closed inside the headers")
+        raw += line
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+    return first.decode("latin-1").rstrip("\r\n"), headers, bytes(raw)
+
+
+def header(headers: list[tuple[str, str]], name: str, default: str = "") -> str:
+    """Value of the first header called `name` (case-insensitive)."""
+    for key, value in headers:
+        if key.lower() == name.lower():
+            return value
+    return default
+
+
+def body_framing(headers, *, is_request: bool, method: str = "", status: int = 0) -> str:
+    """How the body after these headers ends: 'none', 'length', 'chunked', 'upgrade' or 'close'."""
+    if not is_request:
+        if status == 101:
+            return "upgrade"
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return "none"
+    if "chunked" in header(headers, "Transfer-Encoding").lower():
+        return "chunked"
+    if header(headers, "Content-Length"):
+        return "length"
+    return "none" if is_request else "close"
+
+
+def iter_body(rfile, framing: str, headers, raw: bool = False):
+    """Yield the body in pieces as they arrive.
+
+    raw=False yields the payload (chunk framing removed); raw=True yields the exact bytes on the
+    wire, which is what a proxy must forward.
+    """
+    if framing == "length":
+        left = int(header(headers, "Content-Length"))
+        while left > 0:
+            piece = rfile.read1(min(left, 65536)) if hasattr(rfile, "read1") else rfile.read(min(left, 65536))
+            if not piece:
+                raise ConnectionClosed("connection closed inside a body")
+            left -= len(piece)
+            yield piece
+    elif framing == "chunked":
+        while True:
+            size_line = rfile.readline(1024)
+            if not size_line:
+                raise ConnectionClosed("connection closed inside a chunked body")
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                trailer = bytearray(size_line)
+                while True:           # optional trailers, then an empty line
+                    line = rfile.readline(65537)
+                    trailer += line
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                if raw:
+                    yield bytes(trailer)
+                return
+            data = rfile.read(size)
+            crlf = rfile.readline(3)
+            yield (size_line + data + crlf) if raw else data
+    elif framing == "close":
+        while True:
+            piece = rfile.read1(65536) if hasattr(rfile, "read1") else rfile.read(65536)
+            if not piece:
+                return
+            yield piece
+
+
+def read_body(rfile, framing: str, headers) -> bytes:
+    return b"".join(iter_body(rfile, framing, headers))
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; chunk(b'') is the terminating zero-size chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def unchunk(raw: bytes, framing: str) -> bytes:
+    """The payload of body bytes as they were on the wire (chunk framing removed; tolerates a cut)."""
+    if framing != "chunked":
+        return raw
+    import io
+
+    payload = bytearray()
+    try:
+        for piece in iter_body(io.BufferedReader(io.BytesIO(raw)), "chunked", []):
+            payload += piece
+    except (ConnectionClosed, ValueError):
+        pass
+    return bytes(payload)
