@@ -12,7 +12,8 @@
 #   8 leaks          labkit cleanup --check: what THIS run left behind
 #
 # Every stage runs even when an earlier one failed; the script prints a table of results and
-# durations, then `N passed, N failed, N skipped` summed over the pytest stages, and exits non-zero if
+# durations, then `N passed, N failed, N skipped` summed over the pytest stages (the v2 tier's pytest
+# runs inside the microVM: its closing line is counted too), and exits non-zero if
 # any stage failed.
 #
 # "No tests collected" (pytest exit 5): a stage whose inputs do not exist yet (no notebooks/*.ipynb,
@@ -123,9 +124,29 @@ notebooks() {
     run_pytest notebooks 1800 --nbval-lax --nbval-sanitize-with tests/sanitize.cfg notebooks/
 }
 
+# Add the counts of pytest's closing line ("== 3 failed, 17 passed, 1 skipped in 9.1s ==") in a log.
+count_pytest_log() {
+    local line n word
+    line=$(grep -E '^=+ .*[0-9]+ (passed|failed|error).* in [0-9.]+s' "$1" | tail -n 1)
+    local p=0 f=0 s=0
+    for n in $(grep -oE '[0-9]+ (passed|failed|errors?|skipped)' <<< "$line" | tr ' ' ':'); do
+        word=${n#*:}
+        case $word in
+            passed) p=$((p + ${n%%:*})) ;;
+            failed|error|errors) f=$((f + ${n%%:*})) ;;
+            skipped) s=$((s + ${n%%:*})) ;;
+        esac
+    done
+    PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + s))
+    STAGE_NOTE="$p passed, $f failed, $s skipped"
+}
+
 v2tier() {
     [ -f tests/v2tier/run.py ] || { STAGE_NOTE="tests/v2tier/run.py not written yet"; return 77; }
-    timeout -k 30 1200 "$PY" tests/v2tier/run.py
+    timeout -k 30 1200 "$PY" tests/v2tier/run.py 2>&1 | tee "$OUT/v2tier.log"
+    local rc=${PIPESTATUS[0]}
+    count_pytest_log "$OUT/v2tier.log"     # it runs pytest inside the microVM
+    return "$rc"
 }
 
 provision_again() {
