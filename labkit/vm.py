@@ -62,9 +62,10 @@ MARK = "@@LABKIT:"
 # Per architecture: which qemu, which machine, which serial console, which Debian kernel package.
 ARCHES = {
     "x86_64": dict(qemu="qemu-system-x86_64", machine="pc", console="ttyS0",
-                   package="linux-image-amd64", flavour="amd64", cpu_kvm=None, cpu_tcg=None),
+                   package="linux-image-amd64", flavours=("amd64", "generic"), cpu_kvm=None, cpu_tcg=None),
     "aarch64": dict(qemu="qemu-system-aarch64", machine="virt", console="ttyAMA0",
-                    package="linux-image-arm64", flavour="arm64", cpu_kvm="host", cpu_tcg="max"),
+                    package="linux-image-arm64", flavours=("arm64", "generic"), cpu_kvm="host",
+                    cpu_tcg="max"),
 }
 
 # Modules the host-sharing guest loads, in dependency order (verified with Debian's 6.1 kernel):
@@ -137,10 +138,13 @@ def _version_key(version: str):
 
 
 def find_kernel(machine: str | None = None) -> Kernel:
-    """The newest Debian kernel of this architecture: extracted cache first, then /boot."""
-    flavour = arch_info(machine)["flavour"]
+    """The newest Debian kernel of this architecture: extracted cache first, then /boot.
+
+    Debian names its kernels vmlinuz-<version>-amd64 (-arm64); Ubuntu's -generic is accepted too.
+    """
+    flavours = arch_info(machine)["flavours"]
     for root, source in ((KERNEL_CACHE, "cache"), (Path("/"), "/boot")):
-        images = glob.glob(str(root / "boot" / f"vmlinuz-*-{flavour}"))
+        images = [p for flavour in flavours for p in glob.glob(str(root / "boot" / f"vmlinuz-*-{flavour}"))]
         versions = sorted((Path(p).name.removeprefix("vmlinuz-") for p in images), key=_version_key)
         for version in reversed(versions):
             image = root / "boot" / f"vmlinuz-{version}"
@@ -148,7 +152,7 @@ def find_kernel(machine: str | None = None) -> Kernel:
                 continue
             modules = root / "lib" / "modules" / version
             return Kernel(image, version, modules if modules.is_dir() else None, source)
-    raise NotFound(f"no Debian {flavour} kernel in {KERNEL_CACHE}/boot or /boot: run "
+    raise NotFound(f"no Debian {flavours[0]} kernel in {KERNEL_CACHE}/boot or /boot: run "
                    f"`labkit vm fetch-kernel` (apt-get download {arch_info(machine)['package']} + dpkg -x "
                    f"into {KERNEL_CACHE}) or `apt-get install {arch_info(machine)['package']}`")
 
@@ -221,10 +225,21 @@ def _module_bytes(modules_dir: Path, name: str) -> bytes:
         elif path.suffix == ".gz":
             import gzip
             data = gzip.decompress(data)
-        elif path.suffix == ".zst":
-            raise Unsupported(f"{path}: zstd-compressed modules are not supported; decompress them first")
+        elif path.suffix == ".zst":  # Ubuntu 24.04; the stdlib of Python 3.11 has no zstd
+            if not shutil.which("zstd"):
+                raise Unsupported(f"{path} is zstd-compressed: `apt-get install zstd` to unpack it")
+            data = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
         return data
     raise NotFound(f"kernel module {name} not found under {modules_dir}")
+
+
+def builtin_modules(modules_dir: Path) -> set[str]:
+    """Names of drivers compiled into the kernel (modules.builtin): nothing to insmod for those."""
+    try:
+        lines = (modules_dir / "modules.builtin").read_text().split()
+    except OSError:
+        return set()
+    return {os.path.basename(line).split(".ko")[0] for line in lines}
 
 
 def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str = "/",
@@ -238,7 +253,8 @@ def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str =
         "echo 1 > /proc/sys/kernel/printk   # keep kernel messages off the console we parse",
         f"echo '{MARK}INIT@@'",
         f"echo \"{MARK}INFO@@ kernel=$(uname -r) cpus=$(nproc) "
-        "memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\"",
+        "memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo) "
+        "boot_id=$(cat /proc/sys/kernel/random/boot_id) net=$(ls /sys/class/net | tr '\\n' ,)\"",
         "fail() { echo \"" + MARK + "FAIL@@ $*\"; poweroff -f; }",
     ]
     if share_host:
@@ -307,7 +323,7 @@ def build_initramfs(*, kernel: Kernel | None, command: str | None = None, share_
         if kernel is None or kernel.modules is None:
             raise NotFound("sharing the host filesystem needs the kernel's modules (9p, virtio, overlay); "
                            "run `labkit vm fetch-kernel`")
-        modules = SHARE_MODULES
+        modules = [m for m in SHARE_MODULES if m not in builtin_modules(kernel.modules)]
         for name in modules:
             entries.append((f"modules/{name}.ko", S_IFREG | 0o644, _module_bytes(kernel.modules, name), (0, 0)))
         stage2 = stage2_script(command=command, hold=hold, cwd=cwd, env=env or {})
@@ -508,6 +524,8 @@ class BootResult:
     guest_kernel: str
     guest_cpus: int
     guest_memtotal_kb: int
+    guest_boot_id: str            # a fresh one per kernel boot: the guest is a kernel of its own
+    guest_net: list[str]          # network interfaces in the guest (no NIC is given: only lo)
     host_kernel: str
     kernel_image: str
     share_host: bool
@@ -761,7 +779,10 @@ class VM:
             poweroff_seconds=round(exit_t - off_from, 3), total_seconds=round(exit_t, 3),
             qemu_rss_bytes=self.peak_rss, memory_mib=self.memory_mib, cpus=self.cpus,
             guest_kernel=str(self.info.get("kernel", "")), guest_cpus=int(self.info.get("cpus", 0) or 0),
-            guest_memtotal_kb=int(self.info.get("memtotal_kb", 0) or 0), host_kernel=os.uname().release,
+            guest_memtotal_kb=int(self.info.get("memtotal_kb", 0) or 0),
+            guest_boot_id=str(self.info.get("boot_id", "")),
+            guest_net=[n for n in str(self.info.get("net", "")).split(",") if n],
+            host_kernel=os.uname().release,
             kernel_image=str(self.kernel.image), share_host=self.share_host,
             cgroup_controllers=self.controllers, returncode=self.returncode,
             output="\n".join(self.output_lines))
