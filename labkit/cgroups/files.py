@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import Conflict, Unsupported, from_oserror
+from ..errors import Conflict, NotFound, Unsupported, from_oserror
 
 MAX = "max"
 
@@ -53,6 +53,9 @@ def write(path: str, value, hints: dict[int, str] | None = None) -> None:
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(path)):
+            raise NotFound(f"write {value} to {path}: the cgroup {os.path.dirname(path)} does not exist "
+                           "(was it deleted?)") from None
         raise Unsupported(f"write {value} to {path}: the file does not exist - this kernel or cgroup "
                           f"lacks that control (a controller not enabled, or a feature not built in)") from None
     except OSError as exc:

@@ -310,3 +310,12 @@ def test_v1_unsupported_limit_is_refused_before_creating(tmp_path):
     with pytest.raises(Unsupported, match="pids"):
         cg.check_supported(parse({"pids": 5}, FACTS))
     assert not os.path.exists(tmp_path / "memory/labkit-x")
+
+
+def test_a_write_to_a_missing_file_says_why(tmp_path):
+    from labkit.errors import NotFound, Unsupported
+    (tmp_path / "labkit-x").mkdir()
+    with pytest.raises(Unsupported, match="memory.swap.max: the file does not exist"):
+        files.write(str(tmp_path / "labkit-x" / "memory.swap.max"), 0)
+    with pytest.raises(NotFound, match="was it deleted"):
+        files.write(str(tmp_path / "labkit-gone" / "cgroup.procs"), 1)
