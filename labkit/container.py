@@ -210,6 +210,9 @@ class Container:
     def kill(self, sig: int = signal.SIGTERM) -> None:
         """Send `sig` to the container's pid 1 (with tini as pid 1, it forwards it to the command)."""
         if self.status in ("running", "created") and self.pid:
+            if self.status == "running" and self.process.args[0] == INIT and \
+                    sig not in (signal.SIGKILL, signal.SIGSTOP):
+                self._await_init_ready(sig)
             try:
                 fd = os.pidfd_open(self.pid)
             except ProcessLookupError:
@@ -220,6 +223,22 @@ class Container:
                 pass
             finally:
                 os.close(fd)
+
+    def _await_init_ready(self, sig: int, timeout: float = 2.0) -> None:
+        """The kernel drops a signal to a pid namespace's pid 1 that has no handler for it. Right
+        after exec, tini has not yet blocked the signals it forwards, so wait until it has (its
+        SigBlk in /proc/PID/status), else a kill() just after start() would be lost."""
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+            if blocked & (1 << (sig - 1)):
+                return
+            time.sleep(0.001)
 
     def exec(self, command: str | Sequence[str], *, environment=None, timeout: float | None = 30):
         """Run another command inside the running container (its namespaces, its cgroup, its root)."""
