@@ -29,7 +29,7 @@ import functools
 import os
 
 from .. import cleanup, host
-from ..errors import Conflict, InvalidValue, NotFound
+from ..errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 from . import limits as _limits
 from .base import STAT_KEYS, BaseCgroup, parent_from_env
 from .files import MAX
@@ -44,7 +44,12 @@ KIND = "cgroup"       # the cleanup registry's kind for our objects
 @functools.cache
 def backend() -> type[BaseCgroup]:
     """The backend class for this host, decided once: v2 on a pure unified host, v1 otherwise."""
-    if host.cgroup_mode() == "v2":
+    try:
+        mode = host.cgroup_mode()
+    except OSError as exc:
+        raise Unsupported(f"no cgroup filesystem at {host.CGROUP_ROOT} ({exc.strerror}): "
+                          "this machine cannot limit resources") from None
+    if mode == "v2":
         from .v2 import V2Cgroup
         return V2Cgroup
     from .v1 import V1Cgroup
@@ -202,7 +207,7 @@ def find_leftovers():
         impl = backend()
         parent = parent_from_env()
         relpaths = impl.find_labkit(keep=parent)
-    except OSError:
+    except (OSError, LabkitError):
         return                     # no cgroup filesystem here (a build container): nothing to find
     for relpath in relpaths:
         name = os.path.basename(relpath)
