@@ -340,8 +340,8 @@ def _own_v2_cgroup() -> str | None:
 
 
 def _enter_leaf_cgroup() -> str | None:
-    """Under a delegated v2 subtree: move into `jupyter/`, give the children the controllers, and
-    return the path (from the v2 root) where labkit should make its cgroups. None when not delegated."""
+    """Under a systemd-delegated v2 subtree: move into `jupyter/` and return where labkit's cgroups go
+    (see `delegated_layout`). None when not started by systemd on a pure v2 host."""
     from . import host
 
     if host.cgroup_mode() != "v2" or not os.environ.get("INVOCATION_ID"):   # not started by systemd
@@ -349,20 +349,31 @@ def _enter_leaf_cgroup() -> str | None:
     own = _own_v2_cgroup()
     if not own or own == "/":
         return None
-    if own.endswith("/jupyter"):                      # already moved (restart within the same cgroup)
+    return delegated_layout(Path(host.CGROUP_ROOT), own)
+
+
+def delegated_layout(root: Path, own: str) -> str:
+    """Lay out the delegated cgroup `own` (relative to the v2 root `root`) as
+
+        own/jupyter   this process (a leaf: v2 lets a cgroup hold processes or children, not both)
+        own/labkit    labkit's cgroups, with the controllers enabled for them
+
+    and return `own/labkit` for LABKIT_CGROUP_PARENT."""
+    own = own.rstrip("/")
+    if own.endswith("/jupyter"):                      # a restart that kept us in the leaf
         own = own[: -len("/jupyter")]
-    base = Path(host.CGROUP_ROOT) / own.lstrip("/")
+    base = root / own.lstrip("/")
     leaf = base / "jupyter"
     leaf.mkdir(exist_ok=True)
     (leaf / "cgroup.procs").write_text("0")           # "0" moves the writing process itself
     available = set((base / "cgroup.controllers").read_text().split())
     wanted = " ".join("+" + c for c in V2_CONTROLLERS if c in available)
-    if wanted:
+    labkit_dir = base / "labkit"
+    labkit_dir.mkdir(exist_ok=True)
+    if wanted:                                        # only now that `base` holds no process
         (base / "cgroup.subtree_control").write_text(wanted)
-    (base / "labkit").mkdir(exist_ok=True)
-    if wanted:
-        (base / "labkit" / "cgroup.subtree_control").write_text(wanted)
-    return own.rstrip("/") + "/labkit"
+        (labkit_dir / "cgroup.subtree_control").write_text(wanted)
+    return own.lstrip("/") + "/labkit"
 
 
 def serve(settings: LabSettings) -> None:

@@ -47,3 +47,17 @@ def test_settings_are_saved_and_overridden(tmp_path):
     again = lab.load_settings(settings.config_dir, settings.run_dir)
     assert again.port == 9999 and again.notebook_dir == settings.notebook_dir
     assert lab.load_settings(settings.config_dir, settings.run_dir, port=8000).port == 8000
+
+
+def test_delegated_layout_puts_jupyter_in_a_leaf_and_labkit_beside_it(tmp_path):
+    """On a fake cgroupfs (plain files): what `labkit lab serve` does under systemd's Delegate=yes."""
+    base = tmp_path / "system.slice" / "deep-dive-lab.service"
+    base.mkdir(parents=True)
+    (base / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma\n")
+    parent = lab.delegated_layout(tmp_path, "/system.slice/deep-dive-lab.service")
+    assert parent == "system.slice/deep-dive-lab.service/labkit"
+    assert (base / "jupyter" / "cgroup.procs").read_text() == "0"
+    assert (base / "cgroup.subtree_control").read_text() == "+cpuset +cpu +io +memory +pids"
+    assert (base / "labkit" / "cgroup.subtree_control").read_text() == "+cpuset +cpu +io +memory +pids"
+    # A restart of the service that finds itself already in the leaf lays out the same tree.
+    assert lab.delegated_layout(tmp_path, "/system.slice/deep-dive-lab.service/jupyter") == parent
