@@ -32,6 +32,7 @@ from .state import Engine
 class EngineServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128        # the CLI and the SDK open several connections at once
 
     def __init__(self, socket_path: str, engine: Engine, verbose: bool = False):
         self.socket_path = os.path.abspath(socket_path)
@@ -43,7 +44,8 @@ class EngineServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(self.socket_path, handler)
         finally:
             os.umask(old_umask)
-        os.chown(self.socket_path, 0, 0)
+        if os.geteuid() == 0:
+            os.chown(self.socket_path, 0, 0)
         os.chmod(self.socket_path, 0o600)
 
     def handle_error(self, request, client_address) -> None:

@@ -125,7 +125,7 @@ def _summarize(body: bytes, content_type: str, width: int = 100) -> str:
 
 class _Proxy(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-    allow_reuse_address = True
+    request_queue_size = 128
 
 
 class Tracer:
@@ -170,7 +170,8 @@ class Tracer:
             registry.unregister(self.name)
             raise
         self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name=self.name,
+                                        daemon=True)
         self._thread.start()
         return self
 

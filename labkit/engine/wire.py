@@ -109,6 +109,8 @@ def iter_body(rfile, framing: str, headers, raw: bool = False):
                     yield bytes(trailer)
                 return
             data = rfile.read(size)
+            if len(data) < size:
+                raise ConnectionClosed("connection closed inside a chunk")
             crlf = rfile.readline(3)
             yield (size_line + data + crlf) if raw else data
     elif framing == "close":

@@ -1,0 +1,365 @@
+"""labkit's engine over its real unix socket, with a stand-in runtime (no kernel objects, no root).
+
+The runtime here is a fake that plays a container from a tiny script - it writes to the output
+files, sleeps, exits - so these tests check only the HTTP layer: statuses, Docker's error shape,
+streaming answers (/wait, /logs), the hijacked /attach connection, parallel requests, and the tracer
+in front of it. The real thing - labkit Containers driven by the real docker CLI - is
+tests/integration/test_engine.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from labkit.engine import streams, wire
+from labkit.engine.images import ImageStore
+from labkit.engine.server import EngineServer
+from labkit.engine.state import Engine
+from labkit.engine.tracer import Tracer
+from labkit.engine.wire import UnixHTTPConnection
+
+IMAGE = "labkit-test:latest"
+DOCKER = "/usr/bin/docker"
+
+
+class FakeProcess:
+    """A pretend container. argv is a script: echo WORDS ; warn WORDS ; sleep S ; exit N (';' separated)."""
+
+    def __init__(self, argv, workdir: Path):
+        self.pid = 1_000_000 + threading.get_ident() % 1000
+        self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"
+        self.returncode = None
+        self.released = False
+        self._killed = threading.Event()
+        self._thread = threading.Thread(target=self._play, args=(argv,), daemon=True)
+        self._thread.start()
+
+    def _play(self, argv):
+        steps, step = [], []
+        for token in argv + [";"]:
+            if token == ";":
+                steps.append(step) if step else None
+                step = []
+            else:
+                step.append(token)
+        code = 0
+        with open(self.stdout_path, "ab", buffering=0) as out, open(self.stderr_path, "ab", buffering=0) as err:
+            for verb, *words in steps:
+                if verb == "echo":
+                    out.write(" ".join(words).encode() + b"\n")
+                elif verb == "warn":
+                    err.write(" ".join(words).encode() + b"\n")
+                elif verb == "sleep" and self._killed.wait(float(words[0])):
+                    return
+                elif verb == "exit":
+                    code = int(words[0])
+                    break
+        if self.returncode is None:
+            self.returncode = code
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self):
+        self._thread.join()
+        return self.returncode
+
+    def kill(self, sig):
+        if self.returncode is None:
+            self.returncode = -sig
+            self._killed.set()
+
+    def oom_killed(self):
+        return False
+
+    def release(self):
+        self.released = True
+
+    def details(self):
+        return {"Fake": True}
+
+
+class FakeRuntime:
+    def __init__(self, tmp: Path):
+        self.tmp, self.launched = tmp, []
+
+    def validate(self, spec):
+        pass
+
+    def launch(self, spec, image, hostname=""):
+        workdir = Path(tempfile.mkdtemp(dir=self.tmp, prefix="run"))
+        process = FakeProcess(spec.argv, workdir)
+        self.launched.append(process)
+        return process
+
+
+@pytest.fixture
+def engine(tmp_path):
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    store = ImageStore()
+    store.add(IMAGE, rootfs)
+    runtime = FakeRuntime(tmp_path)
+    engine = Engine(store, runtime=runtime)
+    server = EngineServer(str(tmp_path / "engine.sock"), engine)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    engine.socket_path, engine.fake = server.socket_path, runtime
+    yield engine
+    server.shutdown()
+    engine.shutdown()
+    server.server_close()
+    os.unlink(server.socket_path)
+
+
+def call(engine, method, path, body=None, raw: bytes | None = None):
+    """(status, headers, body bytes) of one request."""
+    conn = UnixHTTPConnection(engine.socket_path, timeout=30)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+    response = conn.getresponse()
+    result = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return result
+
+
+def run_container(engine, argv, **config):
+    status, _, body = call(engine, "POST", "/v1.41/containers/create", {"Image": IMAGE, "Cmd": argv, **config})
+    assert status == 201, body
+    cid = json.loads(body)["Id"]
+    assert call(engine, "POST", f"/v1.41/containers/{cid}/start")[0] == 204
+    return cid
+
+
+def error_message(status_headers_body, status):
+    got_status, headers, body = status_headers_body
+    assert got_status == status, body
+    assert headers["Content-Type"] == "application/json"
+    shape = json.loads(body)
+    assert list(shape) == ["message"]          # Docker's error shape, nothing else
+    return shape["message"]
+
+
+# --- basics ---------------------------------------------------------------------------------------
+
+def test_socket_is_owned_by_us_and_mode_0600(engine):
+    st = os.stat(engine.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+
+
+def test_ping_get_and_head_with_the_api_version_header(engine):
+    status, headers, body = call(engine, "GET", "/_ping")
+    assert (status, body, headers["Api-Version"]) == (200, b"OK", "1.41")
+    status, headers, body = call(engine, "HEAD", "/_ping")
+    assert (status, body) == (200, b"")
+
+
+def test_version_answers_versioned_and_unversioned(engine):
+    for path in ("/version", "/v1.41/version", "/v1.24/version"):
+        status, _, body = call(engine, "GET", path)
+        assert status == 200 and json.loads(body)["ApiVersion"] == "1.41"
+    assert "too new" in error_message(call(engine, "GET", "/v1.99/version"), 400)
+
+
+# --- error shapes ---------------------------------------------------------------------------------
+
+def test_unknown_endpoint_404_with_message(engine):
+    message = error_message(call(engine, "GET", "/v1.41/swarm"), 404)
+    assert "does not implement GET /swarm" in message
+
+
+def test_malformed_json_400(engine):
+    message = error_message(call(engine, "POST", "/v1.41/containers/create", raw=b'{"Image": '), 400)
+    assert "malformed JSON" in message
+
+
+def test_unknown_image_404(engine):
+    message = error_message(call(engine, "POST", "/containers/create", {"Image": "nosuch", "Cmd": ["x"]}), 404)
+    assert message == "No such image: nosuch"
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/containers/{}/json"), ("POST", "/containers/{}/start"),
+                                          ("POST", "/containers/{}/wait"), ("POST", "/containers/{}/kill"),
+                                          ("GET", "/containers/{}/logs?stdout=1"), ("DELETE", "/containers/{}"),
+                                          ("POST", "/containers/{}/attach?stream=1&stdout=1")])
+def test_unknown_container_404(engine, method, path):
+    message = error_message(call(engine, method, "/v1.41" + path.format("0123456789ab")), 404)
+    assert message == "No such container: 0123456789ab"
+
+
+def test_unsupported_field_400_names_the_flag(engine):
+    message = error_message(call(engine, "POST", "/containers/create",
+                                 {"Image": IMAGE, "Cmd": ["x"], "HostConfig": {"PortBindings": {"80/tcp": [{}]}}}), 400)
+    assert "-p" in message and "PortBindings" in message
+
+
+def test_name_in_use_409_and_running_container_needs_force(engine):
+    body = {"Image": IMAGE, "Cmd": ["sleep", "30"]}
+    assert call(engine, "POST", "/containers/create?name=web", body)[0] == 201
+    assert "already in use" in error_message(call(engine, "POST", "/containers/create?name=web", body), 409)
+    assert call(engine, "POST", "/containers/web/start")[0] == 204
+    assert call(engine, "POST", "/containers/web/start")[0] == 304          # already running
+    assert "force" in error_message(call(engine, "DELETE", "/containers/web"), 409)
+    assert call(engine, "DELETE", "/containers/web?force=1")[0] == 204
+    assert call(engine, "GET", "/containers/web/json")[0] == 404
+    assert engine.fake.launched[0].released
+
+
+# --- lifecycle and streams -----------------------------------------------------------------------
+
+def test_create_start_wait_logs_inspect_list_remove(engine):
+    cid = run_container(engine, ["echo", "hello", ";", "warn", "oops", ";", "exit", "3"])
+    status, _, body = call(engine, "POST", f"/containers/{cid}/wait")
+    assert status == 200 and json.loads(body) == {"StatusCode": 3, "Error": None}
+    status, headers, body = call(engine, "GET", f"/containers/{cid}/logs?stdout=1&stderr=1")
+    assert headers["Content-Type"] == streams.MULTIPLEXED
+    assert streams.demux(body) == [(1, b"hello\n"), (2, b"oops\n")]
+    _, _, body = call(engine, "GET", f"/containers/{cid}/logs?stdout=1")
+    assert streams.split(body) == (b"hello\n", b"")
+    state = json.loads(call(engine, "GET", f"/containers/{cid[:12]}/json")[2])["State"]
+    assert (state["Status"], state["ExitCode"], state["Running"]) == ("exited", 3, False)
+    listed = json.loads(call(engine, "GET", "/containers/json?all=1")[2])
+    assert [c["Id"] for c in listed] == [cid] and listed[0]["Status"].startswith("Exited (3)")
+    assert json.loads(call(engine, "GET", "/containers/json")[2]) == []          # not running
+    assert call(engine, "DELETE", f"/containers/{cid}")[0] == 204
+    assert json.loads(call(engine, "GET", "/containers/json?all=1")[2]) == []
+
+
+def test_wait_answers_headers_at_once_and_the_body_at_exit(engine):
+    cid = run_container(engine, ["sleep", "30"])
+    conn = UnixHTTPConnection(engine.socket_path, timeout=10)
+    conn.request("POST", f"/containers/{cid}/wait?condition=next-exit")
+    response = conn.getresponse()                      # returns while the container still runs
+    assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+    assert json.loads(call(engine, "GET", f"/containers/{cid}/json")[2])["State"]["Running"]
+    assert call(engine, "POST", f"/containers/{cid}/kill?signal=SIGKILL")[0] == 204
+    assert json.loads(response.read()) == {"StatusCode": 137, "Error": None}   # 128 + SIGKILL
+    conn.close()
+    assert "not running" in error_message(call(engine, "POST", f"/containers/{cid}/kill"), 409)
+
+
+def test_bad_wait_condition_400(engine):
+    cid = run_container(engine, ["exit", "0"])
+    assert "condition" in error_message(call(engine, "POST", f"/containers/{cid}/wait?condition=soon"), 400)
+
+
+def test_attach_hijacks_the_connection_and_streams_until_exit(engine):
+    status, _, body = call(engine, "POST", "/containers/create", {"Image": IMAGE, "Cmd": ["echo", "one", ";", "warn", "two"]})
+    cid = json.loads(body)["Id"]
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(engine.socket_path)
+    sock.sendall(f"POST /v1.41/containers/{cid}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+                 "Host: docker\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    first, headers, _ = wire.read_head(reader)
+    assert first.startswith("HTTP/1.1 101") and wire.header(headers, "Upgrade") == "tcp"
+    sock.shutdown(socket.SHUT_WR)                      # as the CLI does without stdin: must not end it
+    assert call(engine, "POST", f"/containers/{cid}/start")[0] == 204
+    raw = reader.read()                                # raw frames until the engine closes
+    assert streams.demux(raw) == [(1, b"one\n"), (2, b"two\n")]
+    sock.close()
+
+
+def test_auto_remove_and_wait_for_removed(engine):
+    cid = run_container(engine, ["echo", "bye", ";", "exit", "5"], HostConfig={"AutoRemove": True})
+    status, _, body = call(engine, "POST", f"/containers/{cid}/wait?condition=removed")
+    assert json.loads(body)["StatusCode"] == 5
+    assert call(engine, "GET", f"/containers/{cid}/json")[0] == 404
+
+
+def test_parallel_requests_are_served_at_once(engine):
+    """Sixteen clients at the same time; one of them holds a wait open the whole time."""
+    blocker = run_container(engine, ["sleep", "30"])
+    conn = UnixHTTPConnection(engine.socket_path, timeout=30)
+    conn.request("POST", f"/containers/{blocker}/wait")
+    held = conn.getresponse()
+
+    def one(i):
+        cid = run_container(engine, ["echo", f"n{i}", ";", "exit", str(i % 7)])
+        code = json.loads(call(engine, "POST", f"/containers/{cid}/wait")[2])["StatusCode"]
+        out, _ = streams.split(call(engine, "GET", f"/containers/{cid}/logs?stdout=1")[2])
+        assert call(engine, "DELETE", f"/containers/{cid}")[0] == 204
+        return cid, code, out
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    assert len({cid for cid, _, _ in results}) == 16
+    assert [(code, out) for _, code, out in results] == [(i % 7, f"n{i}\n".encode()) for i in range(16)]
+    call(engine, "DELETE", f"/containers/{blocker}?force=1")
+    assert json.loads(held.read())["StatusCode"] == 137
+    conn.close()
+
+
+def test_images_list_and_inspect(engine):
+    listed = json.loads(call(engine, "GET", "/v1.41/images/json")[2])
+    assert [i["RepoTags"] for i in listed] == [[IMAGE]]
+    image = json.loads(call(engine, "GET", f"/v1.41/images/{IMAGE}/json")[2])
+    assert image["Id"] == listed[0]["Id"] and image["Config"]["Cmd"] == ["sh"]
+    assert "No such image" in error_message(call(engine, "GET", "/images/nosuch/json"), 404)
+    assert "no registry" in error_message(call(engine, "POST", "/images/create?fromImage=busybox&tag=latest"), 404)
+
+
+# --- real clients: the docker SDK for Python and the docker CLI -------------------------------------
+
+def test_docker_sdk_create_start_wait_remove(engine):
+    docker = pytest.importorskip("docker")
+    client = docker.DockerClient(base_url=f"unix://{engine.socket_path}")
+    container = client.containers.create(IMAGE, ["echo", "from sdk", ";", "exit", "2"], name="labkit-sdk")
+    assert container.status == "created"
+    container.start()
+    assert container.wait()["StatusCode"] == 2
+    assert container.logs() == b"from sdk\n"
+    container.remove()
+    assert client.containers.list(all=True) == []
+    client.close()
+
+
+@pytest.mark.skipif(not os.path.exists(DOCKER), reason="Debian's docker CLI (docker.io) is not installed")
+def test_docker_cli_run_prints_output_and_exits_with_the_status(engine):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{engine.socket_path}"}
+    ok = subprocess.run([DOCKER, "run", "--rm", IMAGE, "echo", "hello"], capture_output=True, env=env, timeout=30)
+    assert (ok.returncode, ok.stdout) == (0, b"hello\n"), ok.stderr
+    bad = subprocess.run([DOCKER, "run", "--rm", IMAGE, "warn", "no", ";", "exit", "42"],
+                         capture_output=True, env=env, timeout=30)
+    assert (bad.returncode, bad.stderr) == (42, b"no\n")
+
+
+# --- the tracer in front of the engine ----------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.exists(DOCKER), reason="Debian's docker CLI (docker.io) is not installed")
+def test_tracer_records_a_docker_run_including_the_hijacked_stream(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr("labkit.cleanup.STATE_DIR", tmp_path)
+    monkeypatch.setattr("labkit.engine.registry.RECORDS", tmp_path / "engine")
+    monkeypatch.setattr("labkit.cleanup.OWNERS_DIR", tmp_path / "owners")
+    with Tracer(upstream=engine.socket_path, socket_path=str(tmp_path / "proxy.sock")) as tracer:
+        result = tracer.docker("run", "--rm", IMAGE, "echo", "traced")
+        tracer.wait_idle()
+        calls = tracer.calls
+    assert result.returncode == 0 and result.stdout == b"traced\n"
+    endpoints = [(c.method, c.endpoint) for c in calls]
+    for expected in [("POST", "/containers/create"), ("POST", "/containers/{id}/attach"),
+                     ("POST", "/containers/{id}/wait"), ("POST", "/containers/{id}/start")]:
+        assert expected in endpoints
+    by_endpoint = {c.endpoint: c for c in calls}
+    create = by_endpoint["/containers/create"]
+    assert create.status == 201 and json.loads(create.request_body)["Cmd"] == ["echo", "traced"]
+    attach = by_endpoint["/containers/{id}/attach"]
+    assert attach.status == 101 and attach.upgraded and attach.output() == (b"traced\n", b"")
+    wait = by_endpoint["/containers/{id}/wait"]
+    assert json.loads(wait.response_body)["StatusCode"] == 0
+    start = by_endpoint["/containers/{id}/start"]
+    assert wait.started < start.started < wait.finished      # the wait was open before the start
+    assert not (tmp_path / "proxy.sock").exists()
