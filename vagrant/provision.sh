@@ -16,11 +16,13 @@
 # /usr/bin/python3).
 set -euo pipefail
 
+# Vagrant uploads this script to /tmp before running it, so the repository comes from LABKIT_REPO
+# there, and from this script's location everywhere else.
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${LABKIT_REPO:-$(cd "$HERE/.." && pwd)}
 VENV=${LABKIT_VENV:-$REPO/.venv}
 MARKER=/etc/labkit/lab-host
-PACKAGES_FILE=$HERE/packages.txt
+PACKAGES_FILE=$REPO/vagrant/packages.txt
 
 TEST_TOOLS=0
 START_LAB=0
@@ -45,7 +47,7 @@ changed() { CHANGES+=("$1"); say "changed: $1"; }
 die()     { printf '[provision] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): it installs packages and writes $MARKER"
-[ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE"
+[ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE (set LABKIT_REPO to the repository)"
 
 # --- 1. where are we -----------------------------------------------------------------------------
 # shellcheck source=/dev/null
