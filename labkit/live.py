@@ -72,11 +72,12 @@ PANELS = {
                 ()),
 }
 
-# event kind -> (marker, colour, height in axes fraction, legend text)
+# event kind -> (marker, colour, size, height in axes fraction, legend text); rare events big,
+# events that come every period (throttling) or in storms (refused forks) small
 EVENT_STYLE = {
-    "oom_kill": ("X", "red", 0.92, "OOM kill"),
-    "fork_refused": ("v", "purple", 0.92, "fork refused"),
-    "throttled": ("|", "darkorange", 0.04, "throttled"),
+    "oom_kill": ("X", "red", 11, 0.92, "OOM kill"),
+    "fork_refused": ("v", "purple", 5, 0.95, "fork refused"),
+    "throttled": ("|", "darkorange", 8, 0.04, "throttled"),
 }
 
 # slider name -> (Cgroup.set keyword, how a slider value becomes that keyword's value, label)
@@ -105,12 +106,13 @@ class _Drawing:
             for k, sampler in enumerate(self.samplers):
                 color = COLORS[k % len(COLORS)]
                 usage, = ax.plot([], [], color=color, lw=1.6, label=sampler.label)
-                limit, = ax.plot([], [], color=color, lw=1.2, ls="--", drawstyle="steps-post",
-                                 label=f"{sampler.label} limit")
+                # plain lines for both: a limit change and the usage it causes then slope across
+                # the same sampling interval, so usage never seems to move before its limit did
+                limit, = ax.plot([], [], color=color, lw=1.2, ls="--", label=f"{sampler.label} limit")
                 marks = {}
                 for kind in panel.events:
-                    marker, mcolor, height, text = EVENT_STYLE[kind]
-                    marks[kind], = ax.plot([], [], ls="", marker=marker, color=mcolor, markersize=9,
+                    marker, mcolor, size, height, text = EVENT_STYLE[kind]
+                    marks[kind], = ax.plot([], [], ls="", marker=marker, color=mcolor, markersize=size,
                                            transform=strip, label=text if k == 0 else None)
                     marks[kind].height = height
                 self.artists.append((ax, sampler, panel, usage, limit, marks))
