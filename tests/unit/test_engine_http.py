@@ -274,9 +274,16 @@ def test_attach_hijacks_the_connection_and_streams_until_exit(engine):
 
 
 def test_auto_remove_and_wait_for_removed(engine):
-    cid = run_container(engine, ["echo", "bye", ";", "exit", "5"], HostConfig={"AutoRemove": True})
-    status, _, body = call(engine, "POST", f"/containers/{cid}/wait?condition=removed")
-    assert json.loads(body)["StatusCode"] == 5
+    """As `docker run --rm` does it: the wait is sent BEFORE the start (after it, the container may be gone)."""
+    status, _, body = call(engine, "POST", "/containers/create",
+                           {"Image": IMAGE, "Cmd": ["echo", "bye", ";", "exit", "5"], "HostConfig": {"AutoRemove": True}})
+    cid = json.loads(body)["Id"]
+    conn = UnixHTTPConnection(engine.socket_path, timeout=10)
+    conn.request("POST", f"/containers/{cid}/wait?condition=removed")
+    response = conn.getresponse()
+    assert call(engine, "POST", f"/containers/{cid}/start")[0] == 204
+    assert json.loads(response.read())["StatusCode"] == 5
+    conn.close()
     assert call(engine, "GET", f"/containers/{cid}/json")[0] == 404
 
 
