@@ -19,7 +19,9 @@ A "hybrid" host mounts both, with the controllers on v1 and an (almost) empty v2
 /sys/fs/cgroup/unified; labkit then uses v1, because that is where the controllers are.
 
 labkit's cgroups live directly under the hierarchy root as labkit-<name>, or under the subtree named
-by LABKIT_CGROUP_PARENT (a path relative to the root, e.g. one systemd delegated to labkit). Limits
+by LABKIT_CGROUP_PARENT (a path relative to the root, e.g. one systemd delegated to labkit; it must
+exist already, and if its own name starts with labkit- its maker must claim it, or a sweep in another
+process will take it for a leftover). Limits
 are parsed and validated in limits.py before anything is created: a bad one raises InvalidValue and
 leaves the machine untouched.
 """
