@@ -34,10 +34,7 @@ a copy of the whole interpreter as pid 1 in every container. `init=False` makes 
 from __future__ import annotations
 
 import os
-import select
-import shlex
 import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -92,7 +89,11 @@ def _write(path: str, text: str) -> None:
 def _command(command) -> list[str]:
     if command is None:
         return ["/bin/sh"]
-    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    if isinstance(command, str):
+        import shlex
+        argv = shlex.split(command)
+    else:
+        argv = [str(a) for a in command]
     if not argv:
         raise InvalidValue("command", command, "a non-empty command, e.g. ['sh', '-c', 'echo hi']")
     return argv
@@ -166,7 +167,7 @@ class Container:
         self.pid: int | None = None
         self.status = "new"
         self._gate: tuple[int, int] | None = None   # (ready_r, start_w) while created
-        self._thread: threading.Thread | None = None
+        self._thread = None                        # the thread running spawn while created
         self._spawned: dict = {}
         self._netns = None
 
@@ -372,6 +373,8 @@ class Container:
     def _spawn_gated(self, namespaces, argv, steps, options) -> None:
         """spawn() returns once the command has exec'd; to hold the process at `created` we run
         spawn in a thread and make the child's last setup step wait on a pipe for `start()`."""
+        import select
+        import threading
         ready_r, ready_w = os.pipe()
         start_r, start_w = os.pipe()
         host_pid = []

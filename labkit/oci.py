@@ -13,7 +13,8 @@ container from scratch needs, and refuses the rest by name instead of silently i
     accepted,     process.terminal (no pseudo-terminal: the process gets labkit's own stdio),
     not enforced  process.capabilities (the process keeps root's capabilities),
                   linux.resources.devices (no device cgroup rules), the /dev/mqueue and
-                  /sys/fs/cgroup mounts (not mounted), annotations
+                  /sys/fs/cgroup mounts (not mounted), linux.cgroupsPath (labkit names its
+                  own cgroup labkit-NAME), annotations
     refused       everything else (hooks, seccomp, user namespaces and id mappings, sysctl,
                   other mounts, other resources, namespaces joined by path, ...): Unsupported
                   naming the field
@@ -188,7 +189,9 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
 
     # -- linux
     linux = r.only(top.get("linux"), "linux", {"namespaces", "resources", "maskedPaths",
-                                              "readonlyPaths"})
+                                              "readonlyPaths", "cgroupsPath"})
+    if linux.get("cgroupsPath"):
+        notes.append("linux.cgroupsPath: labkit always uses its own cgroup, labkit-NAME")
     kinds = []
     for i, ns in enumerate(linux.get("namespaces") or []):
         r.only(ns, f"linux.namespaces[{i}]", {"type"})

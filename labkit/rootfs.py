@@ -29,7 +29,6 @@ unmounts them before labkit.cleanup removes the directory itself (kind "dir").
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -166,6 +165,7 @@ def base_layer(rebuild: bool = False) -> Layer:
     """The busybox base layer; built from /bin/busybox the first time, or when missing/corrupt."""
     layer_dir = LAYERS / BASE
     if rebuild or not _manifest_ok(layer_dir):
+        import hashlib
         busybox = _busybox_binary()
         _install(layer_dir, _fill_busybox,
                  {"name": BASE, "built_from": str(busybox), "parent": None,
@@ -181,6 +181,7 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
     a character device with device number 0:0, at the deleted path. The layer is cached in the
     image store and rebuilt only when its content changes.
     """
+    import hashlib
     import re
     if not re.match(_LAYER_NAME, name or "") or name == BASE:
         raise InvalidValue("layer name", name, f"lower-case letters, digits, '_.-' (not {BASE!r})")

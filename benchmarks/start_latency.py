@@ -1,0 +1,225 @@
+"""Container start-to-exit latency of /bin/true: labkit (in-process and CLI) against runc, unshare, Docker.
+
+    LABKIT_ALLOW_HOST=1 .venv/bin/python benchmarks/start_latency.py [--runs 30]
+
+Every row runs /bin/true from the same busybox root filesystem (labkit's base layer; exported to
+an OCI bundle for runc and imported as an image for Docker) in new pid, mount, uts, ipc and net
+namespaces with a memory/cpu/pids cgroup (128M, 1 CPU, 64 pids):
+
+    labkit API      labkit.container.run(...) from this (small) Python process: overlay rootfs on
+                    tmpfs, cgroup, spawn + pivot_root, tini as pid 1, wait, everything removed
+    labkit CLI      `labkit run --memory .. --cpu .. --pids .. -- /bin/true`, as a whole process
+    labkit bundle   `labkit run --bundle DIR`, the same bundle runc runs (bind-mounted, read-only root)
+    runc            `runc run` on that bundle (Debian's runc 1.1.5)
+    unshare         `unshare --fork --pid --mount --uts --ipc --net /bin/true`: no rootfs, no cgroup -
+                    the floor
+    docker          `docker run --rm --network none ...` when `docker info` works (else the row is
+                    skipped, with the reason)
+
+The rows are interleaved (one run of each, repeated), so a noisy neighbour on this 2-core machine
+slows all of them alike. Prints a table with the median, the interquartile range and the ratio to
+runc, and writes benchmarks/results/start_latency.{png,json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MEMORY, CPU, PIDS = 128 * 2**20, 1.0, 64
+NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
+LABKIT = [str(Path(sys.executable).with_name("labkit"))]
+DOCKER_IMAGE = "labkit-busybox:bench"
+
+
+def make_bundle(directory: Path) -> Path:
+    """An OCI bundle as `runc spec` writes it, running /bin/true from the busybox base layer."""
+    from labkit import rootfs
+
+    subprocess.run(["runc", "spec"], cwd=directory, check=True)
+    rootfs.export(directory / "rootfs")
+    config = json.loads((directory / "config.json").read_text())
+    config["process"]["args"] = ["/bin/true"]
+    config["process"]["terminal"] = False
+    config["hostname"] = "bench"
+    # An absolute cgroupsPath: without one runc nests its cgroup under the caller's own cgroup
+    # (on this machine a subtree that is not ours). Not labkit-*: labkit's sweeps must not take it.
+    config["linux"]["cgroupsPath"] = f"/bench-runc-{os.getpid()}"
+    config["linux"]["namespaces"] = [{"type": t} for t in NAMESPACES]
+    config["linux"]["resources"].update({"memory": {"limit": MEMORY},
+                                         "cpu": {"quota": int(CPU * 100_000), "period": 100_000},
+                                         "pids": {"limit": PIDS}})
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    return directory
+
+
+def docker_ready(rootfs_dir: Path) -> str | None:
+    """None when Docker can run the image; else why not."""
+    if not shutil.which("docker"):
+        return "docker is not installed"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return "`docker info` failed (dockerd is not running): " + (info.stderr.strip().splitlines() or ["?"])[-1]
+    from labkit import cleanup
+    cleanup.claim("docker-image", DOCKER_IMAGE.split(":")[0])
+    tar = subprocess.Popen(["tar", "-C", str(rootfs_dir), "-c", "."], stdout=subprocess.PIPE)
+    imported = subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, capture_output=True,
+                              text=True)
+    tar.wait()
+    return None if imported.returncode == 0 else "docker import failed: " + imported.stderr.strip()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def check(proc: subprocess.CompletedProcess, what: str) -> None:
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-500:]}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs per row (at least 20)")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    if args.runs < 20:
+        parser.error("--runs: at least 20")
+    from labkit import cleanup, container, host
+
+    host.require_lab_host("benchmark container starts")
+    env = dict(os.environ)
+    work = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
+    counter = iter(range(10**9))
+    try:
+        bundle = make_bundle(work)
+        skipped = {}
+        docker_reason = docker_ready(bundle / "rootfs")
+        if docker_reason:
+            skipped["docker"] = docker_reason
+
+        def labkit_api():
+            result = container.run("busybox", ["/bin/true"], memory=MEMORY, cpu=CPU, pids_limit=PIDS)
+            assert result.returncode == 0, result
+
+        def labkit_cli():
+            check(subprocess.run([*LABKIT, "run", "--memory", str(MEMORY), "--cpu", str(CPU), "--pids",
+                                  str(PIDS), "--", "/bin/true"], capture_output=True, env=env), "labkit run")
+
+        def labkit_bundle():
+            check(subprocess.run([*LABKIT, "run", "--bundle", str(bundle)], capture_output=True, env=env),
+                  "labkit run --bundle")
+
+        def runc():
+            check(subprocess.run(["runc", "run", "-b", str(bundle), f"bench-{os.getpid()}-{next(counter)}"],
+                                 capture_output=True, stdin=subprocess.DEVNULL), "runc run")
+
+        def unshare():
+            check(subprocess.run(["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "/bin/true"],
+                                 capture_output=True), "unshare")
+
+        def docker():
+            name = f"labkit-bench-{os.getpid()}-{next(counter)}"
+            cleanup.claim("docker-container", name)    # ours: a sweep must not remove it mid-run
+            try:
+                check(subprocess.run(["docker", "run", "--rm", "--network", "none", "--memory", str(MEMORY),
+                                      "--cpus", str(CPU), "--pids-limit", str(PIDS), "--name", name,
+                                      DOCKER_IMAGE, "/bin/true"], capture_output=True), "docker run")
+            finally:
+                cleanup.release("docker-container", name)
+
+        rows = {"labkit API": labkit_api, "labkit CLI": labkit_cli, "labkit bundle": labkit_bundle,
+                "runc": runc, "unshare (floor)": unshare}
+        if "docker" not in skipped:
+            rows["docker"] = docker
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        for fn in rows.values():       # warm up: page cache, image store, first-import costs
+            fn()
+        for run in range(args.runs):
+            for name, fn in rows.items():
+                times[name].append(timed(fn))
+            print(f"\rrun {run + 1}/{args.runs}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if shutil.which("docker"):
+            subprocess.run(["docker", "rmi", DOCKER_IMAGE], capture_output=True)
+            cleanup.release("docker-image", DOCKER_IMAGE.split(":")[0])
+
+    summary = {}
+    for name, values in times.items():
+        q = statistics.quantiles(values, n=4)
+        summary[name] = {"median_ms": statistics.median(values), "p25_ms": q[0], "p75_ms": q[2],
+                         "min_ms": min(values), "runs": len(values)}
+    runc_median = summary["runc"]["median_ms"]
+    for name in summary:
+        summary[name]["ratio_to_runc"] = summary[name]["median_ms"] / runc_median
+
+    lines = [f"Container start-to-exit latency, /bin/true, busybox rootfs, pid+mnt+uts+ipc+net namespaces, "
+             f"cgroup memory {MEMORY // 2**20}M / cpu {CPU:g} / pids {PIDS}; median of {args.runs} interleaved runs",
+             "", f"| {'what':<16} | {'median ms':>9} | {'IQR ms':>13} | {'x runc':>6} |",
+             f"|{'-' * 18}|{'-' * 11}|{'-' * 15}|{'-' * 8}|"]
+    for name, s in summary.items():
+        lines.append(f"| {name:<16} | {s['median_ms']:>9.1f} | {s['p25_ms']:>5.1f} - {s['p75_ms']:<5.1f} | "
+                     f"{s['ratio_to_runc']:>6.2f} |")
+    for name, reason in skipped.items():
+        lines.append(f"| {name:<16} | {'skipped':>9} | {'':>13} | {'':>6} |")
+    lines.append("")
+    for name, reason in skipped.items():
+        lines.append(f"{name} skipped: {reason}")
+    api, cli, floor = (summary[k]["median_ms"] for k in ("labkit API", "labkit CLI", "unshare (floor)"))
+    lines += [f"targets: API <= 0.5x runc: {api / runc_median:.2f}x {'met' if api <= 0.5 * runc_median else 'MISSED'}; "
+              f"CLI <= 1.0x runc: {cli / runc_median:.2f}x {'met' if cli <= runc_median else 'MISSED'}; "
+              f"API <= 3x unshare: {api / floor:.1f}x {'met' if api <= 3 * floor else 'MISSED'}",
+              f"load average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"]
+    report = "\n".join(lines)
+    print(report)
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "start_latency.md").write_text(report + "\n")
+    (RESULTS / "start_latency.json").write_text(json.dumps({"summary": summary, "skipped": skipped,
+                                                            "times_ms": times}, indent=1))
+    if not args.no_plot:
+        plot(summary, times, skipped, RESULTS / "start_latency.png")
+    return 0
+
+
+def plot(summary, times, skipped, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colors = ["#2a7ab0" if n.startswith("labkit") else "#999999" if "unshare" in n else "#c0504d" for n in names]
+    medians = [summary[n]["median_ms"] for n in names]
+    ax.barh(names, medians, color=colors)
+    for i, n in enumerate(names):
+        ax.plot(times[n], [i] * len(times[n]), "|", color="black", alpha=0.35)
+        ax.text(medians[i], i, f"  {medians[i]:.1f} ms ({summary[n]['ratio_to_runc']:.2f}x runc)",
+                va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("start-to-exit of /bin/true, ms (log scale; bars = median, ticks = each run)")
+    title = "Container start latency"
+    if skipped:
+        title += " (" + ", ".join(f"{k} skipped" for k in skipped) + ")"
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
