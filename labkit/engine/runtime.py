@@ -31,6 +31,7 @@ class Running:
     def __init__(self, container):
         self.container = container
         self.pid = container.pid
+        self._details = self._read_details()
         self.stdout_path = Path(container.rootfs.dir, "stdout")
         self.stderr_path = Path(container.rootfs.dir, "stderr")
 
@@ -56,12 +57,17 @@ class Running:
 
     def details(self) -> dict:
         """What `inspect` shows of the kernel side: namespaces (by inode) and the cgroup."""
+        return self._details
+
+    def _read_details(self) -> dict:
+        """Read while the process waits between create and start: a fast command may be gone after."""
+        from ..errors import LabkitError
         from ..namespaces import identity
 
         container = self.container
         try:
             namespaces = identity(self.pid)
-        except OSError:
+        except (OSError, LabkitError):
             namespaces = {}
         cgroup = container.cgroup
         return {"LabkitName": container.name, "Namespaces": namespaces,
@@ -98,8 +104,9 @@ def launch(spec: ContainerSpec, image, hostname: str = "") -> Running:
     container = Container(image.labkit_image(), spec.argv, **options)   # name: a fresh labkit-ctr-...
     try:
         container.create()          # like `runc create`: namespaces, cgroup, root; the process waits
+        running = Running(container)
         container.start()           # like `runc start`: the command runs
     except BaseException:
         container.delete(force=True)
         raise
-    return Running(container)
+    return running

@@ -256,10 +256,12 @@ class Engine:
 
     # --- wait / kill / remove -----------------------------------------------------------------
 
-    def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None) -> int:
+    def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None,
+             give_up_at_shutdown: bool = True) -> int:
         """Block until the condition holds; the container's exit code then.
 
         not-running: now, unless it is running; next-exit: its next exit from now; removed: gone.
+        A client's wait ends when the engine shuts down; the engine's own waits do not.
         """
         if condition in ("", None):
             condition = "not-running"
@@ -279,7 +281,7 @@ class Engine:
                     return record.exits > exits_before
                 return False
 
-            while not done() and not self._closing:
+            while not done() and not (self._closing and give_up_at_shutdown):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"container {record.name} still {record.status} after {timeout} s")
@@ -324,7 +326,7 @@ class Engine:
             if was_running:
                 record.process.kill(signals.SIGKILL)
         if was_running:
-            self.wait(record.id, "not-running")
+            self.wait(record.id, "not-running", give_up_at_shutdown=False)   # and released
         with self._changed:
             record.status = "removing"
             self._records.pop(record.id, None)
@@ -385,8 +387,11 @@ class Engine:
         """Kill and remove every container (called when the server stops)."""
         with self._changed:
             self._closing = True
-            refs = list(self._records)
             self._changed.notify_all()
+            deadline = time.monotonic() + 60
+            while any(r.starting for r in self._records.values()) and time.monotonic() < deadline:
+                self._changed.wait(0.1)             # a start in progress finishes first
+            refs = list(self._records)
         for ref in refs:
             try:
                 self.remove(ref, force=True)
