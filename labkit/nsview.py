@@ -41,15 +41,18 @@ def format_table(processes: Mapping[str, int | str]) -> str:
     ids = sharing(processes)
     labels = list(ids)
     first = labels[0]
-    width = max(16, *(len(label) + 2 for label in labels))
-    lines = ["kind    " + "".join(f"{label:<{width + 5}}" for label in labels)]
+    rows = []
     for kind in KIND_NAMES:
         cells = []
         for label in labels:
             inode = ids[label].get(kind)
             mark = "" if label == first else ("=" if inode == ids[first].get(kind) else "NEW")
-            cells.append(f"{kind}:[{inode}] {mark}".ljust(width + 5))
-        lines.append(f"{kind:<8}" + "".join(cells))
+            cells.append(f"{kind}:[{inode}] {mark}".rstrip())
+        rows.append((kind, cells))
+    width = max(len(label) for label in labels)
+    width = max(width, *(len(cell) for _, cells in rows for cell in cells)) + 3
+    lines = ["kind    " + "".join(f"{label:<{width}}" for label in labels).rstrip()]
+    lines += [f"{kind:<8}" + "".join(f"{cell:<{width}}" for cell in cells).rstrip() for kind, cells in rows]
     return "\n".join(lines)
 
 

@@ -51,7 +51,8 @@ def _orphans_then_zombies(init: list[str], settled: int, rounds: int = 3) -> lis
         base = _running(box.pid)
         for _ in range(rounds):
             ns.enter(box.pid, "pid", ORPHAN)
-            _wait_until(lambda: _running(box.pid) == base)      # the orphan has exited
+            _wait_until(lambda: _running(box.pid) == base)               # the orphan has exited ...
+            _wait_until(lambda: not nsview.zombies(box.pid), timeout=1)  # ... a reaper had time to reap
             counts.append(len(nsview.zombies(box.pid)))
     return counts
 
