@@ -413,6 +413,15 @@ def move_link(src: Namespace, ifname: str, dst: Namespace, new_name: str | None 
 
 
 @_off_loop
+@_holding
+def attach_to_bridge(ns: Namespace, ifname: str, bridge: str) -> None:
+    """`ip link set IFNAME master BRIDGE up` inside ns: plug a veth end into a bridge (it becomes a port)."""
+    _refuse_host(ns, "change links in")
+    with _rtnl(ns) as ipr:
+        ipr.link("set", index=_index(ipr, ifname, ns.label), master=_index(ipr, bridge, ns.label), state="up")
+
+
+@_off_loop
 def add_address(ns: Namespace, ifname: str, address) -> ipaddress.IPv4Interface:
     """`ip addr add ADDRESS dev IFNAME` inside ns; only lab-range addresses are accepted.
 
@@ -646,7 +655,8 @@ def draw(topology: Topology, ax=None, title: str | None = None):
     Namespaces that hold a bridge (the "switches") and the host go in the lower row, the others in
     the upper row, ordered by the bridge port they are plugged into. Returns the matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, Rectangle
 
     port_w, port_h, line_h, head_h, gap = 1.9, 0.5, 0.26, 0.8, 0.5
@@ -683,8 +693,10 @@ def draw(topology: Topology, ax=None, title: str | None = None):
     up_h = max([height(n) for n in upper] or [0])
     low_h = max([height(n) for n in lower] or [0])
     total_h = low_h + (up_h + 1.3 if upper else 0)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, row_w * 1.1)), max(2.5, total_h * 1.05)))
+    if ax is None:   # a bare Figure, not pyplot's: nothing is shown twice or kept alive by pyplot
+        fig = Figure(figsize=(min(16.0, max(6.0, row_w * 1.1)), max(2.0, total_h * 1.05)))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
     fig = ax.figure
     anchors = {}   # (ns label, ifindex) -> (x, y) where a cable attaches
 
@@ -1036,9 +1048,7 @@ class Network:
         add_address(ns, ifname, iface)
         set_up(ns, ifname)
         set_up(ns, "lo")
-        with _rtnl(self.switch) as ipr:                       # the other end: a port of the bridge
-            ipr.link("set", index=_index(ipr, port, self.switch.label),
-                     master=_index(ipr, self.bridge, self.switch.label), state="up")
+        attach_to_bridge(self.switch, port, self.bridge)      # the other end: a port of the bridge
         endpoint = Endpoint(ns, ifname, iface, port, peer)
         self.endpoints.append(endpoint)
         return endpoint
@@ -1171,6 +1181,79 @@ def check_isolated(isolated: Endpoint, others: Iterable[Endpoint], timeout: floa
         broken = [f"{a}->{b}" for (a, b), ok in among.items() if not ok]
         return False, f"{isolated.label} is cut off, but so are the others from each other: {', '.join(broken)}"
     return True, f"{isolated.label} reaches none of {', '.join(o.label for o in others)}, and they still reach each other"
+
+
+@_off_loop
+def endpoints_of(members) -> list[Endpoint]:
+    """Endpoints as the kernel has them now: each member's first non-loopback IPv4 address, read over netlink.
+
+    `members`: Namespaces, pids or labkit Processes (labels: the Namespace's, else "pid N"), or a
+    dict {label: member}. Members without an address are left out. The switch side (`port`) is not
+    looked up here and stays empty.
+    """
+    items = members.items() if isinstance(members, dict) else [(None, m) for m in members]
+    found = []
+    for label, member in items:
+        ns = as_namespace(member)
+        if label:
+            ns = Namespace(label, ns.path, ns.name, ns.pid)
+        state = _read_namespace(ns, [])
+        for iface in state.interfaces:
+            lab = [a for a in iface.addresses if ipaddress.IPv4Interface(a).ip in LAB_RANGE]
+            if lab:
+                found.append(Endpoint(ns, iface.name, ipaddress.IPv4Interface(lab[0]), "", ""))
+                break
+    return found
+
+
+def own_lab_namespaces() -> list[Namespace]:
+    """Named lab namespaces whose owner record says this process made them (read from /run/netns)."""
+    return [ns for ns in lab_namespaces() if cleanup.owner("netns", ns.name)[0] == os.getpid()]
+
+
+def check_isolation_answer(answer: str, members, timeout: float = 1.0) -> tuple[bool, str]:
+    """The chapter's exercise: `answer` is the address of the member that was moved to a second bridge.
+
+    Everything is asked of the kernel: which member has that address now (netlink), which bridge its
+    veth is a port of (netlink, across this process's lab namespaces), and whether it still exchanges
+    pings with the others - who must still reach each other.
+    """
+    endpoints = endpoints_of(members)
+    chosen = [e for e in endpoints if e.ip == answer.strip()]
+    if not chosen:
+        have = ", ".join(f"{e.label}={e.ip}" for e in endpoints) or "none"
+        return False, f"no container has the address {answer.strip()!r} now; the kernel shows {have}"
+    isolated = chosen[0]
+    others = [e for e in endpoints if e is not isolated]
+    topo = read_topology(own_lab_namespaces() + [e.namespace for e in endpoints])
+    mine = topo.bridge_reached_by(isolated.label)
+    theirs = set().union(*(topo.bridge_reached_by(o.label) for o in others)) if others else set()
+    if not mine:
+        return False, f"{isolated.label} is not plugged into any bridge: put it on a second one"
+    if mine & theirs:
+        shared = ", ".join(b for _, b in sorted(mine & theirs))
+        return False, f"{isolated.label} still shares bridge {shared} with the others"
+    ok, why = check_isolated(isolated, others, timeout=timeout)
+    where = ", ".join(f"{b} in {n}" for n, b in sorted(mine))
+    return ok, f"{why} (its bridge: {where})" if ok else why
+
+
+class Attachment:
+    """A container's place on a Network; close() unplugs it (what labkit.container calls on delete)."""
+
+    def __init__(self, network: "Network", endpoint: Endpoint):
+        self.network, self.endpoint = network, endpoint
+
+    def close(self) -> None:
+        if self.endpoint in self.network.endpoints:
+            self.network.disconnect(self.endpoint)
+
+
+def attach_container(network: "Network", pid: int, name: str | None = None) -> Attachment:
+    """Plug the process `pid` (a container's init) into `network`, labelled `name`; returns an Attachment."""
+    if not isinstance(network, Network):
+        raise InvalidValue("network", network, "a labkit.net.Network (or None for no network)")
+    return Attachment(network, network.connect(pid, label=name))
 
 
 # --- one veth between the host and a container (chapter 1's picture) ------------------------
