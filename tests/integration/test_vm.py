@@ -113,7 +113,9 @@ def test_sweep_kills_the_qemu_of_a_dead_owner():
                               "m = vm.VM(accel='tcg', timeout=300); m.start()\n"
                               "print(m.name, m.proc.pid, flush=True)\n"
                               "import time; time.sleep(300)\n"],
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, LABKIT_ALLOW_HOST="1"))
+                             stdout=subprocess.PIPE, text=True,
+                             # no watchdog: this test's own sweep is what is under test
+                             env=dict(os.environ, LABKIT_ALLOW_HOST="1", LABKIT_NO_WATCHDOG="1"))
     name, pid = owner.stdout.readline().split()
     owner.kill()
     owner.wait()
