@@ -35,20 +35,24 @@ def _field(name: str, scale: float = 1.0):
     return values
 
 
-def _cpu_smoothed(samples: Sequence[Sample], window: float = 0.5):
-    """CPUs used, as the counter's rate over the last `window` seconds: a CFS period is 100 ms,
-    so a single 100 ms sample swings between 0 and 1; half a second shows the average the quota
-    enforces."""
-    out, j = [], 0
-    for i, s in enumerate(samples):
-        while samples[j].t < s.t - window and j < i:
-            j += 1
-        first = samples[j]
-        if i == j or s.cpu_usage_usec is None or first.cpu_usage_usec is None:
-            out.append(math.nan if s.cpu is None else s.cpu)
-        else:
-            out.append(max(s.cpu_usage_usec - first.cpu_usage_usec, 0) / 1e6 / (s.t - first.t))
-    return out
+def _windowed_rate(counter: str, scale: float = 1.0, window: float = 0.5):
+    """A counter's rate over the last `window` seconds at each sample, divided by `scale`.
+
+    Per-sample rates jump: a CFS period is 100 ms, so one 100 ms sample of a throttled group swings
+    between 0 and 1 CPU; a disk write arrives in whole requests. Over half a second or a second the
+    rate the limit enforces shows."""
+    def values(samples: Sequence[Sample]):
+        out, j = [], 0
+        for i, s in enumerate(samples):
+            while j < i and samples[j].t < s.t - window:
+                j += 1
+            first, now, before = samples[j], getattr(s, counter), getattr(samples[j], counter)
+            if i == j or now is None or before is None:
+                out.append(math.nan)
+            else:
+                out.append(max(now - before, 0) / scale / (s.t - first.t))
+        return out
+    return values
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,10 @@ PANELS = {
     "memory": Panel("memory", "MiB", _field("memory_current", 1 / MiB), _field("memory_max", 1 / MiB),
                     ("oom_kill",)),
     "swap": Panel("swap", "MiB", _field("swap_current", 1 / MiB), lambda s: [math.nan] * len(s), ()),
-    "cpu": Panel("CPU", "CPUs", _cpu_smoothed, _field("cpu_max"), ("throttled",)),
+    "cpu": Panel("CPU", "CPUs", _windowed_rate("cpu_usage_usec", 1e6, 0.5), _field("cpu_max"), ("throttled",)),
     "pids": Panel("tasks", "tasks", _field("pids_current"), _field("pids_max"), ("fork_refused",)),
-    "io": Panel("disk writes", "MiB/s", _field("io_write_bps", 1 / MiB), _field("io_write_bps_max", 1 / MiB),
-                ()),
+    "io": Panel("disk writes", "MiB/s", _windowed_rate("io_write_bytes", MiB, 1.0),
+                _field("io_write_bps_max", 1 / MiB), ()),
 }
 
 # event kind -> (marker, colour, size, height in axes fraction, legend text); rare events big,
