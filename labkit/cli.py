@@ -181,7 +181,7 @@ def _cmd_run(args) -> int:
             raise InvalidValue("command", "", "a command after `--`, e.g. labkit run -- sh -c 'hostname'")
         box = container.Container(args.image or "busybox", args.command, name=args.name,
                                   hostname=args.hostname, memory=args.memory, cpu=args.cpu,
-                                  pids_limit=args.pids, network=args.network, attach=True)
+                                  pids_limit=args.pids, attach=True)
     with box:
         box.start()
         try:
@@ -298,7 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", help="CPU limit as a fraction of one CPU, e.g. 0.5")
     p.add_argument("--pids", help="maximum number of processes")
     p.add_argument("--hostname", help="hostname inside (default: the container's name)")
-    p.add_argument("--network", help="a labkit network to attach to (default: none, a private net ns)")
     p.add_argument("-v", "--verbose", action="store_true", help="with --bundle: say which fields are not enforced")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_cmd_run)

@@ -147,6 +147,13 @@ class Container:
         if self.limits:
             from .cgroups.limits import parse
             parse(self.limits)          # InvalidValue now, before anything is created
+        if network is not None:
+            from . import net
+            if not isinstance(network, net.Network):
+                raise InvalidValue("network", network, "a labkit.net.Network (or None: a private, empty "
+                                                      "network namespace, like docker run --network none)")
+            if "net" not in self.kinds:
+                raise InvalidValue("network", network, "a 'net' namespace too")
         self.network = network
         self.read_only = bool(read_only)
         self.user = user
@@ -184,7 +191,9 @@ class Container:
     def start(self) -> "Container":
         """Run the command: from `created` release the waiting process; from new, create and run."""
         if self.status == "new":
-            return self._create(gate=False)
+            if self.network is None:
+                return self._create(gate=False)
+            self._create(gate=True)        # plug the network in before the command runs
         if self.status != "created":
             raise Conflict(f"container {self.name} is {self.status}; only a created container starts")
         ready_r, start_w = self._gate
@@ -284,6 +293,11 @@ class Container:
                 except FileNotFoundError:
                     raise NotFound(f"logs of {self.name}: the container was deleted") from None
         return text
+
+    @property
+    def ip(self) -> str | None:
+        """The container's address on its network (None without one)."""
+        return self._netns.endpoint.ip if self._netns is not None else None
 
     def oom_killed(self) -> bool:
         return bool(self.cgroup and self.cgroup.oom_kills())

@@ -269,3 +269,21 @@ def test_cli_refuses_an_unsupported_bundle_field(tmp_path):
     proc = subprocess.run([*LABKIT, "run", "--bundle", str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1 and "linux.seccomp" in proc.stderr
+
+
+def test_containers_on_a_network_reach_each_other():
+    from labkit import net
+
+    with net.Network() as network:
+        with Container("busybox", ["sleep", "20"], network=network) as server, \
+                Container("busybox", ["sh", "-c", "ip -4 -o addr show eth0; ping -c 1 -W 2 $PEER"],
+                          network=network, environment={"PEER": ""}) as client:
+            server.start()
+            client.environment["PEER"] = server.ip
+            client.start()
+            assert client.wait(20) == 0, client.logs()
+            assert client.ip in client.logs() and f"from {server.ip}" in client.logs()
+            # seen from outside: the server's network namespace has an eth0 (/proc/PID/net/dev is per netns)
+            assert "eth0:" in Path(f"/proc/{server.pid}/net/dev").read_text()
+        # the containers' namespaces are gone with them; the veth ends too
+        assert not [e for e in network.endpoints if e.label in (server.name, client.name)]
