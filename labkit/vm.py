@@ -137,13 +137,14 @@ def _version_key(version: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", version)]
 
 
-def find_kernel(machine: str | None = None) -> Kernel:
+def find_kernel(machine: str | None = None, cache: Path | None = None) -> Kernel:
     """The newest Debian kernel of this architecture: extracted cache first, then /boot.
 
     Debian names its kernels vmlinuz-<version>-amd64 (-arm64); Ubuntu's -generic is accepted too.
     """
     flavours = arch_info(machine)["flavours"]
-    for root, source in ((KERNEL_CACHE, "cache"), (Path("/"), "/boot")):
+    cache = KERNEL_CACHE if cache is None else cache
+    for root, source in ((cache, "cache"), (Path("/"), "/boot")):
         images = [p for flavour in flavours for p in glob.glob(str(root / "boot" / f"vmlinuz-*-{flavour}"))]
         versions = sorted((Path(p).name.removeprefix("vmlinuz-") for p in images), key=_version_key)
         for version in reversed(versions):
@@ -170,11 +171,16 @@ def fetch_kernel(machine: str | None = None, dest: Path = KERNEL_CACHE) -> Kerne
     if not names:
         raise NotFound(f"apt-cache does not know which kernel {meta} depends on; run apt-get update")
     with tempfile.TemporaryDirectory(prefix="labkit-kernel-") as tmp:
+        try:  # apt downloads as the unprivileged _apt user: let it write here
+            import pwd
+            os.chown(tmp, pwd.getpwnam("_apt").pw_uid, -1)
+        except (KeyError, OSError):
+            pass
         subprocess.run(["apt-get", "download", names[0]], cwd=tmp, check=True)
         deb = next(Path(tmp).glob("*.deb"))
         dest.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg", "-x", str(deb), str(dest)], check=True)
-    return find_kernel(machine)
+    return find_kernel(machine, cache=dest)
 
 
 # --- the initramfs: a cpio archive written by hand ---------------------------------------------------
