@@ -153,18 +153,18 @@ _PIVOT_SCRIPT = r"""
 new=$1
 mount -t tmpfs -o size=1m labkit-newroot "$new" && mkdir "$new/old"
 mount --make-rshared /
-if pivot_root "$new" "$new/old" 2>/dev/null; then echo "shared: ok"; else echo "shared: refused"; fi
+if err=$(pivot_root "$new" "$new/old" 2>&1); then echo "shared: ok"; else echo "shared: refused: ${err##*: }"; fi
 mount --make-rprivate /
-if pivot_root "$new" "$new/old" 2>/dev/null; then echo "private: ok"; else echo "private: refused"; fi
+if err=$(pivot_root "$new" "$new/old" 2>&1); then echo "private: ok"; else echo "private: refused: ${err##*: }"; fi
 """
 
 
 def pivot_root_refusal() -> dict[str, str]:
     """In a throwaway mount namespace, try pivot_root(2) with / shared, then with / private.
 
-    Returns {"shared": "refused"|"ok", "private": "refused"|"ok"}. Nothing reaches the host: the
-    namespace starts rprivate (spawn's "mnt"), and `--make-rshared` there creates peer groups of its
-    own; every mount dies with the namespace.
+    Returns {"shared": ..., "private": ...}, each "ok" or "refused: <the kernel's error>".
+    Nothing reaches the host: the namespace starts rprivate (spawn's "mnt"), `--make-rshared` there
+    creates peer groups of its own, and every mount dies with the namespace.
     """
     name = cleanup.unique_name("pivot")
     cleanup.claim("dir", name)
