@@ -44,6 +44,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -586,6 +587,7 @@ class VM:
         self.times: dict[str, float] = {}
         self.peak_rss = 0
         self._reader = ConsoleReader()
+        self._recent: deque[str] = deque(maxlen=15)  # every console line, for error messages
         self._t0 = 0.0
         self._stage = ""
         self._capturing = False
@@ -680,12 +682,13 @@ class VM:
             stderr = (self.dir / "qemu.stderr").read_text(errors="replace").strip()[-600:]
         except OSError:
             stderr = ""
-        tail = "\n".join(self.output_lines[-10:])
+        tail = "\n".join(self._recent)
         return VMError(f"VM {self.name} ({self.accel}): {why}"
                        + (f"\nqemu stderr: {stderr}" if stderr else "")
                        + (f"\nlast console lines:\n{tail}" if tail else ""))
 
     def _handle(self, line: str) -> None:
+        self._recent.append(line)
         marker = parse_marker(line)
         now = time.monotonic() - self._t0
         if marker is None:

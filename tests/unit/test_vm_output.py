@@ -32,6 +32,7 @@ class FakeVM(vm.VM):
         self.times, self.info, self.controllers, self.output_lines = {}, {}, [], []
         self.returncode, self.peak_rss, self._capturing, self._t0 = None, 0, False, 0.0
         self.accel, self.name, self.output_lines = "tcg", "labkit-vm-test", []
+        self._recent = vm.deque(maxlen=15)
 
     def _sample_rss(self):
         pass
@@ -54,10 +55,11 @@ def test_command_output_is_captured_only_between_the_markers():
 def test_a_failing_guest_init_raises_with_its_reason():
     fake = FakeVM()
     fake.dir = vm.VM_DIR / "labkit-vm-test-missing"
+    fake._handle("mount: mounting host on /host failed: No such device")
     try:
         fake._handle("@@LABKIT:FAIL@@ mount 9p")
     except vm.VMError as exc:
-        assert "mount 9p" in str(exc)
+        assert "mount 9p" in str(exc) and "No such device" in str(exc)  # the console lines before it
     else:
         raise AssertionError("FAIL marker did not raise")
 
