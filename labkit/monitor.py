@@ -56,6 +56,7 @@ class Proc:
     name: str
     rss: int            # bytes resident
     cpu_percent: float  # of one CPU, since the previous sample (0.0 on the first)
+    cpu_num: int        # the CPU it ran on last (cpuset pins show here)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ class _ProcessTable:
                     proc = psutil.Process(pid)
                     proc.cpu_percent(None)  # first call only sets the baseline
                 with proc.oneshot():
-                    procs.append(Proc(pid, proc.name(), proc.memory_info().rss, proc.cpu_percent(None)))
+                    procs.append(Proc(pid, proc.name(), proc.memory_info().rss, proc.cpu_percent(None),
+                                      proc.cpu_num()))
                 alive[pid] = proc
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # it exited between listing and reading: normal in a fork bomb
