@@ -635,6 +635,28 @@ def lab_namespaces() -> list[Namespace]:
             if p.name.startswith(cleanup.PREFIX)]
 
 
+@dataclass
+class Route:
+    destination: str          # "198.18.0.0/24", or "default"
+    ifname: str | None
+    gateway: str | None
+    protocol: int             # 2 = kernel (a connected route, added with an address), 4 = static
+
+    def __str__(self) -> str:
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"{self.destination}{via} dev {self.ifname}"
+
+
+@_off_loop
+def read_routes(ns: Namespace) -> list[Route]:
+    """The main IPv4 routing table of ns, like `ip route` (reading the host's is allowed: it is read-only)."""
+    with _rtnl(ns) as ipr:
+        names = {l["index"]: l.get("ifname") for l in ipr.get_links()}
+        return [Route(f"{r.get('dst')}/{r['dst_len']}" if r["dst_len"] else "default",
+                      names.get(r.get("oif")), r.get("gateway"), r["proto"])
+                for r in ipr.get_routes(family=socket.AF_INET, table=254)]
+
+
 @_off_loop
 def read_docker0() -> Topology | None:
     """docker0 and its ports as the kernel shows them in the host namespace (read-only); None without Docker."""
@@ -657,7 +679,7 @@ def draw(topology: Topology, ax=None, title: str | None = None):
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import FancyBboxPatch, Rectangle
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
     port_w, port_h, line_h, head_h, gap = 1.9, 0.5, 0.26, 0.8, 0.5
 
@@ -741,7 +763,10 @@ def draw(topology: Topology, ax=None, title: str | None = None):
     for (a_ns, a_if), (b_ns, b_if) in topology.veth_pairs():
         a = anchors.get((a_ns, topology.namespace(a_ns).interface(a_if).index))
         b = anchors.get((b_ns, topology.namespace(b_ns).interface(b_if).index))
-        if a and b:
+        if a and b and a_ns == b_ns:          # both ends in one namespace (a cable not yet moved): an arc
+            ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-", connectionstyle="arc3,rad=-0.6",
+                                         color="#2a5caa", lw=2))
+        elif a and b:
             ax.plot([a[0], b[0]], [a[1], b[1]], color="#2a5caa", lw=2, solid_capstyle="round")
     ax.set_xlim(-0.3, row_w + 0.3)
     ax.set_ylim(-0.3, total_h + 0.3)
@@ -1053,6 +1078,30 @@ class Network:
         self.endpoints.append(endpoint)
         return endpoint
 
+    @_off_loop
+    def adopt(self, member, ifname: str, port: str, label: str | None = None) -> Endpoint:
+        """Take over a cable made by hand (create_veth, move_link, ...), after checking it with the kernel:
+        `port` must be a port of this bridge and the veth peer of `ifname` in the member's namespace,
+        which must carry an address of this subnet. From then on it is torn down with the network."""
+        ns = as_namespace(member)
+        if label:
+            ns = Namespace(label, ns.path, ns.name, ns.pid)
+        topo = read_topology([self.switch, ns])
+        mine, sw = topo.namespace(ns.label), topo.namespace(self.switch.label)
+        inside, plug = mine.interface(ifname), sw.interface(port)
+        end = topo.peer(mine, inside)
+        if end is None or end[1].name != port:
+            raise InvalidValue("port", port, f"the switch-side end of {ifname}'s veth pair")
+        if sw.bridge_of(plug) is None or sw.bridge_of(plug).name != self.bridge:
+            raise InvalidValue("port", port, f"a port of bridge {self.bridge} (attach_to_bridge first)")
+        addresses = [ipaddress.IPv4Interface(a) for a in inside.addresses]
+        ours = [a for a in addresses if a.network == self.subnet]
+        if not ours:
+            raise InvalidValue("address", inside.addresses, f"an address in {self.subnet} on {ifname}")
+        endpoint = Endpoint(ns, ifname, ours[0], port, "")
+        self.endpoints.append(endpoint)
+        return endpoint
+
     def _next_address(self) -> ipaddress.IPv4Interface:
         used = {e.address.ip for e in self.endpoints}
         for iface in plan_addresses(self.subnet, self.subnet.num_addresses - 2 - FIRST_HOST):
@@ -1083,7 +1132,8 @@ class Network:
                 _delete_link(ipr, found[0])
             _wait(lambda: not ipr.link_lookup(ifname=e.port), what=e.port)
         for name in (e.port, e.peer_name):
-            cleanup.release("link", name)
+            if name:
+                cleanup.release("link", name)
         self.endpoints.remove(e)
         # a bare namespace this network created stays until close(): it may be plugged in elsewhere
 
@@ -1153,11 +1203,12 @@ def reachability(endpoints: Iterable[Endpoint], timeout: float = 1.0) -> dict[tu
 def format_matrix(result: dict[tuple[str, str], bool]) -> str:
     """A reachability dict as a small table: rows = from, columns = to."""
     labels = sorted({a for a, _ in result} | {b for _, b in result})
-    width = max([len(x) for x in labels] + [4]) + 2
-    lines = ["from \\ to".ljust(width) + "".join(x.ljust(width) for x in labels)]
+    first = max([len(x) for x in labels] + [len("from \\ to")]) + 2
+    width = max([len(x) for x in labels] + [3]) + 2
+    lines = ["from \\ to".ljust(first) + "".join(x.ljust(width) for x in labels).rstrip()]
     for a in labels:
         cells = ["-" if a == b else ("yes" if result.get((a, b)) else "NO") for b in labels]
-        lines.append(a.ljust(width) + "".join(c.ljust(width) for c in cells))
+        lines.append((a.ljust(first) + "".join(c.ljust(width) for c in cells)).rstrip())
     return "\n".join(lines)
 
 
