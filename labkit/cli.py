@@ -214,6 +214,40 @@ def _cmd_trace(args) -> int:
     return 0
 
 
+# --- net (chapter 3, labkit/net.py) -----------------------------------------------------------------
+
+def _cmd_net(args) -> int:
+    from . import net
+
+    if args.action == "show":               # read-only: every named lab namespace, as netlink reports it
+        namespaces = net.lab_namespaces()
+        if not namespaces:
+            print("no labkit network namespaces in /run/netns")
+            return 0
+        topology = net.read_topology(namespaces)
+        print(topology.describe())
+        if args.png:
+            net.draw(topology, title="labkit network namespaces").savefig(args.png, dpi=100)
+            print(f"drawn to {args.png}")
+        return 0
+    # demo: N bare namespaces on a bridge, pinged (and measured), then everything removed
+    if not 1 <= args.members <= 50:
+        raise InvalidValue("--members", args.members, "1 to 50")
+    with net.Network(members=[None] * args.members, subnet=args.subnet) as network:
+        print(network.topology().describe())
+        matrix = network.reachability()
+        print("\n" + net.format_matrix(matrix))
+        if args.throughput and len(network.endpoints) >= 2:
+            a = network.endpoints[0]
+            for result in (network.throughput(0, 1),
+                           net.measure_throughput(a.namespace, a.namespace, "127.0.0.1")):
+                print(f"{result.path:<12} {result.gbit_per_s:6.2f} Gbit/s")
+        if args.png:
+            network.draw(title="labkit net demo").savefig(args.png, dpi=100)
+            print(f"drawn to {args.png}")
+    return 0 if all(matrix.values()) else 1
+
+
 # --- the parser: one block per subcommand -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="with --bundle: say which fields are not enforced")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("net", help="container networks: show lab namespaces, or a bridge demo (chapter 3)")
+    p.add_argument("action", choices=["show", "demo"], help="show: read /run/netns/labkit-* over netlink; "
+                   "demo: N namespaces on a bridge, pinged, then removed")
+    p.add_argument("--members", type=int, default=3, help="demo: how many namespaces (default 3)")
+    p.add_argument("--subnet", default="198.18.0.0/24", help="demo: a subnet of 198.18.0.0/16")
+    p.add_argument("--throughput", action="store_true", help="demo: also measure veth+bridge vs loopback")
+    p.add_argument("--png", help="also draw the topology into this PNG file")
+    p.set_defaults(func=_cmd_net)
 
     return parser
 

@@ -339,3 +339,17 @@ def test_attach_container_plugs_a_pid_in_and_close_unplugs(before):
     with pytest.raises(InvalidValue):
         net.attach_container("bridge", 1)
     assert_nothing_new(before)
+
+
+def test_cli_net_demo_builds_pings_and_removes(before):
+    import sys
+    labkit = str(Path(sys.executable).with_name("labkit"))
+    env = dict(os.environ, LABKIT_ALLOW_HOST="1")
+    done = subprocess.run([labkit, "net", "demo", "--members", "2"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "198.18.0.3/24" in done.stdout and "yes" in done.stdout and "NO" not in done.stdout
+    refused = subprocess.run([labkit, "net", "demo", "--subnet", "10.0.0.0/24"], capture_output=True,
+                             text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and "198.18.0.0/16" in refused.stderr
+    assert_nothing_new(before)
