@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ STATE = cleanup.STATE_DIR / "dockerd"
 STARTED_FILE = STATE / "started"     # "PID STARTTIME" of a dockerd labkit started
 USERS_DIR = STATE / "users"          # one file per live labkit process using the daemon
 LOG_FILE = STATE / "dockerd.log"
+CGROUPS_BEFORE = STATE / "cgroups-before"   # docker cgroups that existed before labkit started dockerd
 NAME = "labkit-dockerd"              # how the sweep reports a dockerd labkit started
 
 
@@ -126,7 +128,7 @@ def live_users() -> list[int]:
 
 def _add_user() -> Path:
     USERS_DIR.mkdir(parents=True, exist_ok=True)
-    record = USERS_DIR / f"{os.getpid()}-{cleanup._start_time(os.getpid())}"
+    record = USERS_DIR / f"{os.getpid()}-{secrets.token_hex(4)}"      # one per Dockerd() in use
     record.write_text(f"{os.getpid()} {cleanup._start_time(os.getpid())}\n")
     return record
 
@@ -138,6 +140,9 @@ def _start(timeout: float) -> int:
     if not available():
         raise Unsupported("Docker is not installed: apt-get install docker.io")
     LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    # dockerd makes a `docker` cgroup in every hierarchy; note which were there before, so that
+    # stopping it removes only the ones it added (empty by then).
+    CGROUPS_BEFORE.write_text("\n".join(str(p) for p in _docker_cgroups()))
     with open(LOG_FILE, "ab") as log:
         proc = subprocess.Popen([DOCKERD, *DOCKERD_FLAGS, f"--host=unix://{SOCKET}"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -152,6 +157,23 @@ def _start(timeout: float) -> int:
             raise LabkitError(f"dockerd did not answer on {SOCKET} within {timeout:.0f} s; see {LOG_FILE}")
         time.sleep(0.1)
     return proc.pid
+
+
+def _docker_cgroups() -> list[Path]:
+    return sorted(p for p in Path("/sys/fs/cgroup").glob("*/docker") if p.is_dir()) + \
+        ([Path("/sys/fs/cgroup/docker")] if Path("/sys/fs/cgroup/docker").is_dir() else [])
+
+
+def _remove_added_cgroups() -> None:
+    try:
+        before = set(CGROUPS_BEFORE.read_text().split("\n"))
+    except FileNotFoundError:
+        return
+    for path in _docker_cgroups():
+        if str(path) not in before:
+            with contextlib.suppress(OSError):      # EBUSY: not empty - then it is not ours to take
+                path.rmdir()
+    CGROUPS_BEFORE.unlink(missing_ok=True)
 
 
 def stop(pid: int, timeout: float = 20) -> None:
@@ -173,6 +195,7 @@ def stop(pid: int, timeout: float = 20) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(containerd, signal.SIGTERM)
     STARTED_FILE.unlink(missing_ok=True)
+    _remove_added_cgroups()
 
 
 class Dockerd:
@@ -191,6 +214,15 @@ class Dockerd:
         self._record: Path | None = None
 
     def __enter__(self) -> "Dockerd":
+        return self.start()
+
+    def start(self) -> "Dockerd":
+        """Use the running daemon, or start one (a notebook calls this, and `close()` in its cleanup cell)."""
+        from . import host
+
+        if self._record is not None:
+            return self
+        host.require_lab_host("start the Docker daemon")
         with _locked():
             if not ping():
                 _start(self.timeout)

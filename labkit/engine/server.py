@@ -87,6 +87,10 @@ def serve(socket_path: str, extra_images: dict[str, str] | None = None, verbose:
           ready=None) -> None:
     """Run the engine in the foreground until SIGTERM or SIGINT; then remove every container it made."""
     host.require_lab_host("run labkit's container engine")
+    try:
+        Path("/proc/self/comm").write_text("labkit-engine")    # what ps and /proc/PID/comm show
+    except OSError:
+        pass
     engine = Engine(images.default_store(extra_images))
     server = EngineServer(socket_path, engine, verbose=verbose)
     name = cleanup.unique_name("engine")

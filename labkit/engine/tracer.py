@@ -30,7 +30,7 @@ from . import streams, wire
 
 KEEP = 64 * 1024            # body bytes kept per call for the summary (the rest is only counted)
 _VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
-_ID = re.compile(r"^[0-9a-f]{12,64}$")
+_LONG_ID = re.compile(r"(?<=/)[0-9a-f]{64}(?=/|$|\?)")
 
 
 @dataclass
@@ -105,7 +105,8 @@ class Call:
 
     def __str__(self) -> str:
         took = f"{self.duration * 1000:7.1f} ms" if self.duration is not None else "   open   "
-        return f"{self.started * 1000:8.1f} ms {took}  {self.method:<6} {self.target:<60} -> " \
+        target = _LONG_ID.sub(lambda m: m.group(0)[:12], self.target)     # ids as `docker ps` shows them
+        return f"{self.started * 1000:8.1f} ms {took}  {self.method:<6} {target:<55} -> " \
                f"{self.status or '...'}  {self.response_summary()}"
 
 
