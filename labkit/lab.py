@@ -192,6 +192,7 @@ def status(settings: LabSettings) -> dict:
     """What is running: mode, pid, whether it answers, and whether it runs with these settings."""
     if uses_systemd() and UNIT_PATH.exists():
         active = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE]).returncode == 0
+        active = active and UNIT_PATH.read_text() == render_unit(settings)   # else: rewrite, restart
         mode, pid = "systemd", None
     else:
         pid = _read_pid(settings)
@@ -215,8 +216,10 @@ def _wait_until_answering(settings: LabSettings, alive) -> None:
         log = "\n".join(settings.log_file.read_text().splitlines()[-15:])
     except OSError:
         pass
+    where = f"`journalctl -u {SERVICE}`" if uses_systemd() else str(settings.log_file)
     raise LabkitError(f"JupyterLab did not answer on {settings.ip}:{settings.port} "
-                      f"(is the port taken? `labkit lab start --port N` picks another)\n{log}")
+                      f"(is the port taken? `labkit lab start --port N` picks another; log: {where})"
+                      f"\n{log}")
 
 
 def start(settings: LabSettings, mode: str = "auto") -> dict:
@@ -282,10 +285,14 @@ WantedBy=multi-user.target
 """
 
 
+def render_unit(settings: LabSettings) -> str:
+    """The systemd unit that runs this venv's `labkit lab serve` with these settings."""
+    return UNIT_TEMPLATE.format(python=sys.executable, config_dir=settings.config_dir,
+                                run_dir=settings.run_dir, notebook_dir=settings.notebook_dir)
+
+
 def _start_systemd(settings: LabSettings) -> None:
-    unit = UNIT_TEMPLATE.format(python=sys.executable, config_dir=settings.config_dir,
-                                run_dir=settings.run_dir,
-                                notebook_dir=settings.notebook_dir)
+    unit = render_unit(settings)
     changed = not UNIT_PATH.exists() or UNIT_PATH.read_text() != unit
     if changed:
         UNIT_PATH.write_text(unit)

@@ -1,6 +1,9 @@
 """labkit.lab without starting anything: settings validation, token file, URL."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from labkit import lab
@@ -61,3 +64,15 @@ def test_delegated_layout_puts_jupyter_in_a_leaf_and_labkit_beside_it(tmp_path):
     assert (base / "labkit" / "cgroup.subtree_control").read_text() == "+cpuset +cpu +io +memory +pids"
     # A restart of the service that finds itself already in the leaf lays out the same tree.
     assert lab.delegated_layout(tmp_path, "/system.slice/deep-dive-lab.service/jupyter") == parent
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_is_valid_and_delegates(tmp_path):
+    """systemd's own parser reads the unit `labkit lab start` writes (a typo would print a warning)."""
+    settings = lab.LabSettings(notebook_dir=str(tmp_path), config_dir="/etc/labkit").validate()
+    unit = lab.render_unit(settings)
+    assert "\nDelegate=yes\n" in unit and "lab serve" in unit
+    path = tmp_path / lab.SERVICE
+    path.write_text(unit)
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
