@@ -353,3 +353,35 @@ def test_cli_net_demo_builds_pings_and_removes(before):
                              text=True, timeout=60, env=env)
     assert refused.returncode == 2 and "198.18.0.0/16" in refused.stderr
     assert_nothing_new(before)
+
+
+def _open_fds() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_every_socket_is_closed(before):
+    """An open socket (netlink, ICMP, TCP) inside a removed namespace would keep it alive, invisibly."""
+    with net.Network(members=[None, None]) as warmup:       # first use imports and caches things
+        warmup.reachability()
+    fds = _open_fds()
+    with net.Network(members=[None, None]) as n:
+        n.reachability()
+        n.topology()
+        n.throughput(0, 1, seconds=0.1, max_bytes=1 << 20)
+        net.ping(n.endpoints[0].namespace, "127.0.0.1")
+    with namespaces.spawn(["sleep", "60"], ("net",)) as box:
+        with net.veth_to_host(box) as link:
+            link.ping()
+        box.kill()
+    assert _open_fds() == fds, "a file descriptor (socket) was left open"
+    assert_nothing_new(before)
+
+
+def test_nothing_reaches_stderr_inside_an_event_loop(before, capfd):
+    async def cell():
+        with net.Network(members=[None, None]) as n:
+            return n.reachability()
+    assert all(asyncio.run(cell()).values())
+    out, err = capfd.readouterr()
+    assert err == "", err
+    assert_nothing_new(before)
