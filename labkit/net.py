@@ -18,6 +18,21 @@ labkit does the same with two deliberate differences, both for safety on a share
   own namespace, two experiments may use the same subnet without meeting. No bridge gets an
   address and nobody gets a default route: there is no way out, by construction.
 
+The API at a glance (every call is one or a few netlink requests; all of them notebook-safe):
+
+    ns = create_namespace("demo")            # ip netns add labkit-demo-XXXXXX   (remove_namespace(ns))
+    ns = namespace_of(pid)                   # a container's netns, via /proc/PID/ns/net
+    set_up(ns, "lo")                         # ip link set lo up
+    a, b = create_veth(ns)                   # ip link add A type veth peer name B
+    move_link(ns, b, other, new_name="eth0") # ip link set B netns OTHER; ip link set B name eth0
+    add_address(other, "eth0", "198.18.0.2/24"); add_route(other, "198.18.1.0/24", "eth0")
+    br = create_bridge(ns); attach_to_bridge(ns, a, br)      # ip link set A master BR up
+    read_topology([ns, other]) -> Topology   # what the kernel says; .describe(), draw(topology)
+    ping(ns, ["198.18.0.3"]) -> {addr: bool}; measure_throughput(ns_a, ns_b, "198.18.0.3")
+
+    with Network(members=[pid1, pid2, None]) as lan: ...     # N members on one bridge (see Network)
+    with veth_to_host(pid) as link: ...                      # one cable host <-> container (HostVeth)
+
 Notebook safety: pyroute2 0.9's synchronous `IPRoute` refuses to run inside a running asyncio event
 loop (a notebook cell). Every public function here is wrapped by `_off_loop`, which runs it in a
 short-lived worker thread when the caller's thread has a running loop. The worker never changes its
