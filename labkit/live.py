@@ -198,6 +198,9 @@ class LivePlot:
         def on_change(change):
             try:
                 cgroup.set(**{keyword: convert(change["new"])})
+                for sampler in self.samplers:   # show the new limit line at the next sample
+                    if sampler.cgroup is cgroup:
+                        sampler.refresh_details()
                 status.value = f"wrote {keyword}={convert(change['new'])}"
             except Exception as exc:  # a refused value is shown, never a traceback in a callback
                 status.value = f"refused: {exc}"

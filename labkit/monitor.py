@@ -198,13 +198,16 @@ class Sampler:
     """Samples one cgroup `rate` times a second into a ring buffer of the last `keep` samples.
 
     `cgroup` is a labkit Cgroup (anything with `.stats()` and `.procs()`); `label` names the series
-    on a plot. `processes=False` skips psutil (cheaper at high rates); `max_procs` bounds how many
-    processes are read per sample (a fork bomb has hundreds). The cgroup's `.limits()`, when it
-    has one, is read with every sample, so the record shows the limit in force at each moment.
+    on a plot. Counters are read every tick. Limits (`.limits()`, when the cgroup has it) and the
+    processes inside (cgroup.procs and psutil) change on a human timescale and cost more to read,
+    so they are refreshed every `detail_interval` seconds and carried into the samples between -
+    a limit line still follows a slider within a quarter of a second. `processes=False` skips
+    psutil altogether; `max_procs` bounds how many processes are read (a fork bomb has hundreds).
     """
 
     def __init__(self, cgroup, rate: float = 10.0, keep: int = 3000, label: str | None = None,
-                 processes: bool = True, max_procs: int = 32, clock: Callable[[], float] = time.monotonic):
+                 processes: bool = True, max_procs: int = 32, detail_interval: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic):
         from .errors import InvalidValue
 
         if not 0 < rate <= 1000:
@@ -214,17 +217,22 @@ class Sampler:
         self.cgroup, self.rate, self.label = cgroup, float(rate), label or getattr(cgroup, "name", "cgroup")
         self.samples: deque[Sample] = deque(maxlen=keep)
         self.events: deque[Event] = deque(maxlen=keep)
-        self.processes, self.max_procs = processes, max_procs
-        # limits are read every sample too, so a plot's limit line follows a slider
+        self.processes, self.max_procs, self.detail_interval = processes, max_procs, detail_interval
         self.read_limits = hasattr(cgroup, "limits")
         self.gone = False                       # True once the cgroup disappeared
-        self.listeners: list[Callable[[Sample, list[Event]], None]] = []
         self._clock = clock
         self._start: float | None = None
         self._table = _ProcessTable()
         self._task: asyncio.Task | None = None
+        self._detail_at: float | None = None    # when limits and processes were last read
+        self._limits: dict | None = None
+        self._procs: tuple[Proc, ...] = ()
 
     # one sample
+
+    def refresh_details(self) -> None:
+        """Read limits and processes at the next sample (call after changing a limit)."""
+        self._detail_at = None
 
     def sample_once(self) -> Sample | None:
         """Read the cgroup now; append and return the Sample, or None (and `gone`) if it vanished."""
@@ -235,8 +243,10 @@ class Sampler:
             self._start = now
         try:
             stats = self.cgroup.stats()
-            limits = self.cgroup.limits() if self.read_limits else None
-            procs = self._table.read(self.cgroup.procs(), self.max_procs) if self.processes else ()
+            if self._detail_at is None or now - self._detail_at >= self.detail_interval:
+                self._detail_at = now
+                self._limits = self.cgroup.limits() if self.read_limits else None
+                self._procs = self._table.read(self.cgroup.procs(), self.max_procs) if self.processes else ()
             vanished = all(value is None for value in stats.values()) and not self._exists()
         except Exception as exc:
             # the cgroup was removed while (or before) we read it: that ends the watch, not an error
@@ -247,12 +257,10 @@ class Sampler:
             self.gone = True
             return None
         previous = self.samples[-1] if self.samples else None
-        sample = derive(replace(reading(stats, now - self._start, limits), procs=procs), previous)
+        sample = derive(replace(reading(stats, now - self._start, self._limits), procs=self._procs), previous)
         new_events = events_between(previous, sample)
         self.samples.append(sample)
         self.events.extend(new_events)
-        for listener in list(self.listeners):
-            listener(sample, new_events)
         return sample
 
     def _exists(self) -> bool:

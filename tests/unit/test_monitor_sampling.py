@@ -172,3 +172,18 @@ def test_watch_runs_several_samplers_until_the_condition():
 def test_bad_rate_is_refused_with_the_accepted_range(rate):
     with pytest.raises(InvalidValue, match="samples per second"):
         Sampler(FakeCgroup(), rate=rate)
+
+
+def test_limits_are_read_every_detail_interval_and_on_request():
+    cg, clock, sampler = make(keep=100, memory_current=1)
+    reads = []
+    cg.limits = lambda: reads.append(clock.now) or {"memory": 100 + len(reads)}
+    sampler.read_limits = True
+    for _ in range(10):                  # 1 s at 10 Hz; details every 0.25 s
+        sampler.sample_once()
+        clock.now += 0.1
+    assert len(reads) == 4
+    assert [s.memory_max for s in sampler.samples][:4] == [101, 101, 101, 102]
+    sampler.refresh_details()            # what a slider does after writing a limit
+    sampler.sample_once()
+    assert len(reads) == 5 and sampler.samples[-1].memory_max == 105
