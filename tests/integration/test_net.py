@@ -385,3 +385,34 @@ def test_nothing_reaches_stderr_inside_an_event_loop(before, capfd):
     out, err = capfd.readouterr()
     assert err == "", err
     assert_nothing_new(before)
+
+
+KILLED_SCRIPT = """
+import sys, time
+from labkit import net
+lan = net.Network(members=[None, None]).__enter__()
+link = net.veth_to_host(lan.endpoints[0].namespace).__enter__()
+print(lan.switch.name, *[e.namespace.name for e in lan.endpoints], link.host_ifname, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_owners_network_is_found_and_swept(before):
+    import sys
+    env = dict(os.environ, LABKIT_ALLOW_HOST="1")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        names = proc.stdout.readline().split()
+    finally:
+        proc.kill()                                   # no teardown runs: like a notebook kernel killed outright
+        proc.wait()
+        proc.stdout.close()
+    assert len(names) == 4, names
+    *netns, host_link = names
+    found = [i for i in net.find_leftovers() if i.owner_pid == proc.pid]
+    assert {(i.kind, i.name) for i in found} == {("netns", n) for n in netns} | {("link", host_link)}
+    assert not any(i.owner_alive for i in found)
+    for item in found:
+        net.remove_leftover(item)
+    assert not set(netns) & netns_names() and host_link not in host_lab_links()
+    assert_nothing_new(before)
