@@ -351,7 +351,9 @@ def _enter_leaf_cgroup() -> str | None:
     (see `delegated_layout`). None when not started by systemd on a pure v2 host."""
     from . import host
 
-    if host.cgroup_mode() != "v2" or not os.environ.get("INVOCATION_ID"):   # not started by systemd
+    if not os.environ.get("INVOCATION_ID"):          # not started by systemd: nothing delegated
+        return None
+    if host.cgroup_mode() != "v2":                   # v1/hybrid: no "no internal processes" rule
         return None
     own = _own_v2_cgroup()
     if not own or own == "/":

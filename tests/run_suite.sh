@@ -163,7 +163,7 @@ provision_again() {
 
 vagrant_validate() {
     command -v vagrant >/dev/null || { STAGE_NOTE="vagrant is not installed"; return 1; }
-    timeout -k 10 300 vagrant validate
+    HOME=${HOME:-/root} timeout -k 10 300 vagrant validate     # vagrant keeps its state in ~/.vagrant.d
 }
 
 shell_scripts() {

@@ -177,7 +177,8 @@ else
 fi
 
 # A venv outside the repository (the Vagrant VM keeps it off the synced folder, where symlinks may be
-# refused) is put on root's PATH for login shells.
+# refused) is put on PATH for login shells (and LABKIT_VENV for `make`), and `labkit` is linked into
+# /usr/local/bin so that `sudo labkit lab url` works (sudo's secure_path includes it).
 case "$VENV" in
     "$REPO"/*) ;;
     *)
@@ -186,6 +187,10 @@ case "$VENV" in
         if [ "$(cat "$PROFILE" 2>/dev/null)" != "$WANT" ]; then
             printf '%s\n' "$WANT" > "$PROFILE"
             changed "wrote $PROFILE"
+        fi
+        if [ "$(readlink /usr/local/bin/labkit 2>/dev/null)" != "$VENV/bin/labkit" ]; then
+            ln -sfn "$VENV/bin/labkit" /usr/local/bin/labkit
+            changed "linked /usr/local/bin/labkit -> $VENV/bin/labkit"
         fi ;;
 esac
 
