@@ -324,3 +324,23 @@ def test_leftover_docker_container_of_a_dead_owner_is_swept(real_docker):
     cleanup.sweep()
     assert name not in [c["name"] for c in dockerd.labkit_objects()["containers"]]
     assert dead.returncode == 0
+
+
+# --- the notebook's exercise checker ------------------------------------------------------------------
+
+@needs_docker_cli
+def test_exercise_checker_reads_the_limit_the_kernel_enforces(engine):
+    from labkit.engine import views
+
+    name = cleanup.unique_name("mystery")
+    assert docker(engine, "run", "-d", "--name", name, "--memory", "48m", IMAGE, "sleep", "60").returncode == 0
+    try:
+        pid = json.loads(docker(engine, "inspect", name).stdout)[0]["State"]["Pid"]
+        assert views.memory_limit(pid) == 48 * 2**20
+        assert views.check_memory_limit(pid, str(48 * 2**20))[0]
+        correct, why = views.check_memory_limit(pid, "48")
+        assert not correct and "MiB" in why
+        assert not views.check_memory_limit(pid, str(64 * 2**20))[0]
+    finally:
+        docker(engine, "rm", "--force", name)
+    assert "gone" in views.check_memory_limit(pid, "1")[1]
