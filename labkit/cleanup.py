@@ -167,14 +167,19 @@ def remove_leftover(item: Leftover) -> None:
         release("dir", item.name)
 
 
-def _stale_owner_records() -> None:
-    """Drop owner records whose object is gone and whose owner is dead."""
+def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> None:
+    """Drop owner records whose object is gone and whose owner is dead.
+
+    `still_there`: objects this sweep found and left in place. Their records stay: a watchdog's
+    sweep (owner_pid=...) finds its dead owner's objects by them, and must not lose them to a
+    sweep that started in another process just before that owner died.
+    """
     if not OWNERS_DIR.is_dir():
         return
     for kind_dir in OWNERS_DIR.iterdir():
         for record in kind_dir.iterdir():
             _, alive = owner(kind_dir.name, record.name)
-            if not alive:
+            if not alive and (kind_dir.name, record.name) not in still_there:
                 record.unlink(missing_ok=True)
 
 
@@ -205,14 +210,14 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None) -> list[Le
     owner_pid: only what that (dead) process owned - the watchdog's sweep after its notebook died.
     include_in_use: also objects of live owners (`labkit cleanup --all`, for a learner's reset).
     """
-    removed = []
+    removed, kept = [], set()
     for module in _modules():
         for item in list(module.find_leftovers()):
-            if item.owner_alive and not include_in_use:
-                continue
-            if owner_pid is not None and item.owner_pid != owner_pid:
+            if (item.owner_alive and not include_in_use) or \
+                    (owner_pid is not None and item.owner_pid != owner_pid):
+                kept.add((item.kind, item.name))
                 continue
             module.remove_leftover(item)
             removed.append(item)
-    _stale_owner_records()
+    _stale_owner_records(kept)
     return removed
