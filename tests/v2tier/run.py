@@ -9,7 +9,8 @@ Python, by absolute path. The guest has no network device.
 Run as root from the project root (`make test` does, as its stage 4):
     .venv/bin/python tests/v2tier/run.py [extra pytest args]
 Exit status: pytest's in the guest (0 = all passed). Without qemu it skips with a message and exits
-0 - except in CI (CI=true), where a missing qemu is a failure.
+77 (the "skipped" status tests/run_suite.sh knows) - except in CI (CI=true), where a missing qemu is a
+failure (exit 1).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from labkit.errors import LabkitError  # noqa: E402
 
 # Assertions written directly against cgroup2's files, plus labkit's backend-agnostic integration
 # tests of labkit.cgroups (run here on its v2 backend) when that file exists.
+SKIPPED = 77
 TEST_FILES = ("tests/v2tier/test_v2_only.py", "tests/integration/test_cgroups.py")
 
 
@@ -40,7 +42,7 @@ def main(argv: list[str]) -> int:
     if vm.qemu_binary() is None:
         message = f"v2 tier: {vm.arch_info()['qemu']} is missing (apt-get install qemu-system-x86)"
         print(("FAILED " if in_ci else "SKIPPED ") + message + (" - required in CI" if in_ci else ""))
-        return 1 if in_ci else 0
+        return 1 if in_ci else SKIPPED
     os.environ.setdefault("LABKIT_ALLOW_HOST", "1")  # the guest is the lab here; it sets its own too
     # the venv's python by its absolute path, not resolved: the venv's site-packages come with it
     python = os.path.abspath(sys.executable)
