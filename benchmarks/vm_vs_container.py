@@ -104,9 +104,9 @@ def main(argv=None) -> int:
 
     per_container = container_memory()
     per_vm = vm_memory(args.memory, accel)
-    print(f"\nmemory one idle instance costs the host\n")
+    print("\nmemory one idle instance costs the host\n")
     print(f"{'what':<34}{'MiB':>10}{'x container':>13}{'fit in 1 GiB':>14}")
-    for what, cost in ((f"container (cgroup charge, sleep)", per_container),
+    for what, cost in (("container (cgroup charge, sleep)", per_container),
                        (f"VM {args.memory} (qemu RSS, {accel.upper()})", per_vm)):
         print(f"{what:<34}{cost / 2**20:>10.1f}{cost / per_container:>13.0f}{2**30 // cost:>14,}")
     return 0
