@@ -28,8 +28,11 @@ Pid 1 and orphans: a process whose parent dies is re-parented to pid 1 of its pi
 only pid 1 can reap it. A shell or a server is not written to do that, so by default (`init=None`)
 labkit runs the image's /sbin/tini as pid 1 - the same tiny reaper `docker run --init` injects -
 and tini runs the command as its child, forwards signals to it and exits with its status. It costs
-one fork+exec of a 700 kB static binary (well under a millisecond); a Python reaper would have cost
-a copy of the whole interpreter as pid 1 in every container. `init=False` makes the command pid 1.
+one fork+exec of a 700 kB static binary: about 1 ms of CPU per start here (measured interleaved, 30
+runs: 12.4 ms with tini, 11.5 ms without). A reaper in Python would have been a forked copy of the
+whole interpreter (of the notebook kernel!) as pid 1 in every container - more memory charged to the
+container, and its /proc/1/cmdline would show the host's command line. busybox has no reaper fit for
+the job (its init wants an inittab and runs forever). `init=False` makes the command pid 1.
 """
 from __future__ import annotations
 

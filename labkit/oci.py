@@ -29,7 +29,7 @@ import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidValue, LabkitError, NotFound, Unsupported
+from .errors import InvalidValue, NotFound, Unsupported
 
 NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
               "cgroup": "cgroup"}
@@ -264,4 +264,4 @@ def run(bundle: str | os.PathLike, name: str | None = None) -> int:
     return returncode
 
 
-__all__ = ["Bundle", "UnsupportedField", "load", "parse", "run", "LabkitError"]
+__all__ = ["Bundle", "UnsupportedField", "load", "parse", "run"]
