@@ -135,7 +135,8 @@ class Kernel:
 
 
 def _version_key(version: str):
-    return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", version)]
+    """Sort 6.1.0-10 after 6.1.0-9; (kind, value) pairs keep numbers and words comparable."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.-]", version)]
 
 
 def find_kernel(machine: str | None = None, cache: Path | None = None) -> Kernel:

@@ -128,7 +128,7 @@ def test_sharing_needs_the_kernels_modules(fake_busybox):
 
 
 def test_find_kernel_prefers_the_extracted_cache_and_its_newest_version(tmp_path, monkeypatch):
-    for version in ("6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64"):
+    for version in ("6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64", "6.1.0-rc1-cloud-amd64"):
         image = tmp_path / "boot" / f"vmlinuz-{version}"
         image.parent.mkdir(parents=True, exist_ok=True)
         image.write_bytes(b"k")
