@@ -112,18 +112,22 @@ def started_by_labkit() -> int | None:
     return int(pid_text) if _alive(int(pid_text), started) else None
 
 
-def live_users() -> list[int]:
-    """Pids of labkit processes that use the daemon now (dead ones are forgotten)."""
-    users = []
+def users() -> list[tuple[int, bool, Path]]:
+    """(pid, alive, record) of every labkit process that said it uses the daemon."""
+    found = []
     if USERS_DIR.is_dir():
-        for record in USERS_DIR.iterdir():
+        for record in sorted(USERS_DIR.iterdir()):
             try:
                 pid_text, started = record.read_text().split()
             except (OSError, ValueError):
                 continue
-            if _alive(int(pid_text), started):
-                users.append(int(pid_text))
-    return users
+            found.append((int(pid_text), _alive(int(pid_text), started), record))
+    return found
+
+
+def live_users() -> list[int]:
+    """Pids of labkit processes that use the daemon now."""
+    return [pid for pid, alive, _ in users() if alive]
 
 
 def _add_user() -> Path:
@@ -224,10 +228,16 @@ class Dockerd:
             return self
         host.require_lab_host("start the Docker daemon")
         with _locked():
-            if not ping():
-                _start(self.timeout)
-                self.started = True
+            # a user first, then the daemon: a sweep never sees a labkit dockerd that nobody uses
             self._record = _add_user()
+            try:
+                if not ping():
+                    _start(self.timeout)
+                    self.started = True
+            except BaseException:
+                self._record.unlink(missing_ok=True)
+                self._record = None
+                raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -59,10 +59,18 @@ def _docker_leftovers() -> Iterable[cleanup.Leftover]:
                                tag=image["tag"])
     pid = dockerd.started_by_labkit()
     if pid:
-        users = dockerd.live_users()
-        yield cleanup.Leftover("dockerd", dockerd.NAME, f"dockerd pid {pid} started by labkit",
-                               owner_pid=users[0] if users else None, owner_alive=bool(users),
-                               extra={"pid": pid})
+        # In use while any labkit process that uses it lives. Otherwise one item per dead user, so
+        # that the watchdog of whichever user died last (it sweeps only its owner's items) stops it.
+        users = dockerd.users()
+        alive = [user for user, is_alive, _ in users if is_alive]
+        where = f"dockerd pid {pid} started by labkit"
+        if alive:
+            yield cleanup.Leftover("dockerd", dockerd.NAME, where, owner_pid=alive[0], owner_alive=True,
+                                   extra={"pid": pid})
+        else:
+            for user, _, record in users or [(None, False, None)]:
+                yield cleanup.Leftover("dockerd", dockerd.NAME, where, owner_pid=user, owner_alive=False,
+                                       extra={"pid": pid, "record": str(record) if record else ""})
 
 
 def remove_leftover(item: cleanup.Leftover) -> None:
@@ -84,3 +92,6 @@ def remove_leftover(item: cleanup.Leftover) -> None:
             pid = dockerd.started_by_labkit()
             if pid and not dockerd.live_users():
                 dockerd.stop(pid)
+            for _, alive, record in dockerd.users():
+                if not alive:
+                    record.unlink(missing_ok=True)      # dead users' records go with it

@@ -308,13 +308,15 @@ class Tracer:
             pieces = iter(lambda: upstream_in.read1(65536), b"")
         else:
             pieces = wire.iter_body(upstream_in, framing, headers, raw=True)
-        for piece in pieces:
-            client.sendall(piece)
-            call.response_bytes += len(piece)
-            if len(kept) < KEEP:
-                kept += piece
-        call.response_body = wire.unchunk(bytes(kept), framing)
-        call.finished = self._now()
+        try:
+            for piece in pieces:
+                call.response_bytes += len(piece)      # recorded first: a client may hang up as soon as
+                if len(kept) < KEEP:                   # it has what it needs (the CLI exits on /wait's
+                    kept += piece                      # JSON, before the last, empty chunk)
+                    call.response_body = wire.unchunk(bytes(kept), framing)
+                client.sendall(piece)
+        finally:
+            call.finished = self._now()
         if framing in ("upgrade", "close"):
             try:
                 client.shutdown(socket.SHUT_WR)     # tell the client the stream ended

@@ -232,8 +232,13 @@ def test_stopping_the_engine_removes_its_containers_and_socket():
 
 
 @needs_docker_cli
-def test_a_killed_engine_is_swept(engine):
-    """kill -9 leaves a socket and a running container behind; the sweep removes them."""
+def test_a_killed_engine_is_swept(engine, monkeypatch):
+    """kill -9 leaves a socket and a running container behind; the sweep removes them.
+
+    The engine gets no watchdog here (it would sweep the moment the engine dies), so what is
+    checked is the engine module's own find_leftovers / remove_leftover.
+    """
+    monkeypatch.setenv("LABKIT_NO_WATCHDOG", "1")
     doomed = EngineProcess().start()
     name = cleanup.unique_name("swept")
     try:
@@ -254,6 +259,31 @@ def test_a_killed_engine_is_swept(engine):
         assert not os.path.exists(f"/proc/{pid}")
     finally:
         doomed.stop()
+
+
+# --- dockerd started by labkit ----------------------------------------------------------------------------
+
+def test_a_dockerd_left_by_a_killed_notebook_is_stopped():
+    """A kernel that started dockerd is killed: its watchdog stops the daemon (no one else uses it)."""
+    if not dockerd.available():
+        pytest.skip("Docker is not installed here")
+    if dockerd.ping():
+        pytest.skip("a Docker daemon is running already (not started by this test): it must stay")
+    child = subprocess.Popen([sys.executable, "-c", "import time; from labkit import dockerd; "
+                              "print(dockerd.Dockerd().start().started, flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"True\n"
+        daemon_pid = dockerd.started_by_labkit()
+        assert daemon_pid and dockerd.ping()
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 30
+    while (dockerd.ping() or os.path.exists(f"/proc/{daemon_pid}")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not dockerd.ping() and not os.path.exists(f"/proc/{daemon_pid}")
+    assert dockerd.started_by_labkit() is None
 
 
 # --- the tracer -------------------------------------------------------------------------------------------
