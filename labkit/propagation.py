@@ -60,10 +60,10 @@ class PropagationDemo:
     ...     demo.crossed()      # {'host -> box': True, 'box -> host': False}
     """
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, cgroup=None):
         if mode not in MODES:
             raise InvalidValue("propagation mode", mode, "one of " + ", ".join(MODES))
-        self.mode = mode
+        self.mode, self.cgroup = mode, cgroup   # cgroup: where the box goes (a sweep kills it there)
         self.name = cleanup.unique_name("prop")
         self.path = cleanup.WORK_DIR / self.name
         self.box: namespaces.Process | None = None
@@ -88,7 +88,7 @@ class PropagationDemo:
             syscalls.mount(None, str(self.path), None, syscalls.MS_SHARED)  # our mount only
             self.from_host.mkdir()
             self.from_box.mkdir()
-            self.box = namespaces.spawn(["sleep", "600"], None, setup=[_unshare_mounts],
+            self.box = namespaces.spawn(["sleep", "600"], None, setup=[_unshare_mounts], cgroup=self.cgroup,
                                         stdout=namespaces.DEVNULL, stderr=namespaces.DEVNULL)
             if self.mode != "shared":
                 self.run_in_box("mount", f"--make-{self.mode}", str(self.path))
@@ -138,11 +138,11 @@ class PropagationDemo:
         self.close()
 
 
-def propagation_table() -> list[dict]:
+def propagation_table(cgroup=None) -> list[dict]:
     """Run the demo once per mode; one row per mode: what each side's mountinfo says and what crossed."""
     rows = []
     for mode in MODES:
-        with PropagationDemo(mode) as demo:
+        with PropagationDemo(mode, cgroup=cgroup) as demo:
             demo.mount_on_host()
             demo.mount_in_box()
             rows.append({"mode": mode, **demo.propagation(), **demo.crossed()})

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from labkit import cleanup, namespaces as ns, nsview, propagation, timens
+from labkit.cgroups import Cgroup
 
 pytestmark = pytest.mark.root
 
@@ -99,7 +100,8 @@ def _state(pid):
 @pytest.mark.parametrize("mode, host_to_box, box_to_host", [
     ("shared", True, True), ("private", False, False), ("slave", True, False)])
 def test_propagation_modes_read_from_both_mount_tables(mode, host_to_box, box_to_host):
-    with propagation.PropagationDemo(mode) as demo:
+    with Cgroup.create() as group, propagation.PropagationDemo(mode, cgroup=group) as demo:
+        assert demo.box.pid in group.procs()
         demo.mount_on_host()
         demo.mount_in_box()
         assert demo.crossed() == {"host -> box": host_to_box, "box -> host": box_to_host}
