@@ -167,8 +167,9 @@ class Container:
         self.attach = attach
         self.bundle = bundle
         self.rootfs = _rootfs.RootFS(image if rootfs is None else None, name=self.name, bind=rootfs,
-                                     readonly=self.read_only) if not layers else \
-            _rootfs.RootFS(_rootfs.image(image, layers), name=self.name, readonly=self.read_only)
+                                     readonly=self.read_only, unique=not name) if not layers else \
+            _rootfs.RootFS(_rootfs.image(image, layers), name=self.name, readonly=self.read_only,
+                           unique=not name)
         if init and "pid" not in self.kinds:
             raise InvalidValue("init", init, "a 'pid' namespace too (the reaper must be pid 1)")
         self.init = init

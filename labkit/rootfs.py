@@ -282,7 +282,9 @@ class RootFS:
     """
 
     def __init__(self, image_ref: str | Image | None = BASE, *, name: str | None = None,
-                 bind: str | os.PathLike | None = None, readonly: bool = False, size: str = "64m"):
+                 bind: str | os.PathLike | None = None, readonly: bool = False, size: str = "64m",
+                 unique: bool = False):
+        self._random_name = not name or unique    # unique: the caller made `name` with unique_name
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("rootfs")
         self.image = None if bind is not None else image(image_ref or BASE)
         self.bind = Path(bind).resolve() if bind is not None else None
@@ -304,13 +306,24 @@ class RootFS:
         from . import host
         host.require_lab_host("mount a container root filesystem")
         cleanup.WORK_DIR.mkdir(parents=True, exist_ok=True)
+        if self._random_name:
+            # Nobody else can pick this name: claim first, so that a sweep running right now never
+            # sees the directory without an owner.
+            cleanup.claim("dir", self.name)
+            cleanup.claim("mount", self.name)
+        elif cleanup.owner("dir", self.name)[1]:
+            raise Conflict(f"a container named {self.name!r} exists already ({self.dir}); "
+                           "choose another name or delete it")
         try:
-            os.mkdir(self.dir, 0o700)   # atomic: the name is ours, or someone else's
+            os.mkdir(self.dir, 0o700)   # atomic: of two at once with the same name, one gets EEXIST
         except FileExistsError:
+            if self._random_name:
+                self._release_claims()
             raise Conflict(f"a container named {self.name!r} exists already "
                            f"({self.dir}); choose another name or delete it") from None
-        cleanup.claim("dir", self.name)
-        cleanup.claim("mount", self.name)
+        if not self._random_name:
+            cleanup.claim("dir", self.name)
+            cleanup.claim("mount", self.name)
         try:
             syscalls.mount("tmpfs", str(self.dir), "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
                            f"mode=0700,size={self.size}")
@@ -340,13 +353,16 @@ class RootFS:
         if any(m["mountpoint"] == str(self.dir) for m in read_mountinfo()):
             syscalls.umount2(str(self.dir), syscalls.MNT_DETACH)
         self.mounted = False
-        cleanup.release("mount", self.name)
         try:
             os.rmdir(self.dir)
         except FileNotFoundError:
             pass
         except OSError:
             shutil.rmtree(self.dir, ignore_errors=True)
+        self._release_claims()
+
+    def _release_claims(self) -> None:
+        cleanup.release("mount", self.name)
         cleanup.release("dir", self.name)
 
     def __enter__(self) -> "RootFS":
