@@ -135,8 +135,8 @@ class Kernel:
 
 
 def _version_key(version: str):
-    """Sort 6.1.0-10 after 6.1.0-9; (kind, value) pairs keep numbers and words comparable."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.-]", version)]
+    """Sort 6.1.0-10 after 6.1.0-9 and after 6.1.0-rc1; numbers and words stay comparable."""
+    return [(1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.-]", version)]
 
 
 def find_kernel(machine: str | None = None, cache: Path | None = None) -> Kernel:
