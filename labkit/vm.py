@@ -55,6 +55,7 @@ from .errors import InvalidValue, LabkitError, NotFound, Unsupported
 KIND = "vm"
 VM_DIR = cleanup.STATE_DIR / "vm"                  # scratch dirs, one per VM, named labkit-vm-...
 KVM_PROBE_FILE = cleanup.STATE_DIR / "kvm-probe"   # cached answer of kvm_usable()
+KVM_DEVICE = "/dev/kvm"
 KERNEL_CACHE = Path(os.environ.get("LABKIT_KERNEL_DIR", "/var/cache/labkit/kernel"))
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")  # busybox-static installs /bin/busybox
 
@@ -465,7 +466,7 @@ def kvm_usable(timeout: float = 10.0, refresh: bool = False) -> bool:
     """
     from .host import is_lab_host, is_root
 
-    if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.path.exists(KVM_DEVICE) or not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return False
     if not (is_root() and is_lab_host()):
         return False  # may not boot the probe VM here; answer without caching a guess
@@ -504,7 +505,7 @@ def choose_accel(accel: str = "auto") -> tuple[str, str]:
         return "tcg", "asked for TCG"
     if accel == "kvm":
         return "kvm", "asked for KVM"
-    if not os.path.exists("/dev/kvm"):
+    if not os.path.exists(KVM_DEVICE):
         return "tcg", "no /dev/kvm: TCG emulates the CPU in software"
     if kvm_usable():
         return "kvm", "KVM probe booted"
