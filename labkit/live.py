@@ -123,6 +123,7 @@ class _Drawing:
             ax.set_title(panel.title, fontsize=10, loc="left")
             ax.set_ylabel(panel.ylabel)
             ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # once: it is costly
         self.axes[-1].set_xlabel("seconds")
         if title:
             fig.suptitle(title)
@@ -145,9 +146,6 @@ class _Drawing:
             ax.autoscale_view()
             low, high = ax.get_ylim()
             ax.set_ylim(0, max(high * 1.08, 1e-3))  # room above the limit line for the marks
-            handles, labels = ax.get_legend_handles_labels()
-            if handles:
-                ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         start = max(0.0, latest - window) if window else 0.0
         self.axes[-1].set_xlim(start, max(latest, start + 1.0))
 
@@ -170,8 +168,12 @@ class LivePlot:
         self.panels, self.title, self.window, self.fps = list(panels), title, window, fps
         self.figsize = figsize or (8.0, 2.4 * len(self.panels) + 0.6)
         with plt.ioff():  # show it once, inside our layout, not again by pyplot
-            self.fig = plt.figure(figsize=self.figsize, layout="constrained")
+            self.fig = plt.figure(figsize=self.figsize)
         self.drawing = _Drawing(self.fig, self.samplers, self.panels, title)
+        # fixed margins, legends on the right: a layout engine would redo its work on every redraw
+        height = self.figsize[1]
+        self.fig.subplots_adjust(left=0.09, right=0.76, bottom=0.5 / height, top=1 - 0.55 / height,
+                                 hspace=0.5)
         canvas = self.fig.canvas
         for attr, value in (("header_visible", False), ("footer_visible", False), ("resizable", False)):
             if hasattr(canvas, attr):
@@ -214,7 +216,7 @@ class LivePlot:
         import ipywidgets as w
 
         canvas = self.fig.canvas
-        if not isinstance(canvas, w.DOMWidget):  # not the ipympl backend: show a static view
+        if not self._widget_canvas():  # not the ipympl backend: show a static view
             out = w.Output()
             with out:
                 from IPython.display import display
@@ -232,7 +234,13 @@ class LivePlot:
     def update(self) -> None:
         """Redraw once from the samplers' current records."""
         self.drawing.update(self.window)
-        self.fig.canvas.draw_idle()
+        if self._widget_canvas():
+            self.fig.canvas.draw_idle()  # ipympl renders when the browser asks; elsewhere snapshot() shows it
+
+    def _widget_canvas(self) -> bool:
+        import ipywidgets
+
+        return isinstance(self.fig.canvas, ipywidgets.DOMWidget)
 
     async def _refresh(self) -> None:
         while True:

@@ -109,3 +109,33 @@ def test_run_is_bounded_by_the_experiment():
     assert len(plot.samplers[0].samples) >= 3
     assert not plot.samplers[0].running
     assert not any(math.isnan(x) for x in plot.drawing.artists[0][4].get_ydata())
+
+
+def test_an_interrupted_cell_stops_samplers_redraw_and_experiment():
+    """ipykernel interrupts an awaiting cell by cancelling it: everything run() started must stop."""
+    async def scenario():
+        cg = FakeCgroup()
+        sampler = Sampler(cg, rate=50, processes=False)
+        plot = LivePlot(sampler, panels=("memory",))
+        finished = {"experiment": False}
+
+        async def experiment():
+            try:
+                await asyncio.sleep(30)
+            finally:
+                finished["experiment"] = True
+
+        cell = asyncio.ensure_future(plot.run(experiment=experiment()))
+        await asyncio.sleep(0.2)
+        cell.cancel()                                  # what the interrupt button does
+        with pytest.raises(asyncio.CancelledError):
+            await cell
+        count = len(sampler.samples)
+        await asyncio.sleep(0.1)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return sampler, count, finished, others
+
+    sampler, count, finished, others = asyncio.run(scenario())
+    assert finished["experiment"]                      # the experiment's finally ran
+    assert count >= 3 and len(sampler.samples) == count  # no sampling after the interrupt
+    assert others == []                                # no task left behind on the loop
