@@ -13,7 +13,8 @@ namespaces with a memory/cpu/pids cgroup (128M, 1 CPU, 64 pids):
     runc            `runc run` on that bundle (Debian's runc 1.1.5)
     unshare         `unshare --fork --pid --mount --uts --ipc --net /bin/true`: no rootfs, no cgroup -
                     the floor
-    docker          `docker run --rm --network none ...` when `docker info` works (else the row is
+    docker          `docker run --rm --network none ...` (Debian's docker.io; labkit.dockerd uses the
+                    running daemon or starts one with network-safe flags; if that fails the row is
                     skipped, with the reason)
 
 The rows are interleaved (one run of each, repeated), so a noisy neighbour on this 2-core machine
@@ -26,6 +27,7 @@ containerd's, which are not our children, so it is undercounted.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +43,6 @@ RESULTS = HERE / "results"
 MEMORY, CPU, PIDS = 128 * 2**20, 1.0, 64
 NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
 LABKIT = [str(Path(sys.executable).with_name("labkit"))]
-DOCKER_IMAGE = "labkit-busybox:bench"
 
 
 def make_bundle(directory: Path) -> Path:
@@ -66,20 +67,24 @@ def make_bundle(directory: Path) -> Path:
     return directory
 
 
-def docker_ready(rootfs_dir: Path) -> str | None:
-    """None when Docker can run the image; else why not."""
-    if not shutil.which("docker"):
-        return "docker is not installed"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
-    if info.returncode != 0:
-        return "`docker info` failed (dockerd is not running): " + (info.stderr.strip().splitlines() or ["?"])[-1]
-    from labkit import cleanup
-    cleanup.claim("docker-image", DOCKER_IMAGE.split(":")[0])
-    tar = subprocess.Popen(["tar", "-C", str(rootfs_dir), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, capture_output=True,
-                              text=True)
-    tar.wait()
-    return None if imported.returncode == 0 else "docker import failed: " + imported.stderr.strip()
+def start_docker(stack: contextlib.ExitStack, rootfs_dir: Path) -> tuple[str | None, str | None]:
+    """(image, None) when Docker can run the busybox image; (None, why not) otherwise.
+
+    labkit.dockerd uses a running daemon, or starts one with its network-safe flags and stops it
+    again when the last labkit user leaves; the image is imported from the same root filesystem.
+    """
+    from labkit import dockerd
+    from labkit.errors import LabkitError
+
+    if not dockerd.available():
+        return None, "docker is not installed (apt-get install docker.io)"
+    try:
+        daemon = stack.enter_context(dockerd.Dockerd())
+        image = dockerd.import_rootfs(rootfs_dir)
+    except LabkitError as exc:
+        return None, f"no Docker daemon: {exc}"
+    stack.callback(dockerd.remove_image, image)
+    return image, None
 
 
 def timed(fn) -> tuple[float, float]:
@@ -104,12 +109,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per row (at least 20)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-docker", action="store_true", help="skip the Docker row")
     args = parser.parse_args(argv)
     if args.runs < 20:
         parser.error("--runs: at least 20")
     from labkit import cleanup, container, host
 
     host.require_lab_host("benchmark container starts")
+    stack = contextlib.ExitStack()
     work = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
     # The CLI rows run as an installed package would: with compiled bytecode. (This environment sets
     # PYTHONDONTWRITEBYTECODE, which would make every `labkit run` compile labkit from source.)
@@ -119,7 +126,8 @@ def main(argv=None) -> int:
     try:
         bundle = make_bundle(work / "bundle")
         skipped = {}
-        docker_reason = docker_ready(bundle / "rootfs")
+        docker_image, docker_reason = (None, "--no-docker") if args.no_docker else \
+            start_docker(stack, bundle / "rootfs")
         if docker_reason:
             skipped["docker"] = docker_reason
 
@@ -144,12 +152,13 @@ def main(argv=None) -> int:
                                  capture_output=True), "unshare")
 
         def docker():
+            from labkit import dockerd
             name = f"labkit-bench-{os.getpid()}-{next(counter)}"
             cleanup.claim("docker-container", name)    # ours: a sweep must not remove it mid-run
             try:
-                check(subprocess.run(["docker", "run", "--rm", "--network", "none", "--memory", str(MEMORY),
+                check(subprocess.run([dockerd.DOCKER, "run", "--rm", "--network", "none", "--memory", str(MEMORY),
                                       "--cpus", str(CPU), "--pids-limit", str(PIDS), "--name", name,
-                                      DOCKER_IMAGE, "/bin/true"], capture_output=True), "docker run")
+                                      docker_image, "/bin/true"], capture_output=True), "docker run")
             finally:
                 cleanup.release("docker-container", name)
 
@@ -178,9 +187,7 @@ def main(argv=None) -> int:
         print(file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if shutil.which("docker"):
-            subprocess.run(["docker", "rmi", DOCKER_IMAGE], capture_output=True)
-            cleanup.release("docker-image", DOCKER_IMAGE.split(":")[0])
+        stack.close()                   # the image, and the daemon if we started it
 
     summary = {}
     for name, values in times.items():
