@@ -421,3 +421,22 @@ def test_a_killed_owners_network_is_found_and_swept(before):
         net.remove_leftover(item)
     assert not set(netns) & netns_names() and host_link not in host_lab_links()
     assert_nothing_new(before)
+
+
+@pytest.mark.parametrize("delay", [0.005, 0.03, 0.08, 0.15])
+def test_a_sigint_inside_a_running_event_loop_leaves_nothing(before, delay):
+    """What a notebook's interrupt button does: SIGINT while the netlink work runs in the worker thread."""
+    async def cell():
+        with net.Network(members=[None, None, None]) as n:
+            n.reachability(timeout=0.3)
+            await asyncio.sleep(0.5)
+
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        asyncio.run(cell())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        timer.cancel()
+    assert_nothing_new(before)
