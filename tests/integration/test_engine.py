@@ -174,6 +174,20 @@ def test_parallel_docker_runs(engine):
     assert engine_objects(engine) == []
 
 
+NEWER_CLIENT = "/usr/local/bin/docker"
+
+
+@pytest.mark.skipif(not os.path.exists(NEWER_CLIENT), reason="no newer docker client in /usr/local/bin")
+def test_a_newer_docker_client_negotiates_down_to_api_141(engine):
+    env = {**os.environ, "DOCKER_HOST": engine.url}
+    result = subprocess.run([NEWER_CLIENT, "run", "--rm", IMAGE, "sh", "-c", "echo negotiated; exit 3"],
+                            capture_output=True, env=env, timeout=60)
+    assert (result.returncode, result.stdout) == (3, b"negotiated\n"), result.stderr
+    version = subprocess.run([NEWER_CLIENT, "version", "--format", "{{.Client.APIVersion}}"],
+                             capture_output=True, env=env, timeout=60)
+    assert version.stdout.decode().strip() == "1.41"
+
+
 # --- the docker SDK for Python ------------------------------------------------------------------------
 
 def test_docker_sdk_creates_starts_waits_for_and_removes(engine):
