@@ -137,3 +137,14 @@ def test_find_kernel_prefers_the_extracted_cache_and_its_newest_version(tmp_path
     kernel = vm.find_kernel("x86_64")
     assert (kernel.version, kernel.source) == ("6.1.0-56-amd64", "cache")
     assert kernel.modules == tmp_path / "lib/modules/6.1.0-56-amd64"
+
+
+def test_static_elf_check_tells_busybox_static_from_a_dynamic_binary():
+    import sys
+    with open(sys.executable, "rb") as f:  # the Python interpreter: dynamically linked
+        assert not vm.is_static_elf(f.read(65536))
+    assert not vm.is_static_elf(b"#!/bin/sh\n")
+    busybox = next((p for p in vm.BUSYBOX_CANDIDATES if Path(p).exists()), None)
+    if busybox:
+        with open(busybox, "rb") as f:
+            assert vm.is_static_elf(f.read(65536)) == (vm.find_busybox() == Path(busybox))
