@@ -1,0 +1,591 @@
+"""Faults injected, and then proof - from the kernel's side - that nothing is left.
+
+Each test breaks an experiment the way a learner's session breaks: a cell interrupted (SIGINT to a
+real Jupyter kernel, exactly what the Stop button sends), the kernel killed outright (SIGKILL, what
+"Restart kernel" or the OOM killer do), a container's pid 1 killed, an OOM kill, a fork bomb, a
+process that ignores SIGTERM, orphans in sub-cgroups, two experiments racing for a name, two
+notebooks side by side, an engine flooded with parallel requests. Afterwards it reads
+/sys/fs/cgroup, /proc/self/mountinfo, /run/netns, /sys/class/net, /proc and /run/labkit/work
+(tests/integration/kernel_state.py) - not labkit's bookkeeping - and fails on anything left.
+
+The experiments run in separate processes ("kernels") so that they can be interrupted and killed
+without touching the test process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import kernel_state as ks
+from labkit import cleanup, watchdog
+from labkit.cgroups import Cgroup
+from labkit.container import Container
+from labkit.errors import Conflict
+from labkit.namespaces import spawn
+
+pytestmark = pytest.mark.root
+
+PY = sys.executable
+ENV = dict(os.environ, LABKIT_ALLOW_HOST="1", PYTHONUNBUFFERED="1")
+ENV.pop("LABKIT_NO_WATCHDOG", None)
+
+
+# --- a "kernel": an experiment in a child process that reports what it made -----------------------
+
+def start_experiment(code: str, timeout: float = 60) -> tuple[subprocess.Popen, dict]:
+    """Run `code` in a child Python; wait for its line `READY {json}` (names, pids)."""
+    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in child.stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if child.poll() is not None:
+                break
+            continue
+        if line.startswith("READY "):
+            child.lines = lines
+            return child, json.loads(line[6:])
+    child.kill()
+    raise AssertionError(f"experiment did not get ready: {child.stderr.read()[-2000:]}")
+
+
+def watchdog_of(pid: int) -> int | None:
+    """The pid of the watchdog labkit started for process `pid` (found in /proc, by command line)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"labkit.watchdog" in argv and str(pid).encode() in argv:
+                return int(entry.name)
+    return None
+
+
+def journal_lines(owner: int) -> list[str]:
+    try:
+        text = watchdog.JOURNAL.read_text()
+    except FileNotFoundError:
+        return []
+    return [l for l in text.splitlines() if f"owner {owner} died" in l]
+
+
+# --- a real Jupyter kernel, interrupted the way the Stop button does it -----------------------------
+
+class JupyterKernel:
+    """An ipykernel started by jupyter_client; `interrupt()` is KernelManager.interrupt_kernel (SIGINT)."""
+
+    def __init__(self):
+        from jupyter_client import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=ENV)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.pid
+
+    def start(self, code: str, timeout: float = 60) -> tuple[str, dict]:
+        """Execute `code`; return (msg_id, the READY report) once the cell printed it."""
+        msg_id = self.kc.execute(code)
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                text += content["text"]
+                for line in text.splitlines():
+                    if line.startswith("READY "):
+                        return msg_id, json.loads(line[6:])
+            elif kind == "error":
+                raise AssertionError("cell failed before READY: " + "\n".join(content["traceback"])[-3000:])
+        raise AssertionError(f"cell printed no READY line within {timeout}s: {text[-2000:]}")
+
+    def interrupt_and_wait(self, msg_id: str, timeout: float = 60) -> dict:
+        """SIGINT the kernel; return the cell's execute_reply content (the cell has ended)."""
+        self.km.interrupt_kernel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = self.kc.get_shell_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]
+        raise AssertionError("the interrupted cell did not end")
+
+    def run(self, code: str, timeout: float = 60) -> dict:
+        return self.kc.execute_interactive(code, timeout=timeout, output_hook=lambda msg: None)["content"]
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = JupyterKernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def interrupted(kernel: JupyterKernel, code: str, settle: float = 0.5):
+    """Run `code` in the kernel, interrupt it once it is mid-way, return (report, reply, before)."""
+    before = ks.snapshot()
+    msg_id, report = kernel.start(code)
+    time.sleep(settle)                          # let it get into the middle of things
+    reply = kernel.interrupt_and_wait(msg_id)
+    return report, reply, before
+
+
+def assert_interrupted_clean(kernel, report, reply, before):
+    assert reply["status"] == "error" and reply["ename"] in ("KeyboardInterrupt", "CancelledError"), reply
+    # the kernel is still alive: what is gone was removed by the cell's own cleanup, not a watchdog
+    assert kernel.km.is_alive()
+    ks.assert_gone(report.get("names", ()), report.get("pids", ()), timeout=5)
+    assert ks.new_objects(before, ks.snapshot(), owners={kernel.pid}) == []
+    assert kernel.run("print(1)")["status"] == "ok"          # and it still works
+
+
+def test_cell_interrupted_during_a_cgroup_experiment_with_a_live_sampler(kernel):
+    code = """
+import json
+from labkit.cgroups import Cgroup
+from labkit.monitor import Sampler
+from labkit.namespaces import spawn
+with Cgroup.create(memory="64M", cpu=0.5, pids=20) as cg:
+    busy = spawn(["sh", "-c", "while :; do :; done"], namespaces="pid", cgroup=cg)
+    sampler = Sampler(cg, rate=20)
+    print("READY", json.dumps({"names": [cg.name], "pids": [busy.pid]}), flush=True)
+    await sampler.run(seconds=120)
+"""
+    report, reply, before = interrupted(kernel, code, settle=1.0)
+    assert_interrupted_clean(kernel, report, reply, before)
+    # the sampler really ran against the live cgroup before the interrupt
+    assert kernel.run("assert len(sampler.samples) >= 5, len(sampler.samples)")["status"] == "ok"
+
+
+def test_cell_interrupted_during_a_container_run(kernel):
+    code = """
+import json
+from labkit.container import Container
+with Container("busybox", ["sh", "-c", "sleep 1000 & sleep 1000 & wait"], mem_limit="32M", pids_limit=10) as box:
+    box.start()
+    print("READY", json.dumps({"names": [box.name], "pids": [box.pid]}), flush=True)
+    box.wait()
+"""
+    report, reply, before = interrupted(kernel, code)
+    assert_interrupted_clean(kernel, report, reply, before)
+
+
+def test_cell_interrupted_while_a_network_is_half_set_up(kernel):
+    code = """
+import json
+from labkit.net import Network
+with Network(subnet="198.18.7.0/24") as net:
+    for i in range(60):
+        net.connect(None)
+        if i == 1:
+            print("READY", json.dumps({"names": [net.switch.name] + [e.namespace.name for e in net.endpoints]}), flush=True)
+"""
+    report, reply, before = interrupted(kernel, code, settle=0.3)
+    assert_interrupted_clean(kernel, report, reply, before)
+
+
+def test_cell_interrupted_during_a_vm_boot(kernel):
+    code = """
+import json
+from labkit.vm import VM
+with VM(memory="128M") as vm:
+    print("READY", json.dumps({"names": [vm.name], "pids": [vm.proc.pid]}), flush=True)
+    vm.wait_ready()
+"""
+    report, reply, before = interrupted(kernel, code, settle=1.5)
+    assert_interrupted_clean(kernel, report, reply, before)
+
+
+# --- SIGINT at arbitrary moments of a container's life (create, start, run, delete) -------------------
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+def test_sigint_at_any_moment_of_a_container_run(delay):
+    code = """
+import json, os, sys
+from labkit import container
+print("READY", json.dumps({"pid": os.getpid()}), flush=True)
+for i in range(50):
+    container.run("busybox", ["sh", "-c", "echo hi"], mem_limit="32M", pids_limit=10, cpu=0.5)
+"""
+    before = ks.snapshot()
+    child, _ = start_experiment(code)
+    time.sleep(0.3 + delay)
+    child.send_signal(signal.SIGINT)
+    child.wait(30)
+    stderr = child.stderr.read()
+    assert "KeyboardInterrupt" in stderr or child.returncode == 0, stderr[-2000:]
+    assert ks.new_objects(before, ks.snapshot(), owners={child.pid}) == [], stderr[-2000:]
+
+
+# --- the kernel killed outright --------------------------------------------------------------------------
+
+EVERYTHING = """
+import json, os, time
+from labkit.cgroups import Cgroup
+from labkit.container import Container
+from labkit.namespaces import spawn
+from labkit.net import Network
+from labkit.rootfs import RootFS
+from labkit.vm import VM
+net = Network(subnet="198.18.9.0/24").__enter__()
+bare = net.connect(None)
+box = Container("busybox", ["sh", "-c", "sleep 1000 & sleep 1000 & wait"], mem_limit="32M",
+                network=net)
+box.start()
+cg = Cgroup.create(pids=10)
+loose = spawn(["sleep", "1000"], namespaces="pid,net,mnt", cgroup=cg)
+root = RootFS("busybox").mount()
+vm = VM(memory="128M") if os.environ.get("WITH_VM") else None
+if vm:
+    vm.start()
+names = [net.switch.name, bare.namespace.name, box.name, cg.name, root.name] + ([vm.name] if vm else [])
+pids = [box.pid, loose.pid] + ([vm.proc.pid] if vm else [])
+print("READY", json.dumps({"names": names, "pids": pids}), flush=True)
+time.sleep(1000)
+"""
+
+
+def _everything_exists(report) -> None:
+    """Before the kill: each object really is in the kernel."""
+    found = "\n".join(ks.present(report["names"]))
+    for name in report["names"]:
+        assert name in found, f"{name} was not created: {found}"
+    assert ks.alive(report["pids"]) == report["pids"]
+
+
+def test_sigkill_of_the_kernel_mid_experiment_the_watchdog_removes_everything():
+    before = ks.snapshot()
+    child, report = start_experiment(EVERYTHING, timeout=120)
+    _everything_exists(report)
+    dog = watchdog_of(child.pid)
+    assert dog, "no watchdog runs for the experiment"
+    kinds = {line.split(":")[0] for line in ks.present(report["names"])}
+    assert {"cgroup", "mount", "netns", "process", "state"} <= kinds, kinds
+
+    child.kill()
+    child.wait()
+    ks.assert_gone(report["names"], report["pids"], timeout=30)
+    assert ks.new_objects(before, ks.snapshot(), owners={child.pid}) == []
+    # it was the watchdog, and it wrote down what it removed
+    assert ks.wait_until(lambda: not ks.alive([dog]), 10), "the watchdog should exit after its sweep"
+    journal = "\n".join(journal_lines(child.pid))
+    for name in report["names"]:
+        assert name in journal, f"{name} not in the watchdog's journal:\n{journal}"
+
+
+def test_sigkill_of_a_kernel_that_had_a_vm_booting_kills_qemu():
+    env_code = "import os; os.environ['WITH_VM'] = '1'\n" + EVERYTHING
+    child, report = start_experiment(env_code, timeout=120)
+    qemu = report["pids"][-1]
+    assert b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()
+    dog = watchdog_of(child.pid)
+    child.kill()
+    child.wait()
+    ks.assert_gone(report["names"], report["pids"], timeout=30)
+    assert ks.wait_until(lambda: not ks.alive([dog]), 10)     # it writes its journal, then exits
+    assert any("removed vm" in l for l in journal_lines(child.pid))
+
+
+def test_sigkill_of_the_kernel_and_its_watchdog_the_next_labkit_process_sweeps():
+    before = ks.snapshot()
+    child, report = start_experiment(EVERYTHING, timeout=120)
+    _everything_exists(report)
+    dog = watchdog_of(child.pid)
+    assert dog
+    os.kill(dog, signal.SIGKILL)                 # the watchdog first: nobody is left to clean up
+    assert ks.wait_until(lambda: not ks.alive([dog]), 5)
+    child.kill()
+    child.wait()
+    # the next process that creates lab objects (here: just passes the guard) starts a watchdog
+    # whose first act is a sweep of dead owners' objects
+    nxt = subprocess.run([PY, "-c", "from labkit import host; host.require_lab_host(); print('ok')"],
+                         env=ENV, capture_output=True, text=True, timeout=60)
+    assert nxt.stdout.strip() == "ok", nxt.stderr
+    ks.assert_gone(report["names"], report["pids"], timeout=30)
+    assert ks.new_objects(before, ks.snapshot(), owners={child.pid}) == []
+    assert journal_lines(child.pid) == []        # its own watchdog was dead: it did not do this
+
+
+# --- faults inside a running container --------------------------------------------------------------------
+
+def _cgroup_file(cg, controller: str, v1: str, v2: str) -> Path:
+    return Path(cg.path(controller), v1 if cg.version == "v1" else v2)
+
+
+def test_a_containers_pid_1_killed_takes_everything_in_it_down():
+    with Container("busybox", ["sh", "-c", "sleep 1000 & sleep 1000 & (sleep 1000 &); wait"],
+                   init=False) as box:
+        box.start()
+        assert ks.wait_until(lambda: len(box.cgroup.procs()) >= 4, 5), box.cgroup.procs()
+        inside = box.cgroup.procs()
+        os.kill(box.pid, signal.SIGKILL)          # from the host, like `kill -9` of the container's init
+        assert box.wait(10) == -signal.SIGKILL
+        # the kernel killed every process of the pid namespace with its init, orphans included
+        assert ks.wait_until(lambda: not ks.alive(inside), 5), ks.alive(inside)
+        assert box.state()["status"] == "stopped"
+        name = box.name
+    ks.assert_gone([name], inside)
+
+
+def test_a_container_oom_killed_is_reported_and_removed():
+    with Container("busybox", ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived"],
+                   mem_limit="16M", init=False) as box:
+        box.start()
+        box.wait(30)
+        assert box.oom_killed() and box.cgroup.stats()["oom_kills"] >= 1
+        assert "survived" in box.logs()          # the shell lives on; dd was the OOM killer's pick
+        name = box.name
+    ks.assert_gone([name])
+
+
+BOMB = """
+import os, time
+while True:                       # parent and every child keep forking; EAGAIN only slows them down
+    try:
+        os.fork()
+    except OSError:
+        time.sleep(0.02)
+"""
+
+
+def test_a_bounded_fork_bomb_hits_pids_max_and_is_removed_completely():
+    # not in a pid namespace: delete() must hunt down every process while they keep forking
+    with Cgroup.create(pids=40, memory="512M") as cg:
+        bomb = spawn([PY, "-c", BOMB], namespaces=None, cgroup=cg)
+        events = Path(cg.path("pids"), "pids.events")
+        assert ks.wait_until(lambda: int(events.read_text().split()[1]) > 0, 20), "fork never refused"
+        assert ks.wait_until(lambda: len(cg.procs()) >= 35, 20), len(cg.procs())
+        assert int(Path(cg.path("pids"), "pids.current").read_text()) <= 40
+        assert int(Path(cg.path("pids"), "pids.max").read_text()) == 40
+        inside, name = cg.procs(), cg.name
+    bomb.wait(10)
+    ks.assert_gone([name], inside)
+
+
+def test_a_process_that_ignores_sigterm_is_still_removed():
+    stubborn = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
+    with Container("busybox", stubborn, init=False) as box:
+        box.start()
+        time.sleep(0.3)                          # let the shell install its trap
+        box.kill(signal.SIGTERM)
+        time.sleep(0.5)
+        assert ks.alive([box.pid]) == [box.pid], "it should have ignored SIGTERM"
+        name, pid = box.name, box.pid
+    ks.assert_gone([name], [pid])
+
+    # the same without a container: a bare cgroup whose process ignores SIGTERM
+    with Cgroup.create(pids=10) as cg:
+        proc = spawn(stubborn[:2] + ["trap '' TERM; sleep 1000"], namespaces=None, cgroup=cg)
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert ks.alive([proc.pid]) == [proc.pid]
+        name = cg.name
+    proc.wait(5)
+    ks.assert_gone([name], [proc.pid])
+
+
+def test_a_cgroup_with_sub_cgroups_and_orphaned_grandchildren_is_deleted():
+    script = "(sleep 1000 &); (sleep 1000 &); (sleep 1000 &); exec sleep 1000"
+    with Cgroup.create(pids=20, memory="64M") as cg:
+        proc = spawn(["sh", "-c", script], namespaces=None, cgroup=cg)
+        assert ks.wait_until(lambda: len(cg.procs()) == 4, 5), cg.procs()
+        orphans = [p for p in cg.procs() if p != proc.pid]
+        for pid in orphans:                      # their parent subshell exited: re-parented, not ours
+            assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) != proc.pid
+        # sub-cgroups two levels deep, each holding an orphan, in every hierarchy of this cgroup
+        for i, pid in enumerate(orphans[:2]):
+            for directory in {cg.path(c) for c in ("memory", "pids", "cpu", "cpuset")}:
+                sub = Path(directory, f"sub{i}", "deeper")
+                sub.mkdir(parents=True)
+                if (sub / "cpuset.cpus").exists():   # a new v1 cpuset cgroup starts with no CPUs
+                    for level in (sub.parent, sub):
+                        for f in ("cpuset.cpus", "cpuset.mems"):
+                            (level / f).write_text(Path(level.parent, f).read_text())
+                (sub / "cgroup.procs").write_text(str(pid))
+        assert any(f"/sub0/deeper" in line for line in Path(f"/proc/{orphans[0]}/cgroup").read_text().splitlines())
+        name, everyone = cg.name, cg.procs()
+    proc.wait(5)
+    ks.assert_gone([name], everyone)
+
+
+# --- races ------------------------------------------------------------------------------------------------
+
+def test_two_containers_started_with_the_same_name_at_the_same_time():
+    before = ks.snapshot()
+    for _ in range(5):
+        name = cleanup.unique_name("same")
+        barrier = threading.Barrier(2)
+        outcome: list = [None, None]
+        boxes = [Container("busybox", ["sleep", "1000"], name=name) for _ in range(2)]
+
+        def go(i):
+            barrier.wait()
+            try:
+                boxes[i].start()
+                outcome[i] = "started"
+            except Conflict as exc:
+                outcome[i] = exc
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(map(str, outcome)).count("started") == 1, outcome
+        loser = next(o for o in outcome if o != "started")
+        assert name in str(loser)
+        winner = boxes[outcome.index("started")]
+        assert ks.alive([winner.pid]) == [winner.pid]      # the loser did not hurt the winner
+        for box in boxes:
+            box.delete(force=True)
+        ks.assert_gone([name])
+    assert ks.new_objects(before, ks.snapshot()) == []
+
+
+NOTEBOOK_A = """
+import json, sys
+from labkit.cgroups import Cgroup
+from labkit.container import Container
+from labkit.namespaces import spawn
+from labkit.net import Network
+with Network(subnet="198.18.11.0/24") as net, Cgroup.create(pids=10) as cg:
+    box = Container("busybox", ["sleep", "1000"], network=net)
+    box.start()
+    loose = spawn(["sleep", "1000"], namespaces="pid", cgroup=cg)
+    print("READY", json.dumps({"names": [net.switch.name, box.name, cg.name], "pids": [box.pid, loose.pid]}), flush=True)
+    sys.stdin.readline()                       # until the test says: finish
+    box.delete(force=True)
+print("DONE", flush=True)
+"""
+
+NOTEBOOK_B = """
+import json, subprocess, sys
+from labkit import cleanup, container
+from labkit.cgroups import Cgroup
+from labkit.container import Container
+from labkit.net import Network
+for i in range(3):
+    assert container.run("busybox", ["echo", "b"], mem_limit="32M").stdout == "b\\n"
+with Network(subnet="198.18.11.0/24") as net:      # the same subnet: separate switch namespaces
+    net.connect(None); net.connect(None)
+    assert all(net.reachability().values())
+removed = cleanup.sweep()                            # what labkit does before it creates anything
+subprocess.run([sys.executable, "-m", "labkit.cli", "cleanup"], check=True, capture_output=True)
+box = Container("busybox", ["sleep", "1000"], mem_limit="32M")
+box.start()
+cg = Cgroup.create(pids=5)
+print("READY", json.dumps({"names": [box.name, cg.name], "pids": [box.pid],
+                           "swept": [i.name for i in removed]}), flush=True)
+import time; time.sleep(1000)
+"""
+
+
+def test_two_notebooks_side_by_side_never_remove_each_others_objects():
+    before = ks.snapshot()
+    a, a_report = start_experiment(NOTEBOOK_A)
+    b, b_report = start_experiment(NOTEBOOK_B, timeout=120)
+    try:
+        # B ran experiments, a sweep and `labkit cleanup`, then was killed: A's objects are untouched
+        assert not set(a_report["names"]) & set(b_report["swept"])
+        b.kill()
+        b.wait()
+        ks.assert_gone(b_report["names"], b_report["pids"], timeout=30)   # B's watchdog cleaned up B
+        assert ks.alive(a_report["pids"]) == a_report["pids"]
+        found = "\n".join(ks.present(a_report["names"]))
+        assert all(name in found for name in a_report["names"]), found
+    finally:
+        a.stdin.write("finish\n")
+        a.stdin.flush()
+        a.wait(30)
+    assert a.returncode == 0, a.stderr.read()[-2000:]
+    ks.assert_gone(a_report["names"], a_report["pids"])
+    assert ks.new_objects(before, ks.snapshot(), owners={a.pid, b.pid}) == []
+
+
+def test_the_engine_answers_parallel_requests_and_leaks_nothing():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labkit.engine import EngineProcess
+    from labkit.engine.wire import UnixHTTPConnection
+
+    def call(sock, method, path, body=None):
+        conn = UnixHTTPConnection(sock, timeout=60)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, json.loads(data) if data.strip() else None
+        finally:
+            conn.close()
+
+    before = ks.snapshot()
+    with EngineProcess() as engine:
+        sock = engine.socket_path
+
+        def lifecycle(i):
+            status, made = call(sock, "POST", f"/v1.41/containers/create?name={cleanup.unique_name(f'p{i}')}",
+                                {"Image": "labkit-busybox", "Cmd": ["sh", "-c", f"exit {i}"],
+                                 "HostConfig": {"Memory": 32 << 20}})
+            assert status == 201, made
+            started = call(sock, "POST", f"/v1.41/containers/{made['Id']}/start")
+            assert started[0] == 204, started
+            status, waited = call(sock, "POST", f"/v1.41/containers/{made['Id']}/wait")
+            removed = call(sock, "DELETE", f"/v1.41/containers/{made['Id']}")
+            assert removed[0] == 204, removed
+            return waited["StatusCode"]
+
+        shared = cleanup.unique_name("race")
+
+        def same_name(_):
+            return call(sock, "POST", f"/v1.41/containers/create?name={shared}",
+                        {"Image": "labkit-busybox", "Cmd": ["true"]})
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = pool.map(lifecycle, range(12))
+            racers = list(pool.map(same_name, range(8)))
+            listings = list(pool.map(lambda _: call(sock, "GET", "/v1.41/containers/json?all=1")[0], range(8)))
+            assert list(codes) == list(range(12))
+        assert sorted(s for s, _ in racers) == [201] + [409] * 7, racers
+        assert all("already in use" in body["message"] for s, body in racers if s == 409)
+        assert listings == [200] * 8
+        assert call(sock, "DELETE", f"/v1.41/containers/{shared}?force=1")[0] == 204
+        assert call(sock, "GET", "/v1.41/containers/json?all=1")[1] == []
+        engine_pid = engine.pid
+        # the engine itself is still up (its record stays); none of its 21 containers left anything
+        assert [o for o in ks.new_objects(before, ks.snapshot(), owners={engine_pid})
+                if "/run/labkit/engine/" not in o] == []
+    assert ks.new_objects(before, ks.snapshot(), owners={engine_pid, os.getpid()}) == []
