@@ -119,8 +119,10 @@ def main(argv=None) -> int:
     stack = contextlib.ExitStack()
     work = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
     # The CLI rows run as an installed package would: with compiled bytecode. (This environment sets
-    # PYTHONDONTWRITEBYTECODE, which would make every `labkit run` compile labkit from source.)
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(work / "pycache"))
+    # PYTHONDONTWRITEBYTECODE, which would make every `labkit run` compile labkit from source.) A
+    # cache directory, kept: the watchdogs the CLI runs start outlive this script and import too.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labkit" / "pycache"
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(cache))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     counter = iter(range(10**9))
     try:
