@@ -21,6 +21,7 @@ import datetime
 import secrets
 import signal as signals
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -185,10 +186,12 @@ class Engine:
         except BaseException as exc:
             with self._changed:
                 record.starting, record.error = False, str(exc)
-                if record.status == "created":
-                    record.status = "exited"
+                record.status = "exited"
                 record.exit_code = 127 if isinstance(exc, FileNotFoundError) else 128
+                record.exits += 1           # a start that failed ends too: waits and attaches return
                 self._changed.notify_all()
+            if record.spec.auto_remove:
+                self.remove(record.id, force=True)
             raise
         with self._changed:
             record.status, record.starting = "running", False
@@ -210,7 +213,7 @@ class Engine:
         """
         files = {}
         try:
-            while True:
+            while True:  # an OSError here ends the following; the exit is still collected below
                 exited = process.poll() is not None
                 for stream, path in ((STDOUT, process.stdout_path), (STDERR, process.stderr_path)):
                     if stream not in files:
@@ -224,6 +227,8 @@ class Engine:
                 if exited:
                     break
                 time.sleep(FOLLOW_INTERVAL)
+        except OSError as exc:
+            record.error = f"reading the container's output: {exc}"
         finally:
             for f in files.values():
                 f.close()
@@ -231,6 +236,9 @@ class Engine:
         oom = process.oom_killed()
         try:
             process.release()           # namespaces, cgroup, mounts of this run: gone now
+        except Exception as exc:        # noqa: BLE001 - reported, and the sweep gets what is left
+            record.error = f"releasing the container: {exc}"
+            print(f"labkit engine: container {record.name}: {record.error}", file=sys.stderr)
         finally:
             with self._changed:
                 # Docker's convention: killed by signal N -> 128 + N

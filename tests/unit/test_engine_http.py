@@ -98,6 +98,9 @@ class FakeRuntime:
         pass
 
     def launch(self, spec, image, hostname=""):
+        if spec.argv[0] == "explode":
+            from labkit.errors import LabkitError
+            raise LabkitError("the runtime could not create the container")
         workdir = Path(tempfile.mkdtemp(dir=self.tmp, prefix="run"))
         process = FakeProcess(spec.argv, workdir)
         self.launched.append(process)
@@ -249,6 +252,19 @@ def test_wait_answers_headers_at_once_and_the_body_at_exit(engine):
     assert json.loads(response.read()) == {"StatusCode": 137, "Error": None}   # 128 + SIGKILL
     conn.close()
     assert "not running" in error_message(call(engine, "POST", f"/containers/{cid}/kill"), 409)
+
+
+def test_a_failed_start_is_a_500_and_ends_the_waits(engine):
+    status, _, body = call(engine, "POST", "/containers/create",
+                           {"Image": IMAGE, "Cmd": ["explode"], "HostConfig": {"AutoRemove": True}})
+    cid = json.loads(body)["Id"]
+    conn = UnixHTTPConnection(engine.socket_path, timeout=10)
+    conn.request("POST", f"/containers/{cid}/wait?condition=removed")
+    waiting = conn.getresponse()
+    assert "could not create" in error_message(call(engine, "POST", f"/containers/{cid}/start"), 500)
+    assert json.loads(waiting.read())["StatusCode"] == 128          # the wait did not hang
+    conn.close()
+    assert call(engine, "GET", f"/containers/{cid}/json")[0] == 404  # --rm removed it
 
 
 def test_bad_wait_condition_400(engine):
