@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import stat
 import struct
 from dataclasses import dataclass
@@ -119,6 +118,7 @@ def _manifest_ok(layer_dir: Path) -> bool:
 
 def _install(layer_dir: Path, fill: Callable[[Path], dict], meta: dict) -> None:
     """Build a layer in a temporary directory and rename it into place (atomic; races are harmless)."""
+    import shutil
     LAYERS.mkdir(parents=True, exist_ok=True)
     tmp = LAYERS / f".{layer_dir.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,6 +140,7 @@ def _install(layer_dir: Path, fill: Callable[[Path], dict], meta: dict) -> None:
 
 
 def _fill_busybox(root: Path) -> dict:
+    import shutil
     busybox = _busybox_binary()
     for rel, mode in _DIRS.items():
         (root / rel).mkdir(parents=True, exist_ok=True)
@@ -234,6 +235,7 @@ def export(dest: str | os.PathLike, image_ref: str | Image = BASE) -> Path:
 
     Layers are copied bottom first; a whiteout in a layer deletes the path copied from below.
     """
+    import shutil
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for lay in image(image_ref).layers:
@@ -264,6 +266,7 @@ def export(dest: str | os.PathLike, image_ref: str | Image = BASE) -> Path:
 
 def remove_image_store() -> None:
     """Delete the cached image store (it is rebuilt on next use)."""
+    import shutil
     shutil.rmtree(IMAGE_STORE, ignore_errors=True)
 
 
@@ -358,6 +361,7 @@ class RootFS:
         except FileNotFoundError:
             pass
         except OSError:
+            import shutil
             shutil.rmtree(self.dir, ignore_errors=True)
         self._release_claims()
 
