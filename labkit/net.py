@@ -115,6 +115,8 @@ def check_lab_address(address) -> ipaddress.IPv4Interface:
         raise InvalidValue("address", address, "an IPv4 address with prefix, e.g. 198.18.0.2/24") from None
     if iface.ip not in LAB_RANGE:
         raise InvalidValue("address", address, f"an address inside the lab range {LAB_RANGE}")
+    if iface.network.prefixlen < 31 and iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise InvalidValue("address", address, f"a host address of {iface.network}, not its network or broadcast address")
     return iface
 
 
@@ -1119,7 +1121,7 @@ class Network:
 
     def _next_address(self) -> ipaddress.IPv4Interface:
         used = {e.address.ip for e in self.endpoints}
-        for iface in plan_addresses(self.subnet, self.subnet.num_addresses - 2 - FIRST_HOST):
+        for iface in plan_addresses(self.subnet, self.subnet.num_addresses - 1 - FIRST_HOST):
             if iface.ip not in used:
                 return iface
         raise InvalidValue("number of members", len(self.endpoints) + 1, f"at most {len(used)} in {self.subnet}")
@@ -1171,7 +1173,10 @@ class Network:
                         _wait(lambda: all(l["index"] == 1 for l in ipr.get_links()), what=f"links in {self.switch}")
             except Exception as exc:                           # keep going: remove what we can
                 errors.append(exc)
-            _remove_named(self.switch.name)
+            try:
+                _remove_named(self.switch.name)
+            except Exception as exc:
+                errors.append(exc)
         for ns in self._owned:
             try:
                 _remove_named(ns.name)
@@ -1403,6 +1408,8 @@ class HostVeth:
 
     def ping(self, timeout: float = 1.0) -> bool:
         """From inside the container to the host end of the cable."""
+        if self.host_address is None:
+            raise InvalidValue("addresses", False, "a HostVeth made with addresses=True to ping across it")
         return ping(self.namespace, str(self.host_address.ip), timeout=timeout)[str(self.host_address.ip)]
 
     def topology(self) -> Topology:

@@ -74,7 +74,8 @@ def test_a_network_outside_the_lab_range_is_refused_before_anything_is_created()
         net.Network(subnet="10.1.2.0/24")
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8/24", "10.0.0.2/24", "192.0.2.2/24", "junk"])
+@pytest.mark.parametrize("address", ["8.8.8.8/24", "10.0.0.2/24", "192.0.2.2/24", "junk",
+                                     "198.18.0.0/24", "198.18.0.255/24"])     # network / broadcast
 def test_addresses_outside_the_lab_range_are_refused(address):
     with pytest.raises(InvalidValue):
         net.check_lab_address(address)
@@ -195,3 +196,15 @@ def test_off_loop_passes_exceptions_through():
         boom()
     with pytest.raises(InvalidValue):
         asyncio.run(main())
+
+
+def test_a_network_hands_out_every_host_address_once():
+    lan = net.Network(subnet="198.18.0.8/29")
+    seen = []
+    for _ in range(5):                           # .10 to .14; what connect() would assign, no kernel needed
+        address = lan._next_address()
+        seen.append(str(address))
+        lan.endpoints.append(net.Endpoint(net.Namespace("x", "/x"), "eth0", address, "", ""))
+    assert seen == [f"198.18.0.{n}/29" for n in range(10, 15)]
+    with pytest.raises(InvalidValue):
+        lan._next_address()
