@@ -287,3 +287,15 @@ def test_containers_on_a_network_reach_each_other():
             assert "eth0:" in Path(f"/proc/{server.pid}/net/dev").read_text()
         # the containers' namespaces are gone with them; the veth ends too
         assert not [e for e in network.endpoints if e.label in (server.name, client.name)]
+
+
+def test_delete_of_a_created_container_that_never_started():
+    box = Container("busybox", ["sh", "-c", "echo never"], mem_limit="32M")
+    box.create()
+    pid, work = box.pid, str(box.rootfs.dir)
+    assert os.path.exists(f"/proc/{pid}")
+    box.delete()
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not [m for m in rootfs.read_mountinfo() if m["mountpoint"].startswith(work)]
+    assert not os.path.exists(work)
+    assert not [i for i in cleanup.find_all(include_in_use=True) if i.name == box.name]
