@@ -675,15 +675,22 @@ def read_routes(ns: Namespace) -> list[Route]:
 
 
 @_off_loop
-def read_docker0() -> Topology | None:
-    """docker0 and its ports as the kernel shows them in the host namespace (read-only); None without Docker."""
-    with _rtnl(HOST) as ipr:
-        if not ipr.link_lookup(ifname="docker0"):
+def read_bridge(ns: Namespace, bridge: str) -> Topology | None:
+    """One bridge and its ports as the kernel shows them in ns (read-only); None if there is no such bridge."""
+    with _rtnl(ns) as ipr:
+        if not ipr.link_lookup(ifname=bridge):
             return None
-    state = _read_namespace(HOST, [HOST])
-    bridge = state.interface("docker0")
-    state.interfaces = [i for i in state.interfaces if i is bridge or i.master == bridge.index]
+    state = _read_namespace(ns, [ns])
+    found = state.interface(bridge)
+    if found.kind != "bridge":
+        raise InvalidValue("bridge", bridge, f"the name of a bridge in {ns.label} (it is a {found.kind or 'plain'} link)")
+    state.interfaces = [i for i in state.interfaces if i is found or i.master == found.index]
     return Topology([state])
+
+
+def read_docker0() -> Topology | None:
+    """Docker's default bridge, docker0, and its ports in the host namespace; None without a running Docker."""
+    return read_bridge(HOST, "docker0")
 
 
 # --- drawing (matplotlib), from a Topology that was read from the kernel ----------------------

@@ -440,3 +440,14 @@ def test_a_sigint_inside_a_running_event_loop_leaves_nothing(before, delay):
     finally:
         timer.cancel()
     assert_nothing_new(before)
+
+
+def test_read_bridge_shows_one_bridge_and_its_ports(before):
+    with net.Network(members=[None, None]) as n:
+        topo = net.read_bridge(n.switch, n.bridge)
+        (state,) = topo.namespaces
+        assert sorted(i.name for i in state.interfaces) == sorted([n.bridge] + [e.port for e in n.endpoints])
+        assert net.read_bridge(n.switch, "docker0") is None
+        with pytest.raises(InvalidValue):
+            net.read_bridge(n.switch, "lo")
+    assert_nothing_new(before)
