@@ -238,10 +238,6 @@ class Tracer:
     def _now(self) -> float:
         return time.monotonic() - self._t0
 
-    def _record(self, call: Call) -> None:
-        with self._lock:
-            self._calls.append(call)
-
     def _serve_connection(self, client: socket.socket) -> None:
         """Relay one client connection: requests one after another, each answer streamed back."""
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -262,10 +258,9 @@ class Tracer:
                     return
                 first_line, headers, raw = head
                 method, target = first_line.split(" ")[:2]
-                with self._lock:
-                    seq = len(self._calls)
-                call = Call(seq, connection_id, method, target, self._now(), headers)
-                self._record(call)
+                with self._lock:            # numbered and recorded at once: connections run in parallel
+                    call = Call(len(self._calls), connection_id, method, target, self._now(), headers)
+                    self._calls.append(call)
                 upstream.sendall(raw)
                 framing = wire.body_framing(headers, is_request=True)
                 kept = bytearray()
