@@ -446,8 +446,10 @@ class Container:
             self._gate = None
             os.close(start_w)
             os.close(ready_r)
-        if self.cgroup is not None:
+        if self.cgroup is not None and (self.process is None or self.process.poll() is None):
             self.cgroup.kill()                     # every process in the container, pid 1 included
+        # (once pid 1 has exited the kernel has killed the rest of its pid namespace; delete()
+        # below still empties the cgroup of anything else before removing it)
         if self._thread is not None:
             self._thread.join()
             self.process = self.process or self._spawned.get("process")

@@ -28,6 +28,7 @@ unmounts them before labkit.cleanup removes the directory itself (kind "dir").
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -353,8 +354,11 @@ class RootFS:
         mount namespace that is still being torn down) lets go. Since Linux 6.15 a lazy unmount
         also skips the RCU grace period a plain umount waits for - the slowest step of a delete.
         """
-        if any(m["mountpoint"] == str(self.dir) for m in read_mountinfo()):
+        try:
             syscalls.umount2(str(self.dir), syscalls.MNT_DETACH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):   # EINVAL: not a mount point (any more)
+                raise
         self.mounted = False
         try:
             os.rmdir(self.dir)
