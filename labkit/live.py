@@ -245,6 +245,8 @@ class LivePlot:
     async def _refresh(self) -> None:
         while True:
             self.update()
+            if all(sampler.gone for sampler in self.samplers):
+                return  # every cgroup was deleted: nothing will change any more
             await asyncio.sleep(1.0 / self.fps)
 
     def start(self) -> asyncio.Task:

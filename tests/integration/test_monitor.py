@@ -118,3 +118,28 @@ def test_live_plot_builds_and_updates_headless_with_ipympl_without_warnings():
     assert image.data[:4] == b"\x89PNG"
     plt.close(plot.fig)
     plt.switch_backend(previous)
+
+
+def test_background_plot_stops_by_itself_when_its_cgroup_is_deleted():
+    import matplotlib.pyplot as plt
+
+    from labkit.live import LivePlot
+
+    previous = plt.get_backend()
+    plt.switch_backend("Agg")
+
+    async def scenario(cg):
+        plot = LivePlot(Sampler(cg, rate=20), panels=("pids",), fps=20)
+        redraw = plot.start()                 # what a slider cell does: runs on after the cell
+        await asyncio.sleep(0.3)
+        cg.delete()                           # the cleanup cell
+        await asyncio.wait_for(redraw, timeout=5)
+        return plot
+
+    try:
+        with Cgroup.create(pids=10) as cg:
+            plot = asyncio.run(scenario(cg))
+        assert plot.samplers[0].gone and not plot.samplers[0].running
+    finally:
+        plt.close("all")
+        plt.switch_backend(previous)
