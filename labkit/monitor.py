@@ -4,8 +4,8 @@ A cgroup's files are mostly *counters* (CPU time used so far, bytes written so f
 far). What a learner wants to see is *rates* and *moments*: how many CPUs the group uses right now,
 how many bytes per second it writes, the instant the OOM killer struck. So the sampler
 
-1. reads `Cgroup.stats()` (labkit.cgroups; the same keys on v1 and v2) and, through psutil, the
-   processes inside the group, `rate` times a second;
+1. reads `Cgroup.stats()` (labkit.cgroups; the same keys on v1 and v2) `rate` times a second, and
+   the group's limits and, through psutil, the processes inside it four times a second;
 2. turns each reading into a `Sample`, with rates derived from the previous one
    (CPUs used = delta CPU time / delta wall time; bytes/s = delta bytes / delta wall time);
 3. notices `Event`s when a counter goes up: an OOM kill, a refused fork (pids.max hit), CFS
@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import psutil
@@ -55,7 +55,7 @@ class Proc:
     pid: int
     name: str
     rss: int            # bytes resident
-    cpu_percent: float  # of one CPU, since the previous sample (0.0 on the first)
+    cpu_percent: float  # of one CPU, since the previous read (0.0 on the first)
     cpu_num: int        # the CPU it ran on last (cpuset pins show here)
 
 
