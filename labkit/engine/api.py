@@ -32,6 +32,7 @@ from .state import Engine, Record, human_duration, rfc3339
 
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.24"
+MAX_BODY = 1 << 20      # bytes; a create request is a few KiB, a bigger body is refused, never buffered
 _VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 _ID = r"(?P<id>[^/]+)"
 
@@ -74,6 +75,19 @@ def flag(query: dict, name: str, default: bool = False) -> bool:
     if name not in query:
         return default
     return query[name].strip().lower() not in ("", "0", "false", "no")
+
+
+def read_request_body(rfile, headers) -> bytes:
+    """The request's body, at most MAX_BODY bytes of it kept in memory. A bigger one is read to its
+    end (so the connection stays in step for the answer) and refused with 413, naming its size."""
+    kept, size = bytearray(), 0
+    for piece in wire.iter_body(rfile, wire.body_framing(headers, is_request=True), headers):
+        size += len(piece)
+        if size <= MAX_BODY:
+            kept += piece
+    if size > MAX_BODY:
+        raise HTTPError(413, f"request body of {size} bytes is too large: at most {MAX_BODY} bytes")
+    return bytes(kept)
 
 
 def parse_json_body(raw: bytes):
@@ -382,8 +396,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_request(self) -> None:
         self.body = b""
         try:
-            framing = wire.body_framing(list(self.headers.items()), is_request=True)
-            self.body = wire.read_body(self.rfile, framing, list(self.headers.items()))
+            self.body = read_request_body(self.rfile, list(self.headers.items()))
             path, query, _ = split_target(self.path)
             handler, match = route(self.command, path)
             handler(self, match, query)
