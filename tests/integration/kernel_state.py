@@ -131,17 +131,23 @@ def _owner_of(name: str) -> tuple[int | None, bool]:
 
 
 def new_objects(before: dict, after: dict, owners: set[int] | None = None) -> list[str]:
-    """Objects in `after` but not `before` that belong to `owners` (default: this process), to a
-    dead process or to nobody - i.e. not to another live notebook or test run."""
+    """Objects in `after` but not `before` that belong to `owners` (default: this process) or to
+    nobody - not to another notebook or test run, alive or dead (their own checks catch theirs).
+
+    An object another process is removing right now can lose its owner record between our two
+    looks; so an object counts only if it still exists after its owner was looked up (labkit
+    claims before it creates and releases after it removed, so a record outlives its object)."""
     owners = owners if owners is not None else {os.getpid()}
-    leaked = []
+    candidates = []
     for kind, items in after.items():
         for item in sorted(items - before.get(kind, set())):
             match = NAME.search(item)
-            pid, alive = _owner_of(match.group()) if match else (None, False)
-            if pid in owners or pid is None or not alive:
-                leaked.append(f"{kind}: {item}" + (f" (owner {pid})" if pid else ""))
-    return leaked
+            pid, _alive = _owner_of(match.group()) if match else (None, False)
+            if pid in owners or pid is None:
+                candidates.append((kind, item, pid))
+    fresh = snapshot() if candidates else {}
+    return [f"{kind}: {item}" + (f" (owner {pid})" if pid else " (no owner)")
+            for kind, item, pid in candidates if item in fresh.get(kind, ())]
 
 
 def present(names) -> list[str]:
