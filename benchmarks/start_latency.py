@@ -242,14 +242,17 @@ def plot(summary, times, skipped, path: Path) -> None:
     colors = ["#2a7ab0" if n.startswith("labkit") else "#999999" if "unshare" in n else "#c0504d" for n in names]
     medians = [summary[n]["median_ms"] for n in names]
     ax.barh(names, medians, color=colors)
+    right = max(max(v) for v in times.values()) * 1.5
     for i, n in enumerate(names):
         ax.plot(times[n], [i] * len(times[n]), "|", color="black", alpha=0.35)
-        ax.text(medians[i], i, f"  {medians[i]:.1f} ms ({summary[n]['ratio_to_runc']:.2f}x runc)",
-                va="center", fontsize=8)
+        ax.text(right, i, f" {medians[i]:.1f} ms  {summary[n]['ratio_to_runc']:.2f}x runc", va="center",
+                fontsize=8)
     ax.set_xscale("log")
+    ax.set_xlim(min(min(v) for v in times.values()) / 1.5, right * 8)
     ax.invert_yaxis()
     ax.set_xlabel("start-to-exit of /bin/true, ms (log scale; bars = median, ticks = each run)")
-    title = "Container start latency"
+    load = os.getloadavg()[0]
+    title = f"Container start latency (load average {load:.1f} on {os.cpu_count()} CPUs)"
     if skipped:
         title += " (" + ", ".join(f"{k} skipped" for k in skipped) + ")"
     ax.set_title(title)
