@@ -83,9 +83,10 @@ wanted_packages() {
                 *) die "packages.txt: unknown tag '$tag' on '$pkg' (accepted: amd64 arm64 debian ubuntu test kernel)" ;;
             esac
         done
-        [ "$ok" = 1 ] && printf '%s %s\n' "$pkg" "$tags"
+        if [ "$ok" = 1 ]; then printf '%s %s\n' "$pkg" "$tags"; fi
     done < "$PACKAGES_FILE"
 }
+wanted_packages > /dev/null      # a bad tag stops us here, not inside a subshell below
 
 is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
@@ -106,7 +107,7 @@ apt_install() {
     # Non-interactive, keep existing config files, no recommends (they double the download: docker
     # recommends git and apparmor, vagrant recommends the whole libvirt plugin, qemu a GUI).
     DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a NEEDRESTART_SUSPEND=1 INITRD=No \
-        apt-get install -y --no-install-recommends \
+        apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600 \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         -o Dpkg::Use-Pty=0 "$@"
 }
@@ -116,7 +117,8 @@ if [ ${#MISSING[@]} -eq 0 ]; then
 else
     say "system packages: ${#MISSING[@]} missing: ${MISSING[*]}"
     say "apt-get update ..."
-    DEBIAN_FRONTEND=noninteractive apt-get update -o Dpkg::Use-Pty=0
+    # A first boot's unattended-upgrades may hold the dpkg lock for a while: wait for it.
+    DEBIAN_FRONTEND=noninteractive apt-get update -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=600
     # Test-only tools a distribution does not ship (Ubuntu has no chromium .deb) are skipped with a
     # note; a missing lab package is an error.
     INSTALL=()
