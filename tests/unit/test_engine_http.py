@@ -386,3 +386,68 @@ def test_tracer_records_a_docker_run_including_the_hijacked_stream(engine, tmp_p
     start = by_endpoint["/containers/{id}/start"]
     assert wait.started < start.started < wait.finished      # the wait was open before the start
     assert not (tmp_path / "proxy.sock").exists()
+
+
+# --- the socket path and the leftover records ---------------------------------------------------------
+
+def test_stale_socket_is_replaced_but_a_live_one_or_a_file_is_refused(tmp_path):
+    from labkit.engine.server import _clear_stale_socket
+    from labkit.errors import Conflict, InvalidValue
+
+    stale = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))                      # bound, never listening: what a killed server leaves
+    dead.close()
+    _clear_stale_socket(str(stale))
+    assert not stale.exists()
+
+    live = tmp_path / "live.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(live))
+    listener.listen()
+    with pytest.raises(Conflict, match="already listening"):
+        _clear_stale_socket(str(live))
+    listener.close()
+
+    regular = tmp_path / "file"
+    regular.write_text("not a socket")
+    with pytest.raises(InvalidValue):
+        _clear_stale_socket(str(regular))
+    assert regular.exists()
+
+
+def test_image_options_are_name_equals_dir():
+    from labkit.engine.server import parse_image_options
+    from labkit.errors import InvalidValue
+
+    assert parse_image_options(["a=/x", "b:1=/y"]) == {"a": "/x", "b:1": "/y"}
+    for bad in ("nodir", "=/x", "a="):
+        with pytest.raises(InvalidValue, match="NAME=DIR"):
+            parse_image_options([bad])
+
+
+def test_a_dead_servers_socket_is_a_leftover_and_removing_it_leaves_other_files(tmp_path, monkeypatch):
+    from labkit import cleanup
+    from labkit.engine import registry
+
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    monkeypatch.setattr(registry, "RECORDS", tmp_path / "engine")
+    sock_path = tmp_path / "engine" / "labkit-engine-0a0b0c.sock"
+    registry.register("labkit-engine-0a0b0c", str(sock_path), role="engine")
+    sock_path.parent.mkdir(exist_ok=True)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock_path))
+    s.close()
+    child = subprocess.Popen(["true"])
+    child.wait()
+    cleanup.claim(registry.KIND, "labkit-engine-0a0b0c", pid=child.pid)     # its owner has died
+    found = [cleanup.leftover(registry.KIND, r["name"], r["socket"]) for r in registry.records()]
+    assert [(i.name, i.where, i.owner_alive) for i in found] == [("labkit-engine-0a0b0c", str(sock_path), False)]
+    registry.remove(found[0].name, found[0].where)
+    assert not sock_path.exists() and registry.records() == []
+
+    not_a_socket = tmp_path / "precious.txt"
+    not_a_socket.write_text("keep me")
+    registry.register("labkit-engine-0d0e0f", str(not_a_socket), role="engine")
+    registry.remove("labkit-engine-0d0e0f", str(not_a_socket))
+    assert not_a_socket.read_text() == "keep me"
