@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -66,6 +68,27 @@ class Result:
     def exit_status(self) -> int:
         """What a shell reports: 128+N for a process killed by signal N."""
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
+
+    Taking a container down is several kernel steps (kill, remove the cgroup, unmount, remove the
+    work dir); a KeyboardInterrupt between two of them - a learner pressing Stop twice, or once
+    at the wrong moment - would leave the rest behind. Only the main thread receives signals."""
+    if threading.current_thread() is not threading.main_thread() or \
+            not callable(signal.getsignal(signal.SIGINT)):
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _environment(environment, hostname: str, defaults: bool = True) -> dict[str, str]:
@@ -280,10 +303,11 @@ class Container:
             return
         if self.status == "running" and self.process.poll() is None and not force:
             raise Conflict(f"container {self.name} is running: kill it first, or delete(force=True)")
-        try:
-            self._stop_everything()
-        finally:
-            self._teardown()
+        with _interrupts_held():
+            try:
+                self._stop_everything()
+            finally:
+                self._teardown()
 
     def logs(self, stdout: bool = True, stderr: bool = True) -> str:
         """What the command wrote (kept in the container's work dir, like Docker's log files)."""
@@ -360,8 +384,9 @@ class Container:
             if self.network is not None:
                 self._connect_network()
         except BaseException:
-            self._stop_everything()
-            self._teardown()
+            with _interrupts_held():
+                self._stop_everything()
+                self._teardown()
             raise
         return self
 
