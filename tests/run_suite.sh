@@ -4,6 +4,7 @@
 #   0 sweep          labkit cleanup: remove and report leftovers of EARLIER runs on this machine
 #   1 unit           pytest tests/unit (no root needed)
 #   2 integration    pytest tests/integration (root: real namespaces, cgroups, links, the lab server)
+#     reliability    tests/reliability_report.py over integration.xml: faults, bad inputs, leaks
 #   3 notebooks      nbval --nbval-lax over every notebook
 #   4 v2tier         the pure cgroup-v2 tier inside a microVM (tests/v2tier/run.py, when it exists)
 #   5 provision      vagrant/provision.sh again: must report "nothing changed" (idempotence)
@@ -186,10 +187,23 @@ shellcheck_all() {
 
 leaks() { "$LABKIT" cleanup --check; }
 
+# Issue 10's published figures, from the integration stage's JUnit XML (no second run):
+# faults injected, bad inputs tried, objects leaked -> test-output/reliability.md
+# (docs/reliability.md is the committed copy: `python tests/reliability_report.py` regenerates it).
+reliability() {
+    [ -f "$OUT/integration.xml" ] || { STAGE_NOTE="no integration.xml: the integration stage did not run"; return 77; }
+    local log=$OUT/reliability.log rc
+    "$PY" tests/reliability_report.py --junit "$OUT/integration.xml" --out "$OUT/reliability.md" | tee "$log"
+    rc=${PIPESTATUS[0]}
+    STAGE_NOTE=$(tail -n 1 "$log" | sed 's/^wrote [^:]*: //')
+    return "$rc"
+}
+
 SUITE_START=$(date +%s)
 stage sweep        120  "labkit cleanup: remove leftovers of earlier runs" -- sweep
 stage unit         900  "unit tests (tests/unit)" -- unit
 stage integration  1500 "root integration tests on the real kernel (tests/integration)" -- integration
+stage reliability  120  "reliability report: faults, bad inputs, leaks (tests/reliability_report.py)" -- reliability
 stage notebooks    1800 "nbval --nbval-lax over every notebook (notebooks/)" -- notebooks
 stage v2tier       1200 "the cgroup-v2 tier in a microVM (tests/v2tier/run.py)" -- v2tier
 stage provision    900  "provisioning is idempotent (vagrant/provision.sh, second run)" -- provision_again
