@@ -115,7 +115,11 @@ def claim(kind: str, name: str, pid: int | None = None) -> None:
     pid = pid or os.getpid()
     path = _owner_file(kind, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{pid} {_start_time(pid)}\n")
+    # Write a whole new file and rename it into place: a sweeper reading at the same moment must see
+    # the old record or the new one, never an empty file that looks like "no owner".
+    partial = path.with_name(f".{path.name}.{pid}.tmp")
+    partial.write_text(f"{pid} {_start_time(pid)}\n")
+    os.replace(partial, path)
 
 
 def release(kind: str, name: str) -> None:
@@ -177,6 +181,8 @@ def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> Non
         return
     for kind_dir in OWNERS_DIR.iterdir():
         for record in kind_dir.iterdir():
+            if record.name.startswith("."):
+                continue  # a claim being written right now (see claim)
             _, alive = owner(kind_dir.name, record.name)
             if not alive and (kind_dir.name, record.name) not in still_there:
                 record.unlink(missing_ok=True)
