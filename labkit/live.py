@@ -17,6 +17,7 @@ How it works, and why this way:
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import math
 from dataclasses import dataclass
@@ -90,6 +91,13 @@ SLIDER_LIMITS = {
     "cpu": ("cpu", lambda v: round(float(v), 3), "CPU quota"),
     "pids": ("pids", lambda v: int(v), "pids.max"),
 }
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Drawing:
@@ -197,15 +205,29 @@ class LivePlot:
                       layout=w.Layout(width="45%"))
         status = w.Label()
 
-        def on_change(change):
+        def write(value, attempts_left: int = 10):
+            if attempts_left < 10 and convert(slider.value) != value:
+                return  # the slider moved on while we waited: that newer value was written instead
             try:
-                cgroup.set(**{keyword: convert(change["new"])})
-                for sampler in self.samplers:   # show the new limit line at the next sample
-                    if sampler.cgroup is cgroup:
-                        sampler.refresh_details()
-                status.value = f"wrote {keyword}={convert(change['new'])}"
+                cgroup.set(**{keyword: value})
             except Exception as exc:  # a refused value is shown, never a traceback in a callback
-                status.value = f"refused: {exc}"
+                # v1 answers EBUSY when it cannot reclaim below a lower memory limit *right now*
+                # (a process keeps refilling its cache); a moment later it usually can
+                retry = getattr(exc, "errno", None) == errno.EBUSY and attempts_left > 0
+                loop = _running_loop()
+                if retry and loop is not None:
+                    status.value = f"the kernel is still reclaiming (EBUSY); trying {keyword}={value} again"
+                    loop.call_later(0.2, write, value, attempts_left - 1)
+                else:
+                    status.value = f"refused: {exc}"
+                return
+            status.value = f"wrote {keyword}={value}"
+            for sampler in self.samplers:   # show the new limit line at the next sample
+                if sampler.cgroup is cgroup:
+                    sampler.refresh_details()
+
+        def on_change(change):
+            write(convert(change["new"]))
 
         slider.observe(on_change, names="value")
         self.controls.append(w.HBox([slider, status]))

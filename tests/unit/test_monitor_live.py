@@ -139,3 +139,32 @@ def test_an_interrupted_cell_stops_samplers_redraw_and_experiment():
     assert finished["experiment"]                      # the experiment's finally ran
     assert count >= 3 and len(sampler.samples) == count  # no sampling after the interrupt
     assert others == []                                # no task left behind on the loop
+
+
+def test_slider_retries_a_limit_the_kernel_refused_with_ebusy():
+    """v1 refuses to lower memory.limit_in_bytes (EBUSY) while it cannot reclaim enough yet."""
+    import errno
+
+    from labkit.errors import KernelError
+
+    class BusyCgroup(FakeCgroup):
+        def __init__(self):
+            super().__init__()
+            self.refusals = 2
+
+        def set(self, **limits):
+            if self.refusals:
+                self.refusals -= 1
+                raise KernelError("write 24M to", "memory.limit_in_bytes", errno.EBUSY)
+            self.written.append(limits)
+
+    async def scenario():
+        cg = BusyCgroup()
+        plot = LivePlot(recorded(cg), panels=("memory",))
+        slider = plot.slider(cg, "memory", 16, 128, 8, 64)
+        slider.value = 24               # refused twice, written on the third try
+        await asyncio.sleep(1.0)
+        return cg
+
+    cg = asyncio.run(scenario())
+    assert cg.refusals == 0 and cg.written == [{"memory": "24M"}]
