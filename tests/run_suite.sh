@@ -199,26 +199,33 @@ reliability() {
     return "$rc"
 }
 
-SUITE_START=$(date +%s)
-stage sweep        120  "labkit cleanup: remove leftovers of earlier runs" -- sweep
-stage unit         900  "unit tests (tests/unit)" -- unit
-stage integration  1500 "root integration tests on the real kernel (tests/integration)" -- integration
-stage reliability  120  "reliability report: faults, bad inputs, leaks (tests/reliability_report.py)" -- reliability
-stage notebooks    1800 "nbval --nbval-lax over every notebook (notebooks/)" -- notebooks
-stage v2tier       1200 "the cgroup-v2 tier in a microVM (tests/v2tier/run.py)" -- v2tier
-stage provision    900  "provisioning is idempotent (vagrant/provision.sh, second run)" -- provision_again
-stage vagrant      300  "vagrant validate (Vagrantfile)" -- vagrant_validate
-stage shellcheck   120  "shellcheck over every shell script" -- shellcheck_all
-stage leaks        120  "labkit cleanup --check: nothing left behind" -- leaks
+# Everything runs from main(), called on the last line: bash has then read the whole file, so editing
+# this script while a suite runs cannot derail the running one.
+main() {
+    SUITE_START=$(date +%s)
+    stage sweep        120  "labkit cleanup: remove leftovers of earlier runs" -- sweep
+    stage unit         900  "unit tests (tests/unit)" -- unit
+    stage integration  1500 "root integration tests on the real kernel (tests/integration)" -- integration
+    stage reliability  120  "reliability report: faults, bad inputs, leaks (tests/reliability_report.py)" -- reliability
+    stage notebooks    1800 "nbval --nbval-lax over every notebook (notebooks/)" -- notebooks
+    stage v2tier       1200 "the cgroup-v2 tier in a microVM (tests/v2tier/run.py)" -- v2tier
+    stage provision    900  "provisioning is idempotent (vagrant/provision.sh, second run)" -- provision_again
+    stage vagrant      300  "vagrant validate (Vagrantfile)" -- vagrant_validate
+    stage shellcheck   120  "shellcheck over every shell script" -- shellcheck_all
+    stage leaks        120  "labkit cleanup --check: nothing left behind" -- leaks
 
-printf '\n%s\n' "======================================================================================"
-printf '%-13s %-6s %8s  %s\n' "stage" "result" "seconds" "note"
-status=0
-for i in "${!NAMES[@]}"; do
-    printf '%-13s %-6s %8s  %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}" "${NOTES[$i]}"
-    [ "${RESULTS[$i]}" = FAIL ] && status=1
-done
-printf '%-13s %-6s %8s\n' "total" "$([ $status = 0 ] && echo PASS || echo FAIL)" "$(( $(date +%s) - SUITE_START ))"
-printf '%s\n' "======================================================================================"
-printf '%d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
-exit $status
+    printf '\n%s\n' "======================================================================================"
+    printf '%-13s %-6s %8s  %s\n' "stage" "result" "seconds" "note"
+    local status=0 i
+    for i in "${!NAMES[@]}"; do
+        printf '%-13s %-6s %8s  %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}" "${NOTES[$i]}"
+        [ "${RESULTS[$i]}" = FAIL ] && status=1
+    done
+    printf '%-13s %-6s %8s\n' "total" "$([ $status = 0 ] && echo PASS || echo FAIL)" "$(( $(date +%s) - SUITE_START ))"
+    printf '%s\n' "======================================================================================"
+    printf '%d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+    return "$status"
+}
+
+main "$@"
+exit $?
