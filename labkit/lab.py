@@ -269,17 +269,21 @@ UNIT_TEMPLATE = """\
 [Unit]
 Description=Docker Deep Dive Lab (JupyterLab, as root: the lab creates kernel objects)
 After=network.target
+# In a Vagrant VM the repository (labkit itself) is a synced folder that Vagrant mounts only after
+# boot: keep retrying until it is there instead of giving up after five quick failures.
+StartLimitIntervalSec=0
 
 [Service]
 Type=simple
 ExecStart={python} -m labkit.cli lab serve --config-dir {config_dir} --run-dir {run_dir}
-WorkingDirectory={notebook_dir}
+WorkingDirectory=-{notebook_dir}
 Environment=HOME=/root
 # The service's cgroup subtree is ours: labkit makes its cgroups under it (see labkit/lab.py).
 Delegate=yes
 # Stopping the lab stops everything in it: kernels and any experiment a notebook left running.
 KillMode=control-group
 Restart=on-failure
+RestartSec=5
 
 [Install]
 WantedBy=multi-user.target
