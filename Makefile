@@ -1,7 +1,8 @@
-# Docker Deep Dive Lab. As root on a Linux machine (Debian 12 / Ubuntu 24.04), two commands:
+# Docker Deep Dive Lab. As root on a Linux machine (Debian 12 / Ubuntu 24.04), three commands:
 #   make lab    install what is missing, start JupyterLab on 127.0.0.1:8888, print its URL with the token
 #   make test   install what is missing (plus the test tools), run the whole suite
-# Both call vagrant/provision.sh, the same script the Vagrant VM and cloud-init run, and it skips
+#   make handouts   execute every notebook and export it to HTML with its plots, plus an index (handouts/)
+# All three call vagrant/provision.sh, the same script the Vagrant VM and cloud-init run, and it skips
 # everything that is already in place. `make clean` stops the lab and removes test output and caches;
 # `make distclean` also removes the venv.
 
@@ -10,8 +11,9 @@ VENV ?= $(or $(LABKIT_VENV),$(CURDIR)/.venv)
 export LABKIT_VENV := $(VENV)
 LAB_PORT ?= 8888
 LAB_IP ?= 127.0.0.1
+HANDOUTS ?= handouts
 
-.PHONY: lab test provision clean distclean
+.PHONY: lab test handouts provision clean distclean
 
 lab:
 	bash vagrant/provision.sh --lab --ip $(LAB_IP) --port $(LAB_PORT)
@@ -19,6 +21,10 @@ lab:
 test:
 	bash vagrant/provision.sh --test-tools
 	bash tests/run_suite.sh
+
+handouts:
+	bash vagrant/provision.sh
+	$(VENV)/bin/python -m labkit.handouts --out $(HANDOUTS)
 
 provision:
 	bash vagrant/provision.sh
