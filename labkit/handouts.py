@@ -8,11 +8,15 @@ as static pictures of themselves.
 from __future__ import annotations
 
 import html
+import re
 import sys
 import time
 from pathlib import Path
 
 from . import workbook
+
+# an output image embedded in the page (the lab template's CSS carries a data: PNG of its own)
+EMBEDDED_IMAGE = re.compile(r'<img[^>]*\ssrc="data:image/png;base64,')
 
 
 def build(out_dir: str | Path = "handouts", timeout: int = 600, only: list[str] | None = None,
@@ -22,9 +26,15 @@ def build(out_dir: str | Path = "handouts", timeout: int = 600, only: list[str] 
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import CellExecutionError, ExecutePreprocessor
 
+    # accept notebooks/03-uts.ipynb, 03-uts.ipynb or 03-uts; a name the map does not know is an error
+    wanted = {Path(n).name if n.endswith(".ipynb") else Path(n).name + ".ipynb" for n in only or ()}
+    unknown = wanted - {nb.file for nb in workbook.present()}
+    if unknown:
+        raise ValueError(f"not notebooks of this workbook: {', '.join(sorted(unknown))} "
+                         f"(accepted: the files in {workbook.NOTEBOOKS_DIR})")
+    notebooks = [nb for nb in workbook.present() if not wanted or nb.file in wanted]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    notebooks = [nb for nb in workbook.present() if not only or nb.file in only]
     rows = []
     for number, entry in enumerate(notebooks, 1):
         progress(f"[{number}/{len(notebooks)}] executing {entry.file} ...")
@@ -40,7 +50,7 @@ def build(out_dir: str | Path = "handouts", timeout: int = 600, only: list[str] 
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
         target = out / entry.file.replace(".ipynb", ".html")
         target.write_text(body)
-        images = body.count("data:image/png;base64,")
+        images = len(EMBEDDED_IMAGE.findall(body))
         rows.append({"file": target.name, "title": entry.title, "chapter": entry.chapter,
                      "seconds": round(seconds, 1), "images": images, "error": error})
         progress(f"      {'FAILED: ' + error if error else 'ok'} in {seconds:.1f} s, {images} plot(s)")
@@ -73,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="handouts")
     parser.add_argument("notebooks", nargs="*", help="only these notebook files")
     args = parser.parse_args(argv)
-    rows = build(args.out, only=args.notebooks or None)
+    try:
+        rows = build(args.out, only=args.notebooks or None)
+    except ValueError as exc:
+        parser.error(str(exc))
     return 1 if any(r["error"] for r in rows) else 0
 
 
