@@ -167,7 +167,8 @@ def remove_leftover(item: Leftover) -> None:
 
     if item.kind == "dir":
         shutil.rmtree(item.where, ignore_errors=True)
-        release("dir", item.name)
+        if not os.path.lexists(item.where):   # still there (a mount on it, mid-removal): keep the record
+            release("dir", item.name)
 
 
 def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> None:
