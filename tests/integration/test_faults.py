@@ -500,6 +500,46 @@ def test_two_containers_started_with_the_same_name_at_the_same_time():
     assert ks.new_objects(before, ks.snapshot()) == []
 
 
+SAME_NAME = """
+import json, os, sys, time
+from labkit.container import Container
+from labkit.errors import Conflict
+box = Container("busybox", ["sleep", "1000"], name=sys.argv[1])
+while not os.path.exists(sys.argv[2]):      # both processes start here together
+    time.sleep(0.001)
+try:
+    box.start()
+except Conflict as exc:
+    print("CONFLICT", exc, flush=True)
+    sys.exit(0)
+print("STARTED", box.pid, flush=True)
+sys.stdin.readline()
+box.delete(force=True)
+"""
+
+
+def test_two_processes_start_a_container_with_the_same_name_at_once(tmp_path):
+    before = ks.snapshot()
+    name, go = cleanup.unique_name("twin"), tmp_path / "go"
+    twins = [subprocess.Popen([PY, "-c", SAME_NAME, name, str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    time.sleep(1.0)                              # both imported labkit and wait at the line
+    go.touch()
+    first = [t.stdout.readline().split(" ", 1) for t in twins]
+    assert sorted(word for word, _ in first) == ["CONFLICT", "STARTED"], first
+    loser = twins[[w for w, _ in first].index("CONFLICT")]
+    winner = twins[[w for w, _ in first].index("STARTED")]
+    assert name in dict(first)["CONFLICT"]
+    assert loser.wait(10) == 0
+    winner_pid = int(dict(first)["STARTED"])
+    assert ks.alive([winner_pid]) == [winner_pid]        # the loser's failure did not touch it
+    winner.stdin.write("done\n")
+    winner.stdin.flush()
+    assert winner.wait(30) == 0, winner.stderr.read()[-2000:]
+    ks.assert_gone([name], [winner_pid])
+    assert ks.new_objects(before, ks.snapshot(), owners={t.pid for t in twins}) == []
+
+
 NOTEBOOK_A = """
 import json, sys
 from labkit.cgroups import Cgroup
