@@ -6,7 +6,8 @@
 
 With --junit it reads the JUnit XML of an earlier pytest run (tests/run_suite.sh writes
 test-output/integration.xml); without, it runs tests/integration/test_faults*.py, test_bad_input.py
-and test_security.py itself (as root) into test-output/reliability.xml. Either way it then runs
+and test_security.py (plus test_lab_server.py, for the JupyterLab row) itself, as root, into
+test-output/reliability.xml. Either way it then runs
 `labkit cleanup --check` and reports what that finds.
 
 "Objects leaked" counts the objects named by failed leak checks: every root test is checked by
@@ -93,6 +94,8 @@ def run_suites(xml: Path) -> None:
     env = dict(os.environ, LABKIT_ALLOW_HOST=os.environ.get("LABKIT_ALLOW_HOST", "1"))
     paths = sorted({str(p.relative_to(REPO)) for p in (REPO / "tests/integration").glob("test_faults*.py")}
                    | set(SUITES[1:]))
+    if (REPO / "tests/integration" / f"{LAB_SERVER}.py").exists():   # its row in the security table
+        paths.append(f"tests/integration/{LAB_SERVER}.py")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
                     f"--junitxml={xml}", *paths], cwd=REPO, env=env)
 
@@ -160,7 +163,7 @@ def render(cases: list[Case], source: str, found: int, check_output: str, info: 
         f"| security checks | {len(security)} ({count(security)}; "
         f"{sum(c.result == 'xfailed' for c in security)} known gap) |",
         f"| objects leaked | **{leaked}** ({leaked_in_tests} in per-test leak checks over "
-        f"{len(ours)} tests, {found} found by `labkit cleanup --check` afterwards) |",
+        f"{len(cases)} tests, {found} found by `labkit cleanup --check` afterwards) |",
         f"| test time | {sum(c.seconds for c in ours):.0f} s |",
         "",
         "## Faults injected",

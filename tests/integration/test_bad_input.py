@@ -77,6 +77,15 @@ def mutated(**changes):
     return spec
 
 
+def empty_root():
+    """A root filesystem that is an empty directory: no /proc to mount, no shell to run."""
+    def call(tmp):
+        (tmp / "empty-root").mkdir()
+        return Container(rootfs=tmp / "empty-root", command=["/bin/sh", "-c", "true"]).start()
+    call.needs_tmp = True
+    return call
+
+
 def run_bundle(config):
     def call(tmp):
         return oci.load(bundle(tmp, config)).container(attach=False).start()
@@ -174,6 +183,8 @@ CASES = [
          InvalidValue, "/nonexistent/root"),
     Case("rootfs-a-file", "rootfs", "rootfs /etc/passwd (a file)", box(rootfs="/etc/passwd", command=["true"]),
          InvalidValue, "/etc/passwd"),
+    Case("rootfs-empty", "rootfs", "rootfs an empty directory (no /proc, no /bin/sh)", empty_root(), LabkitError,
+         "empty-root"),
     Case("image-unknown", "rootfs", "image 'nosuchimage'", box("nosuchimage", ["true"]), NotFound, "nosuchimage"),
     Case("image-traversal", "rootfs", "image '../../etc'", box("../../etc", ["true"]), NotFound, "../../etc"),
     # OCI bundles
