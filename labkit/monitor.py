@@ -5,7 +5,7 @@ far). What a learner wants to see is *rates* and *moments*: how many CPUs the gr
 how many bytes per second it writes, the instant the OOM killer struck. So the sampler
 
 1. reads `Cgroup.stats()` (labkit.cgroups; the same keys on v1 and v2) `rate` times a second, and
-   the group's limits and, through psutil, the processes inside it four times a second;
+   the group's limits and, through psutil, the processes inside it twice a second;
 2. turns each reading into a `Sample`, with rates derived from the previous one
    (CPUs used = delta CPU time / delta wall time; bytes/s = delta bytes / delta wall time);
 3. notices `Event`s when a counter goes up: an OOM kill, a refused fork (pids.max hit), CFS
@@ -201,12 +201,13 @@ class Sampler:
     on a plot. Counters are read every tick. Limits (`.limits()`, when the cgroup has it) and the
     processes inside (cgroup.procs and psutil) change on a human timescale and cost more to read,
     so they are refreshed every `detail_interval` seconds and carried into the samples between -
-    a limit line still follows a slider within a quarter of a second. `processes=False` skips
+    a slider calls `refresh_details()` so its new limit shows at once; after `cg.set()` in code, do
+    the same (or the line follows within half a second). `processes=False` skips
     psutil altogether; `max_procs` bounds how many processes are read (a fork bomb has hundreds).
     """
 
     def __init__(self, cgroup, rate: float = 10.0, keep: int = 3000, label: str | None = None,
-                 processes: bool = True, max_procs: int = 32, detail_interval: float = 0.25,
+                 processes: bool = True, max_procs: int = 32, detail_interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic):
         from .errors import InvalidValue
 

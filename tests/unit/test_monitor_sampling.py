@@ -176,6 +176,7 @@ def test_bad_rate_is_refused_with_the_accepted_range(rate):
 
 def test_limits_are_read_every_detail_interval_and_on_request():
     cg, clock, sampler = make(keep=100, memory_current=1)
+    sampler.detail_interval = 0.25
     reads = []
     cg.limits = lambda: reads.append(clock.now) or {"memory": 100 + len(reads)}
     sampler.read_limits = True
