@@ -240,6 +240,44 @@ with VM(memory="128M") as vm:
     assert_interrupted_clean(kernel, report, reply, before)
 
 
+def test_restart_kernel_mid_experiment_leaves_nothing(kernel):
+    """"Restart kernel" in JupyterLab: jupyter_client SIGKILLs the kernel's process group."""
+    code = """
+import json
+from labkit.cgroups import Cgroup
+from labkit.container import Container
+from labkit.engine import EngineProcess
+from labkit.namespaces import spawn
+from labkit.net import Network
+net = Network(subnet="198.18.13.0/24").__enter__()
+box = Container("busybox", ["sleep", "1000"], mem_limit="32M", network=net)
+box.start()
+cg = Cgroup.create(pids=10)
+loose = spawn(["sleep", "1000"], namespaces="pid,net", cgroup=cg)
+from labkit.engine.wire import UnixHTTPConnection
+engine = EngineProcess().start()
+def call(method, path, body=None):
+    conn = UnixHTTPConnection(engine.socket_path)
+    conn.request(method, path, body=json.dumps(body) if body else None, headers={"Content-Type": "application/json"})
+    data = conn.getresponse().read()
+    return json.loads(data) if data.strip() else None
+made = call("POST", "/v1.41/containers/create", {"Image": "labkit-busybox", "Cmd": ["sleep", "1000"]})
+call("POST", f"/v1.41/containers/{made['Id']}/start")
+served = call("GET", f"/v1.41/containers/{made['Id']}/json")
+print("READY", json.dumps({"names": [net.switch.name, box.name, cg.name, served["Labkit"]["LabkitName"]],
+                           "pids": [box.pid, loose.pid, engine.pid, served["State"]["Pid"]]}), flush=True)
+"""
+    before, old_pid = ks.snapshot(), kernel.pid
+    msg_id, report = kernel.start(code)
+    assert ks.alive(report["pids"]) == report["pids"]
+    kernel.km.restart_kernel(now=True)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.pid != old_pid and not ks.alive([old_pid])
+    ks.assert_gone(report["names"], report["pids"], timeout=30)
+    assert ks.wait_until(lambda: ks.new_objects(before, ks.snapshot(), owners={old_pid} | set(report["pids"])) == [], 30), \
+        ks.new_objects(before, ks.snapshot(), owners={old_pid} | set(report["pids"]))
+
+
 # --- SIGINT at arbitrary moments of a container's life (create, start, run, delete) -------------------
 
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
