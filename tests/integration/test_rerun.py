@@ -1,11 +1,12 @@
 """A notebook can be re-run from the top after its kernel died mid-experiment, with no manual cleanup.
 
-What a learner does: runs half of 03-uts (a cgroup and a `sleep` in its own uts namespace now
-exist), the kernel dies outright (SIGKILL: "Restart kernel", the OOM killer), they restart and press
-"Run all". The new run must succeed, and afterwards nothing of either kernel may be left on the machine.
-Two ways the dead kernel's objects can go: its watchdog (labkit/watchdog.py), or - when there is no
-watchdog - the sweep of dead owners' leftovers that the next labkit process does at its start
-(host.require_lab_host). Both are tried.
+What a learner does: runs half of a notebook (03-uts: a cgroup and a `sleep` in its own uts
+namespace exist; 20-networking: network namespaces, veth pairs, a bridge, cgroups and their
+processes), the kernel dies outright (SIGKILL: "Restart kernel", the OOM killer), they restart and
+press "Run all". The new run must succeed, and afterwards nothing of the killed kernel may be left on
+the machine (the notebook's own cleanup cell checks the new kernel's objects). The dead kernel's
+objects go by its watchdog (labkit/watchdog.py); if that watchdog is gone too, the new kernel's
+watchdog sweeps dead owners' leftovers when it starts. Both paths are tried.
 """
 from __future__ import annotations
 
@@ -24,16 +25,29 @@ from labkit import cleanup
 pytestmark = pytest.mark.root
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOK = NOTEBOOKS / "03-uts.ipynb"
-HALFWAY = "box = spawn("  # run up to and including the cell that starts the box
+
+# (notebook, the cell to stop after, an expression in the kernel: pids of what it has started)
+CASES = {
+    "03-uts": ("03-uts.ipynb", "box = spawn(", "[box.pid]"),                       # namespaces + cgroup
+    "20-networking": ("20-networking.ipynb", "lan.connect(ns[name])",            # netns, veth, bridge,
+                      "[p.pid for p in containers.values()]"),                    # cgroups, processes
+}
 
 
 def _owned_by(pid: int) -> list[cleanup.Leftover]:
     return [i for i in cleanup.find_all(include_in_use=True) if i.owner_pid == pid]
 
 
-def _run_halfway_then_kill(nb, env) -> dict:
-    """Run the notebook's cells up to the box in a kernel, look at what exists, SIGKILL the kernel."""
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _run_halfway_then_kill(path: Path, halfway: str, started: str, env: dict) -> dict:
+    """Run the notebook's cells up to `halfway` in a kernel, see what exists, SIGKILL the kernel."""
+    nb = nbformat.read(path, as_version=4)
     km = KernelManager(kernel_name="python3")
     km.start_kernel(cwd=str(NOTEBOOKS), env=env)
     client = km.client()
@@ -45,49 +59,50 @@ def _run_halfway_then_kill(nb, env) -> dict:
                 continue
             reply = client.execute_interactive(cell.source, timeout=60, output_hook=lambda msg: None)
             assert reply["content"]["status"] == "ok", reply["content"]
-            if HALFWAY in cell.source:
+            if halfway in cell.source:
                 break
         else:
-            pytest.fail(f"{NOTEBOOK.name} has no cell with {HALFWAY!r} any more: update HALFWAY")
+            pytest.fail(f"{path.name} has no cell with {halfway!r} any more: update CASES")
         printed = []
-        probe = "import os; print(os.getpid(), box.pid, group.path('memory'))"
-        client.execute_interactive(probe, timeout=30, output_hook=lambda msg: printed.append(
-            msg["content"]["text"]) if msg["msg_type"] == "stream" else None)
-        kernel_pid, box_pid, cgroup_dir = "".join(printed).split()
-        state = {"kernel_pid": int(kernel_pid), "box_pid": int(box_pid), "cgroup_dir": cgroup_dir}
-        # the experiment is really half done: a claimed cgroup holding the box, seen from outside
-        assert str(state["box_pid"]) in Path(cgroup_dir, "cgroup.procs").read_text().split()
-        assert {i.kind for i in _owned_by(state["kernel_pid"])} >= {"cgroup"}
-        os.kill(state["kernel_pid"], signal.SIGKILL)
+        client.execute_interactive(f"import os; print(os.getpid(), *{started})", timeout=30,
+                                   output_hook=lambda msg: printed.append(msg["content"]["text"])
+                                   if msg["msg_type"] == "stream" else None)
+        kernel_pid, *pids = (int(word) for word in "".join(printed).split())
+        # the experiment is really half done, seen from outside: objects claimed by the kernel, running
+        objects = {(i.kind, i.name) for i in _owned_by(kernel_pid)}
+        assert any(kind == "cgroup" for kind, _ in objects), objects
+        assert pids and all(_alive(pid) for pid in pids)
+        os.kill(kernel_pid, signal.SIGKILL)
         for _ in range(100):
             if not km.is_alive():
                 break
             time.sleep(0.1)
         assert not km.is_alive()
-        return state
+        return {"kernel_pid": kernel_pid, "pids": pids, "objects": objects}
     finally:
         client.stop_channels()
         km.cleanup_resources()
 
 
-def _gone(state: dict) -> bool:
-    box_alive = os.path.exists(f"/proc/{state['box_pid']}") and \
-        Path(f"/proc/{state['box_pid']}/cmdline").read_bytes().startswith(b"sleep\0600")
-    return not box_alive and not os.path.exists(state["cgroup_dir"]) and not _owned_by(state["kernel_pid"])
+def _left(state: dict) -> list:
+    """What of the killed kernel is still on the machine, read from the kernel (not bookkeeping)."""
+    now = {(i.kind, i.name) for i in cleanup.find_all(include_in_use=True)}
+    return sorted(state["objects"] & now) + [f"pid {pid} alive" for pid in state["pids"] if _alive(pid)]
 
 
-@pytest.mark.parametrize("watchdog", ["with watchdog", "without watchdog"])
-def test_a_notebook_reruns_from_the_top_after_its_kernel_was_killed_mid_experiment(watchdog):
+@pytest.mark.parametrize("case,watchdog", [("03-uts", True), ("03-uts", False), ("20-networking", True)],
+                         ids=["03-uts", "03-uts-its-watchdog-gone-too", "20-networking"])
+def test_a_notebook_reruns_from_the_top_after_its_kernel_was_killed_mid_experiment(case, watchdog):
+    name, halfway, started = CASES[case]
     env = dict(os.environ, LABKIT_ALLOW_HOST="1")
     env.pop("LABKIT_NO_WATCHDOG", None)
-    if watchdog == "without watchdog":
-        env["LABKIT_NO_WATCHDOG"] = "1"
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    state = _run_halfway_then_kill(nb, env)
-    # without a watchdog the box and its cgroup are still there now: the re-run has to cope with them
+    # without its watchdog (as if that was killed too) the dead kernel's objects stay until the
+    # watchdog of the next labkit process - the new kernel's - sweeps at its start
+    first_env = env if watchdog else dict(env, LABKIT_NO_WATCHDOG="1")
+    state = _run_halfway_then_kill(NOTEBOOKS / name, halfway, started, first_env)
 
     # "Run all" in a new kernel, exactly as stored; it raises CellExecutionError if a cell fails
-    rerun = nbformat.read(NOTEBOOK, as_version=4)
+    rerun = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(rerun, kernel_name="python3", timeout=60,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute(env=env)
@@ -95,9 +110,7 @@ def test_a_notebook_reruns_from_the_top_after_its_kernel_was_killed_mid_experime
     assert not errors, errors
 
     for _ in range(100):  # a watchdog may still be finishing its sweep
-        if _gone(state):
+        if not _left(state):
             break
         time.sleep(0.1)
-    assert _gone(state), f"left behind by the killed kernel: {_owned_by(state['kernel_pid'])}, {state}"
-    leftovers = [i for i in cleanup.find_all() if i.owner_pid == state["kernel_pid"]]
-    assert not leftovers, [i.describe() for i in leftovers]
+    assert not _left(state), f"left behind by the killed kernel {state['kernel_pid']}: {_left(state)}"
