@@ -107,3 +107,13 @@ def test_is_stored_executed_top_to_bottom(name):
     assert counts == sorted(counts) and len(set(counts)) == len(counts), \
         f"{name}: cells were executed out of order {counts} (re-run it from the top before committing)"
     assert sum(bool(c.outputs) for c in code) >= len(code) // 2, f"{name}: stored without most of its outputs"
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_FILES)
+def test_stored_outputs_show_no_error_and_no_stray_stderr(name):
+    for index, cell in enumerate(_code(_read(name))):
+        for output in cell.outputs:
+            if output.output_type == "error" and "raises-exception" not in cell.metadata.get("tags", []):
+                pytest.fail(f"{name}, code cell {index}: stored with an error {output.ename}: {output.evalue}")
+            if output.output_type == "stream" and output.name == "stderr":
+                pytest.fail(f"{name}, code cell {index}: stored with stderr output {output.text[:200]!r}")
