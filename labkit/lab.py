@@ -44,7 +44,6 @@ CONFIG_DIR = Path(os.environ.get("LABKIT_CONFIG_DIR", "/etc/labkit"))
 RUN_DIR = Path(os.environ.get("LABKIT_LAB_RUN_DIR", "/run/labkit/lab"))
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8888
-LAB_SETTINGS_DIR = REPO / "vagrant" / "jupyterlab-settings"      # overrides.json: JupyterLab defaults
 START_TIMEOUT = 90.0      # seconds for JupyterLab to answer (a cold start on a 2-core VM takes ~5 s)
 
 
@@ -401,8 +400,9 @@ def serve(settings: LabSettings) -> None:
     argv = [sys.executable, "-m", "jupyterlab",
             f"--ip={settings.ip}", f"--port={settings.port}", "--port-retries=0",
             "--no-browser", "--allow-root", f"--ServerApp.root_dir={settings.notebook_dir}",
-            # No calls out to the internet, and no "fetch news?" prompt: the lab runs offline.
-            "--LabApp.news_url=None", f"--LabApp.app_settings_dir={LAB_SETTINGS_DIR}",
+            # No calls out to the internet: the lab runs offline (provision.sh also installs
+            # vagrant/jupyterlab-settings/overrides.json, which silences the "fetch news?" prompt).
+            "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate"]
     _record_running(settings)        # what `labkit lab status` compares with (also after a reboot)
     sys.stdout.flush()

@@ -178,6 +178,15 @@ else
     changed "installed labkit and its Python dependencies into $VENV"
 fi
 
+# JupyterLab defaults for the lab (no "fetch news?" prompt, no update check: the lab is offline),
+# where JupyterLab reads them: overrides.json in the venv's application settings.
+OVERRIDES=$VENV/share/jupyter/lab/settings/overrides.json
+if ! cmp -s "$REPO/vagrant/jupyterlab-settings/overrides.json" "$OVERRIDES"; then
+    mkdir -p "$(dirname "$OVERRIDES")"
+    cp "$REPO/vagrant/jupyterlab-settings/overrides.json" "$OVERRIDES"
+    changed "installed JupyterLab defaults $OVERRIDES"
+fi
+
 # A venv outside the repository (the Vagrant VM keeps it off the synced folder, where symlinks may be
 # refused) is put on PATH for login shells (and LABKIT_VENV for `make`), and `labkit` is linked into
 # /usr/local/bin so that `sudo labkit lab url` works (sudo's secure_path includes it).
