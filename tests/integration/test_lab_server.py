@@ -178,3 +178,56 @@ def test_start_again_leaves_the_running_server(server):
                                       config_dir=settings.config_dir, run_dir=settings.run_dir),
                       mode="direct")
     assert again["started"] is False and again["pid"] == server_proc.pid
+
+
+def _v2_root():
+    from pathlib import Path
+
+    from labkit import host
+
+    mode = host.cgroup_mode()
+    if mode == "v2":
+        return Path("/sys/fs/cgroup")
+    if mode == "hybrid":
+        return Path("/sys/fs/cgroup/unified")
+    return None
+
+
+@pytest.mark.skipif(_v2_root() is None, reason="no cgroup v2 hierarchy on this host")
+def test_delegated_layout_on_the_real_v2_hierarchy():
+    """What `labkit lab serve` does under systemd's Delegate=yes, on the kernel's own cgroupfs: a
+    process in the 'service' cgroup moves itself into the `jupyter` leaf, `labkit` is made beside it,
+    and the service cgroup is left without processes (v2's no-internal-process rule)."""
+    import subprocess
+    import sys
+
+    from labkit import cleanup
+
+    root = _v2_root()
+    name = cleanup.unique_name("labsvc")
+    cleanup.claim("cgroup", name)
+    service = root / name
+    service.mkdir()
+    try:
+        child = (
+            "import sys; from pathlib import Path; from labkit import lab\n"
+            "Path(sys.argv[1], sys.argv[2], 'cgroup.procs').write_text('0')\n"   # 'the service'
+            "print(lab.delegated_layout(Path(sys.argv[1]), '/' + sys.argv[2]))\n"
+            "print([l for l in open('/proc/self/cgroup') if l.startswith('0::')][0].strip())\n")
+        out = subprocess.run([sys.executable, "-c", child, str(root), name],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        parent, own = out.stdout.split()
+        assert parent == f"{name}/labkit"
+        assert own == f"0::/{name}/jupyter"                   # the kernel put it in the leaf
+        assert (service / "labkit").is_dir()
+        assert (service / "cgroup.procs").read_text() == ""   # no process left in the service cgroup
+        available = set((service / "cgroup.controllers").read_text().split())
+        wanted = [c for c in ("cpuset", "cpu", "io", "memory", "pids") if c in available]
+        assert (service / "cgroup.subtree_control").read_text().split() == wanted
+    finally:
+        for leaf in ("jupyter", "labkit"):
+            if (service / leaf).exists():
+                (service / leaf).rmdir()
+        service.rmdir()
+        cleanup.release("cgroup", name)
