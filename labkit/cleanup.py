@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import InvalidValue
+from .errors import InvalidValue, LabkitError
 
 PREFIX = "labkit-"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
@@ -210,20 +210,38 @@ def find_all(include_in_use: bool = False) -> list[Leftover]:
     return found
 
 
-def sweep(include_in_use: bool = False, owner_pid: int | None = None) -> list[Leftover]:
+def sweep(include_in_use: bool = False, owner_pid: int | None = None,
+          errors: list[str] | None = None) -> list[Leftover]:
     """Remove leftovers (objects whose owner is dead); return what was removed.
 
     owner_pid: only what that (dead) process owned - the watchdog's sweep after its notebook died.
     include_in_use: also objects of live owners (`labkit cleanup --all`, for a learner's reset).
+    errors: collect what could not be listed or removed here instead of raising. Either way one
+    failure (a Docker daemon that stops answering, a busy mount) does not stop the sweep of the rest.
     """
-    removed, kept = [], set()
+    removed, kept, problems = [], set(), []
     for module in _modules():
-        for item in list(module.find_leftovers()):
+        try:
+            found = list(module.find_leftovers())
+        except Exception as exc:  # noqa: BLE001 - the other kinds must still be swept
+            problems.append(f"listing {module.__name__} objects: {exc!r}")
+            continue
+        for item in found:
             if (item.owner_alive and not include_in_use) or \
                     (owner_pid is not None and item.owner_pid != owner_pid):
                 kept.add((item.kind, item.name))
                 continue
-            module.remove_leftover(item)
+            try:
+                module.remove_leftover(item)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"removing {item.kind} {item.name} ({item.where}): {exc!r}")
+                kept.add((item.kind, item.name))
+                continue
             removed.append(item)
     _stale_owner_records(kept)
+    if errors is not None:
+        errors.extend(problems)
+    elif problems:
+        raise LabkitError(f"cleanup removed {len(removed)} object(s) but not everything:\n  "
+                          + "\n  ".join(problems))
     return removed

@@ -52,12 +52,15 @@ def watch(owner: int) -> int:
         os.close(pidfd)
     from . import cleanup
 
-    removed = cleanup.sweep(owner_pid=owner)
-    if removed:  # a journal, so that a cleanup path that failed is noticed, not silently mended
+    errors: list[str] = []
+    removed = cleanup.sweep(owner_pid=owner, errors=errors)
+    if removed or errors:  # a journal, so that a cleanup path that failed is noticed, not silently mended
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with open(JOURNAL, "a") as journal:
             for item in removed:
                 journal.write(f"{stamp} owner {owner} died; removed {item.kind} {item.name} {item.where}\n")
+            for error in errors:
+                journal.write(f"{stamp} owner {owner} died; FAILED {error}\n")
     return len(removed)
 
 
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from . import cleanup
 
-    cleanup.sweep()          # leftovers of owners that died before we started
-    watch(args.owner)
+    errors: list[str] = []
+    cleanup.sweep(errors=errors)   # leftovers of owners that died before we started (a failure
+    watch(args.owner)              # there must not cost the owner its watchdog: errors are not raised)
     return 0
 
 
