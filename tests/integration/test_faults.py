@@ -91,7 +91,8 @@ def assert_journal_names_only(owner: int, names) -> None:
     only dead owners' objects) - so this checks attribution, and the caller checks that all is gone.
     """
     for line in journal_lines(owner):
-        removed = line.split(" removed ", 1)[1].split()[1]
+        assert "; FAILED " not in line, f"the watchdog could not remove something: {line}"
+        removed = line.split("; removed ", 1)[1].split()[1]
         assert removed in names, f"the watchdog of {owner} removed {removed}, not one of {names}: {line}"
 
 
@@ -270,6 +271,8 @@ print("READY", json.dumps({"names": [net.switch.name, box.name, cg.name, served[
     before, old_pid = ks.snapshot(), kernel.pid
     msg_id, report = kernel.start(code)
     assert ks.alive(report["pids"]) == report["pids"]
+    dog = watchdog_of(old_pid)
+    assert dog, "the kernel has no watchdog"
     kernel.km.restart_kernel(now=True)
     kernel.kc.wait_for_ready(timeout=60)
     assert kernel.pid != old_pid and not ks.alive([old_pid])
