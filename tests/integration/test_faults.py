@@ -406,10 +406,6 @@ def test_sigkill_of_the_kernel_and_its_watchdog_the_next_labkit_process_sweeps()
 
 # --- faults inside a running container --------------------------------------------------------------------
 
-def _cgroup_file(cg, controller: str, v1: str, v2: str) -> Path:
-    return Path(cg.path(controller), v1 if cg.version == "v1" else v2)
-
-
 def test_a_containers_pid_1_killed_takes_everything_in_it_down():
     with Container("busybox", ["sh", "-c", "sleep 1000 & sleep 1000 & (sleep 1000 &); wait"],
                    init=False) as box:
