@@ -219,12 +219,13 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None,
     errors: collect what could not be listed or removed here instead of raising. Either way one
     failure (a Docker daemon that stops answering, a busy mount) does not stop the sweep of the rest.
     """
-    removed, kept, problems = [], set(), []
+    removed, kept, problems, unlisted = [], set(), [], False
     for module in _modules():
         try:
             found = list(module.find_leftovers())
         except Exception as exc:  # noqa: BLE001 - the other kinds must still be swept
             problems.append(f"listing {module.__name__} objects: {exc!r}")
+            unlisted = True
             continue
         for item in found:
             if (item.owner_alive and not include_in_use) or \
@@ -238,7 +239,8 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None,
                 kept.add((item.kind, item.name))
                 continue
             removed.append(item)
-    _stale_owner_records(kept)
+    if not unlisted:       # a kind we could not list may still have objects: keep every record
+        _stale_owner_records(kept)
     if errors is not None:
         errors.extend(problems)
     elif problems:
