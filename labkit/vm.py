@@ -293,7 +293,10 @@ def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str =
             "mount -t tmpfs -o mode=755 tmpfs /rw && mkdir /rw/upper /rw/work",
             "mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot "
             "|| fail mount overlay",
-            "mount -t tmpfs -o mode=755 tmpfs /newroot/run; mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp",
+            # A fresh /run: the host's runtime state (labkit's owner records, /run/netns, pid files)
+            # is not the guest's. /tmp stays the host's (through the overlay, so still read-only
+            # underneath): the checkout the guest runs may well live there.
+            "mount -t tmpfs -o mode=755 tmpfs /newroot/run",
             "mkdir /newroot/run/labkit-guest && cp /bin/busybox /labkit/* /newroot/run/labkit-guest/",
             "for d in proc sys dev; do mount --move /$d /newroot/$d; done",
             "exec switch_root /newroot /bin/sh /run/labkit-guest/stage2",
