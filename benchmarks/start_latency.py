@@ -19,7 +19,9 @@ namespaces with a memory/cpu/pids cgroup (128M, 1 CPU, 64 pids):
 
 The rows are interleaved (one run of each, repeated), so a noisy neighbour on this 2-core machine
 slows all of them alike - except Docker, which runs last in a block of its own (its daemons keep
-working after `docker run --rm` returns, and that work would land on whichever row came next). Prints a table with the median, the interquartile range and the ratio to
+working after `docker run --rm` returns, and that work would land on whichever row came next).
+For the same reason, after each `labkit run` the script waits, untimed, for the watchdog process that
+run started (labkit/watchdog.py: it sweeps once and exits when its owner is gone). Prints a table with the median, the interquartile range and the ratio to
 runc, and writes benchmarks/results/start_latency.{png,json,md}. It also reports the CPU time each start
 used (this process and its children, from getrusage): on a machine shared with other work, wall time
 includes waiting for a CPU, CPU time much less so. (Docker's CPU time is mostly dockerd's and
@@ -88,6 +90,29 @@ def start_docker(stack: contextlib.ExitStack, rootfs_dir: Path) -> tuple[str | N
     return image, None
 
 
+def settle(owners: list[int], timeout: float = 5.0) -> None:
+    """Wait (outside the timed part) until the watchdogs the `labkit run` processes started have
+    finished: each is a Python process that sweeps once at its start, and left running it would
+    slow whichever row comes next instead of the CLI row that caused it."""
+    deadline = time.monotonic() + timeout
+    wanted = {f"--owner\0{pid}\0".encode() for pid in owners}
+    owners.clear()
+    while wanted and time.monotonic() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"labkit.watchdog" in cmdline and any(w in cmdline + b"\0" for w in wanted):
+                    busy = True
+                    break
+        if not busy:
+            return
+        time.sleep(0.01)
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall ms, CPU ms): CPU time of this process and its children, which a busy neighbour on the
     machine inflates much less than wall time."""
@@ -138,13 +163,20 @@ def main(argv=None) -> int:
             result = container.run("busybox", ["/bin/true"], memory=MEMORY, cpu=CPU, pids_limit=PIDS)
             assert result.returncode == 0, result
 
+        cli_pids = []
+
+        def cli(argv, what):
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            out, err = proc.communicate()
+            cli_pids.append(proc.pid)
+            check(subprocess.CompletedProcess(argv, proc.returncode, out, err), what)
+
         def labkit_cli():
-            check(subprocess.run([*LABKIT, "run", "--memory", str(MEMORY), "--cpu", str(CPU), "--pids",
-                                  str(PIDS), "--", "/bin/true"], capture_output=True, env=env), "labkit run")
+            cli([*LABKIT, "run", "--memory", str(MEMORY), "--cpu", str(CPU), "--pids", str(PIDS), "--",
+                 "/bin/true"], "labkit run")
 
         def labkit_bundle():
-            check(subprocess.run([*LABKIT, "run", "--bundle", str(bundle)], capture_output=True, env=env),
-                  "labkit run --bundle")
+            cli([*LABKIT, "run", "--bundle", str(bundle)], "labkit run --bundle")
 
         def runc():
             check(subprocess.run(["runc", "run", "-b", str(bundle), f"bench-{os.getpid()}-{next(counter)}"],
@@ -192,6 +224,7 @@ def main(argv=None) -> int:
                     continue
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
+                settle(cli_pids)
             print(f"\rround {run + 1}/{len(order)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
     finally:
