@@ -174,7 +174,7 @@ def remove_leftover(item: Leftover) -> None:
 def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> None:
     """Drop owner records whose object is gone and whose owner is dead.
 
-    `still_there`: objects this sweep found and left in place. Their records stay: a watchdog's
+    `still_there`: objects that exist (listed after the sweep). Their records stay: a watchdog's
     sweep (owner_pid=...) finds its dead owner's objects by them, and must not lose them to a
     sweep that started in another process just before that owner died.
     """
@@ -190,6 +190,19 @@ def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> Non
 
 
 # --- the sweep ----------------------------------------------------------------------------------
+
+def _existing() -> set[tuple[str, str]] | None:
+    """(kind, name) of every labkit object that exists now - listed afresh, after a sweep, so that
+    no record is dropped for an object made (or not yet seen) while the sweep ran; None if some
+    kind cannot be listed (then nobody can tell which records are stale)."""
+    found = set()
+    for module in _modules():
+        try:
+            found |= {(item.kind, item.name) for item in module.find_leftovers()}
+        except Exception:  # noqa: BLE001
+            return None
+    return found
+
 
 def _modules():
     for name in SWEEP_MODULES:
@@ -219,7 +232,7 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None,
     errors: collect what could not be listed or removed here instead of raising. Either way one
     failure (a Docker daemon that stops answering, a busy mount) does not stop the sweep of the rest.
     """
-    removed, kept, problems, unlisted = [], set(), [], False
+    removed, problems, unlisted = [], [], False
     for module in _modules():
         try:
             found = list(module.find_leftovers())
@@ -230,17 +243,16 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None,
         for item in found:
             if (item.owner_alive and not include_in_use) or \
                     (owner_pid is not None and item.owner_pid != owner_pid):
-                kept.add((item.kind, item.name))
                 continue
             try:
                 module.remove_leftover(item)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"removing {item.kind} {item.name} ({item.where}): {exc!r}")
-                kept.add((item.kind, item.name))
                 continue
             removed.append(item)
-    if not unlisted:       # a kind we could not list may still have objects: keep every record
-        _stale_owner_records(kept)
+    existing = None if unlisted else _existing()
+    if existing is not None:   # a kind we could not list may still have objects: keep every record
+        _stale_owner_records(existing)
     if errors is not None:
         errors.extend(problems)
     elif problems:
