@@ -63,9 +63,16 @@ def _cap_files(owners: set[int]) -> dict[str, str]:
 
 
 def _wait_for(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true; a page element that is not there yet
+    (JupyterLab re-renders cells while they run) counts as not yet."""
+    from playwright.sync_api import Error as PageError
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except PageError:
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -127,13 +134,14 @@ def _run_cells(page, cells, first: int, count: int) -> None:
                 break
             prompt = cell.locator(".jp-InputArea-prompt")
             try:
-                _wait_for(lambda: prompt.inner_text().strip() != "[ ]:", 10, f"cell {index} to start")
+                _wait_for(lambda: prompt.inner_text(timeout=2000).strip() != "[ ]:", 10,
+                          f"cell {index} to start")
                 break
             except AssertionError:
                 cell.click()
                 page.keyboard.press("Escape")
         if is_code:
-            _wait_for(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()), 180,
+            _wait_for(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text(timeout=2000).strip()), 180,
                       f"cell {index} to finish")
 
 
