@@ -172,7 +172,11 @@ def render(cases: list[Case], source: str, found: int, check_output: str, info: 
         "|---|---|---|",
     ]
     out += [f"| {cell(c.title)} | {MARK[c.result]} | {c.seconds:.1f} |" for c in faults]
-    out += ["", "## Bad input", "",
+    out += ["", "A kernel killed outright is cleaned up by BOTH mechanisms: its watchdog (a process in its own "
+            "session, woken by a pidfd the moment the kernel dies) sweeps what the kernel owned, and journals it in "
+            "/run/labkit/watchdog.log; if the watchdog was killed too, the next labkit process's watchdog sweeps "
+            "dead owners' objects when it starts. The SIGKILL rows above prove each path from the kernel's side.",
+            "", "## Bad input", "",
             "Each row is refused before anything is created; the test fails if the message does not contain "
             "the bad value, or if any kernel object appeared.", "",
             "| # | group | bad input | expected | what came back | result |", "|---|---|---|---|---|---|"]
