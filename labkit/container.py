@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import cleanup, rootfs as _rootfs
+from . import capabilities as _caps, cleanup, rootfs as _rootfs
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
@@ -139,7 +139,8 @@ class Container:
                  rlimits: Mapping[int, tuple[int, int]] | None = None, no_new_privileges: bool = False,
                  masked_paths: Sequence[str] = (), readonly_paths: Sequence[str] = (),
                  oom_score_adj: int | None = None, umask: int | None = None, default_env: bool = True,
-                 attach: bool = False, bundle: str | None = None):
+                 attach: bool = False, bundle: str | None = None, cap_add: Iterable[str] = (),
+                 cap_drop: Iterable[str] = (), capabilities: Iterable[str] | None = None):
         from .namespaces import parse_kinds
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
@@ -181,6 +182,10 @@ class Container:
             if "net" not in self.kinds:
                 raise InvalidValue("network", network, "a 'net' namespace too")
         self.network = network
+        # What root inside may do: Docker's default list, adjusted like `docker run --cap-add/--cap-drop`
+        # (or an explicit list, as an OCI bundle's process.capabilities.bounding gives it).
+        self.capabilities = _caps.effective_set(cap_add, cap_drop,
+                                                base=_caps.DOCKER_DEFAULT if capabilities is None else capabilities)
         self.read_only = bool(read_only)
         self.user = user
         self.rlimits = dict(rlimits or {})
@@ -286,7 +291,8 @@ class Container:
         env = dict(self.environment)
         env.update(_environment(environment, self.hostname or ""))
         return namespaces.enter(self.pid, self.kinds, _command(command), cgroup=self.cgroup,
-                                env=env, cwd=self.working_dir, timeout=timeout)
+                                env=env, cwd=self.working_dir, timeout=timeout,
+                                setup=[_caps.drop_step(self.capabilities)])
 
     def state(self) -> dict:
         """The OCI runtime state of this container."""
@@ -403,6 +409,7 @@ class Container:
         if self.no_new_privileges:
             from . import syscalls
             steps.append(lambda: syscalls.prctl(38, 1))   # PR_SET_NO_NEW_PRIVS
+        steps.append(_caps.drop_step(self.capabilities))   # needs CAP_SETPCAP: before a user switch
         if self.user:
             uid, gid, *groups = self.user
 

@@ -10,9 +10,10 @@ container from scratch needs, and refuses the rest by name instead of silently i
                   linux.resources.memory.limit, cpu.quota + cpu.period, pids.limit;
                   linux.maskedPaths, linux.readonlyPaths; the standard mounts /proc, /dev,
                   /dev/pts, /dev/shm, /sys (read-only) - labkit makes these itself
+                  process.capabilities.bounding (every other capability is dropped; the
+                  effective/permitted lists follow from it for root, as they do in runc)
     accepted,     process.terminal (no pseudo-terminal: the process gets labkit's own stdio),
-    not enforced  process.capabilities (the process keeps root's capabilities),
-                  linux.resources.devices (no device cgroup rules), the /dev/mqueue and
+    not enforced  linux.resources.devices (no device cgroup rules), the /dev/mqueue and
                   /sys/fs/cgroup mounts (not mounted), linux.cgroupsPath (labkit names its
                   own cgroup labkit-NAME), annotations
     refused       everything else (hooks, seccomp, user namespaces and id mappings, sysctl,
@@ -71,6 +72,7 @@ class Bundle:
     umask: int | None = None
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
+    capabilities: list[str] | None = None                    # the bounding set; None: Docker's default
     not_enforced: list[str] = field(default_factory=list)   # accepted fields labkit does not apply
 
     def container(self, name: str | None = None, attach: bool = True):
@@ -84,7 +86,7 @@ class Bundle:
                          no_new_privileges=self.no_new_privileges, attach=attach,
                          bundle=str(self.path), masked_paths=self.masked_paths,
                          readonly_paths=self.readonly_paths, oom_score_adj=self.oom_score_adj,
-                         umask=self.umask, default_env=False)
+                         umask=self.umask, default_env=False, capabilities=self.capabilities)
 
 
 def _empty(value) -> bool:
@@ -157,8 +159,15 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
         r.bad("process.cwd", cwd, "an absolute path")
     if proc.get("terminal"):
         notes.append("process.terminal: no pseudo-terminal; the process uses labkit's stdio")
+    capabilities = None   # none given: Docker's default list, as for any labkit container
     if proc.get("capabilities"):
-        notes.append("process.capabilities: not dropped; the process keeps root's capabilities")
+        from . import capabilities as caps
+        r.only(proc["capabilities"], "process.capabilities",
+               {"bounding", "effective", "permitted", "inheritable", "ambient"})
+        try:
+            capabilities = sorted(caps.canonical(c) for c in proc["capabilities"].get("bounding") or [])
+        except InvalidValue as exc:
+            r.bad("process.capabilities.bounding", exc.value, exc.accepted)
     user = r.only(proc.get("user"), "process.user", {"uid", "gid", "additionalGids", "umask"})
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     for key, value in (("uid", uid), ("gid", gid)):
@@ -244,7 +253,8 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
                   user=(uid, gid, groups) if (uid or gid or groups) else None, rlimits=rlimits,
                   no_new_privileges=bool(proc.get("noNewPrivileges")), oom_score_adj=oom,
                   umask=umask, masked_paths=list(linux.get("maskedPaths") or []),
-                  readonly_paths=list(linux.get("readonlyPaths") or []), not_enforced=notes)
+                  readonly_paths=list(linux.get("readonlyPaths") or []), capabilities=capabilities,
+                  not_enforced=notes)
 
 
 def run(bundle: str | os.PathLike, name: str | None = None) -> int:

@@ -241,10 +241,20 @@ def test_a_container_cannot_write_to_its_read_only_base_layer():
     assert _tree_digest(base) == before
 
 
-@pytest.mark.xfail(strict=True, reason="containers keep root's full capability set (CAP_SYS_ADMIN): the "
-                                       "container's root can remount its read-only root read-write. Docker "
-                                       "drops CAP_SYS_ADMIN; labkit.container does not (reported to the lead)")
 def test_a_read_only_root_cannot_be_remounted_read_write_from_inside():
     result = container.run("busybox", ["sh", "-c", "mount -o remount,rw /; echo x > /probe && echo wrote"],
                            read_only=True)
     assert "wrote" not in result.stdout, result
+
+
+def test_a_containers_root_keeps_only_dockers_default_capabilities():
+    """Read from outside: the container's pid 1 and an exec'd process, in /proc/PID/status."""
+    from labkit import capabilities
+
+    with Container("busybox", ["sleep", "30"], init=False) as box:
+        box.start()
+        for which in ("CapEff", "CapBnd"):
+            assert capabilities.of_process(box.pid, which) == set(capabilities.DOCKER_DEFAULT)
+        inside = box.exec(["sh", "-c", "grep CapBnd /proc/self/status"]).stdout.split()[1]
+        assert {n for i, n in enumerate(capabilities.NAMES) if int(inside, 16) >> i & 1} \
+            == set(capabilities.DOCKER_DEFAULT)
