@@ -257,21 +257,4 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
                   not_enforced=notes)
 
 
-def run(bundle: str | os.PathLike, name: str | None = None) -> int:
-    """Run a bundle attached to our stdio (what `labkit run --bundle` does); its exit status."""
-    import signal
-
-    box = load(bundle).container(name=name)
-    with box:
-        box.start()
-        try:
-            returncode = box.wait()
-        except KeyboardInterrupt:
-            box.kill(signal.SIGKILL)
-            returncode = box.wait()
-    if returncode < 0:
-        return 128 - returncode
-    return returncode
-
-
-__all__ = ["Bundle", "UnsupportedField", "load", "parse", "run"]
+__all__ = ["Bundle", "UnsupportedField", "load", "parse"]
