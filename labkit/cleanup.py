@@ -98,12 +98,19 @@ def checked_name(name: str, max_len: int = 64) -> str:
 # --- ownership ----------------------------------------------------------------------------------
 
 def _start_time(pid: int) -> str | None:
-    """Process start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone."""
+    """Process start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone.
+
+    A zombie counts as gone: it has exited, only its parent has not collected its status yet (a
+    killed notebook kernel stays a zombie until Jupyter reaps it), and its objects are leftovers.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):   # state: zombie or dead
+        return None
+    return fields[19]
 
 
 def _owner_file(kind: str, name: str) -> Path:

@@ -106,3 +106,18 @@ def test_spawn_refuses_bad_namespace_kinds_on_the_command_line(capsys):
 def test_spawn_needs_a_command(capsys):
     assert cli.main(["spawn"]) == 2
     assert "command" in capsys.readouterr().err
+
+
+def test_a_zombie_owner_counts_as_dead(tmp_path, monkeypatch):
+    """A killed notebook kernel is a zombie until Jupyter reaps it; its objects are leftovers already."""
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cleanup.claim("cgroup", "labkit-z", pid=child.pid)
+        assert cleanup.owner("cgroup", "labkit-z") == (child.pid, True)
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: a zombie
+        assert open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        assert cleanup.owner("cgroup", "labkit-z") == (child.pid, False)
+    finally:
+        child.wait()
