@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import InvalidValue, LabkitError
+from .errors import InvalidValue, LabkitError, NotFound
 
 PREFIX = "labkit-"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
@@ -253,6 +253,10 @@ def sweep(include_in_use: bool = False, owner_pid: int | None = None,
                 continue
             try:
                 module.remove_leftover(item)
+            except NotFound:
+                # Gone while we were removing it: another sweeper got there first (a dead engine's
+                # own watchdog and its notebook's both clean up the engine's containers). Fine.
+                continue
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"removing {item.kind} {item.name} ({item.where}): {exc!r}")
                 continue
