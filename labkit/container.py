@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import capabilities as _caps, cleanup, rootfs as _rootfs
+from . import capabilities as _caps, cleanup, rootfs as _rootfs, syscalls
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
@@ -102,14 +102,6 @@ def _environment(environment, hostname: str, defaults: bool = True) -> dict[str,
             raise InvalidValue("environment variable", key, "NAME=value with a NAME without '=' or NUL")
         env[key] = str(value)
     return env
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def _command(command) -> list[str]:
@@ -400,14 +392,13 @@ class Container:
         """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as."""
         steps = []
         if self.oom_score_adj is not None:
-            steps.append(lambda: _write("/proc/self/oom_score_adj", str(self.oom_score_adj)))
+            steps.append(lambda: syscalls.write_file("/proc/self/oom_score_adj", str(self.oom_score_adj)))
         if self.umask is not None:
             steps.append(lambda: os.umask(self.umask))
         if self.rlimits:
             import resource
             steps.append(lambda: [resource.setrlimit(kind, tuple(v)) for kind, v in self.rlimits.items()])
         if self.no_new_privileges:
-            from . import syscalls
             steps.append(lambda: syscalls.prctl(38, 1))   # PR_SET_NO_NEW_PRIVS
         steps.append(_caps.drop_step(self.capabilities))   # needs CAP_SETPCAP: before a user switch
         if self.user:

@@ -462,9 +462,9 @@ def _write_id_maps(pid: int, uid_map: str | None, gid_map: str | None) -> None:
     uid_map = uid_map or f"0 {os.geteuid()} 1"
     gid_map = gid_map or f"0 {os.getegid()} 1"
     if os.geteuid() != 0:
-        _write_file(f"/proc/{pid}/setgroups", "deny")
-    _write_file(f"/proc/{pid}/uid_map", uid_map)
-    _write_file(f"/proc/{pid}/gid_map", gid_map)
+        syscalls.write_file(f"/proc/{pid}/setgroups", "deny")
+    syscalls.write_file(f"/proc/{pid}/uid_map", uid_map)
+    syscalls.write_file(f"/proc/{pid}/gid_map", gid_map)
 
 
 def _maps_root(uid_map: str | None) -> bool:
@@ -492,15 +492,7 @@ def _write_time_offsets(offsets: dict) -> None:
             raise InvalidValue("time offset clock", clock, "'monotonic' or 'boottime'")
         whole = int(seconds)
         lines.append(f"{clock} {whole} {int((seconds - whole) * 1e9)}")
-    _write_file("/proc/self/timens_offsets", "\n".join(lines))
-
-
-def _write_file(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    syscalls.write_file("/proc/self/timens_offsets", "\n".join(lines))
 
 
 def _read_exact(fd: int, n: int) -> bytes:

@@ -91,6 +91,18 @@ def pivot_root(new_root: str, put_old: str) -> None:
            f"pivot_root {new_root}")
 
 
+def write_file(path: str, text: str) -> None:
+    """Write `text` with a single write(2), as /proc and /sys files want (uid_map, oom_score_adj, ...).
+
+    Plain os calls, no buffered file object: this runs in forked children just before exec.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname {name}")

@@ -38,6 +38,23 @@ def parent_from_env() -> str:
     return parent
 
 
+def find_labkit_dirs(mountpoint: str, keep: str = "") -> set[str]:
+    """Paths (relative to `mountpoint`) of the outermost labkit-* cgroups in one hierarchy.
+
+    `keep` is a labkit parent to leave out (LABKIT_CGROUP_PARENT); inside a found cgroup we do not
+    look further: its sub-cgroups go with it.
+    """
+    found: set[str] = set()
+    for dirpath, dirnames, _ in os.walk(mountpoint):
+        rel = os.path.relpath(dirpath, mountpoint)
+        for name in list(dirnames):
+            child = name if rel == "." else f"{rel}/{name}"
+            if name.startswith("labkit-") and child != keep.strip("/"):
+                found.add(child)
+                dirnames.remove(name)
+    return found
+
+
 class BaseCgroup:
     """The interface both backends implement (the contract test checks they match)."""
 

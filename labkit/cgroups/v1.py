@@ -21,7 +21,7 @@ import time
 
 from ..errors import InvalidValue, NotFound, Unsupported
 from . import files
-from .base import STAT_KEYS, BaseCgroup
+from .base import STAT_KEYS, BaseCgroup, find_labkit_dirs
 from .files import MAX
 from .limits import CPU_PERIOD_US, Limits, cpu_quota_us, shares_to_weight, weight_to_shares
 
@@ -87,13 +87,7 @@ class V1Cgroup(BaseCgroup):
     def find_labkit(cls, root: str | None = None, keep: str = "") -> list[str]:
         found: set[str] = set()
         for mountpoint in set(_mounts(root or cls.DEFAULT_ROOT).values()):
-            for dirpath, dirnames, _ in os.walk(mountpoint):
-                rel = os.path.relpath(dirpath, mountpoint)
-                for name in list(dirnames):
-                    child = name if rel == "." else f"{rel}/{name}"
-                    if name.startswith("labkit-") and child != keep.strip("/"):
-                        found.add(child)
-                        dirnames.remove(name)      # its sub-cgroups go with it
+            found |= find_labkit_dirs(mountpoint, keep)
         return sorted(found)
 
     def _hierarchies(self) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ import time
 
 from ..errors import InvalidValue, NotFound
 from . import files
-from .base import STAT_KEYS, BaseCgroup, parent_from_env
+from .base import STAT_KEYS, BaseCgroup, find_labkit_dirs, parent_from_env
 from .files import MAX
 from .limits import CPU_PERIOD_US, Limits, cpu_quota_us
 
@@ -62,16 +62,7 @@ class V2Cgroup(BaseCgroup):
 
     @classmethod
     def find_labkit(cls, root: str | None = None, keep: str = "") -> list[str]:
-        root = root or cls.DEFAULT_ROOT
-        found = []
-        for dirpath, dirnames, _ in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            for name in list(dirnames):
-                child = name if rel == "." else f"{rel}/{name}"
-                if name.startswith("labkit-") and child != keep.strip("/"):
-                    found.append(child)
-                    dirnames.remove(name)          # its sub-cgroups go with it
-        return sorted(found)
+        return sorted(find_labkit_dirs(root or cls.DEFAULT_ROOT, keep))
 
     @property
     def dir(self) -> str:
