@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.root
 PY = sys.executable
 LABKIT = str(Path(PY).parent / "labkit")
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+HERE = Path(__file__).resolve().parent
 
 CREATE_SOMETHING = """
 from labkit.cgroups import Cgroup
@@ -73,17 +76,87 @@ def test_the_opt_in_is_what_makes_the_difference():
     assert allowed.returncode == 0 and allowed.stdout.strip() == "created", allowed.stderr[-1500:]
 
 
-@pytest.mark.parametrize("argv", [
-    [PY, "-c", CREATE_SOMETHING],
-    [LABKIT, "spawn", "--", "true"],
-], ids=["Cgroup.create", "labkit spawn"])
-def test_non_root_gets_a_clear_refusal(argv):
+@pytest.fixture(scope="module")
+def as_nobody():
+    """run(args, **options): Python as nobody, with THIS checkout's labkit importable.
+
+    nobody may not be able to read the checkout at all: a clone under /root, or under `mktemp -d`,
+    lies in a 0700 directory, and so does the venv inside it. So the package is copied into a
+    world-readable directory and run with the venv's base interpreter (labkit's refusal path needs
+    the standard library only)."""
+    import labkit
+
+    view = Path(tempfile.mkdtemp(prefix="nobody-view-"))
+    try:
+        shutil.copytree(Path(labkit.__file__).parent, view / "labkit",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [view, *view.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        python = _python_nobody_can_run()
+
+        def run(args, env=None, **options):
+            env = dict(os.environ if env is None else env, PYTHONPATH=str(view))
+            return subprocess.run(NOBODY + [python, "-s", *args], env=env, capture_output=True,
+                                  text=True, **options)
+        yield run
+    finally:
+        shutil.rmtree(view)
+
+
+def _python_nobody_can_run() -> str:
+    """The venv's base interpreter, or the system's when that one lies in a private directory too
+    (a pyenv build under /root)."""
+    candidates = [getattr(sys, "_base_executable", PY), "/usr/bin/python3"]
+    for python in candidates:
+        probe = subprocess.run(NOBODY + [python, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+                               capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return python
+    pytest.fail(f"nobody can run none of {candidates}: no Python to test the refusal with")
+
+
+NOBODY_CREATES = [["-c", CREATE_SOMETHING], ["-m", "labkit.cli", "spawn", "--", "true"]]
+
+
+@pytest.mark.parametrize("argv", NOBODY_CREATES, ids=["Cgroup.create", "labkit spawn"])
+def test_non_root_gets_a_clear_refusal(argv, as_nobody):
     before = ks.snapshot()
     env = dict(os.environ, LABKIT_ALLOW_HOST="1", HOME="/nonexistent")
-    refused = subprocess.run(NOBODY + argv, env=env, capture_output=True, text=True, timeout=60)
+    refused = as_nobody(argv, env=env, timeout=60)
     assert refused.returncode != 0 and "created" not in refused.stdout
     assert "needs root" in refused.stderr, refused.stderr[-1500:]
     assert ks.new_objects(before, ks.snapshot(), owners=set()) == []
+
+
+def test_the_unprivileged_checks_pass_from_a_clone_in_a_0700_directory():
+    """A newcomer clones as root into /root or `mktemp -d`, both 0700: nobody cannot enter the
+    checkout, nor its venv. The checks that run labkit as nobody must pass from such a clone."""
+    checkout = HERE.parent.parent
+    outer = Path(tempfile.mkdtemp(prefix="clone-0700-"))
+    try:
+        assert stat.S_IMODE(outer.stat().st_mode) == 0o700
+        clone = outer / "lab"
+        for part in ("labkit", "tests"):
+            shutil.copytree(checkout / part, clone / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "test-output"))
+        shutil.copy2(checkout / "pyproject.toml", clone)
+        # its own venv, inside the clone; the dependencies come from ours (a path entry, so its
+        # .pth files - the editable install pointing at OUR checkout - are not read)
+        venv = clone / ".venv"
+        subprocess.run([getattr(sys, "_base_executable", PY), "-m", "venv", "--without-pip", str(venv)],
+                       check=True, timeout=120)
+        import sysconfig
+        site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+        (site / "lab-0700.pth").write_text(f"{clone}\n{sysconfig.get_paths()['purelib']}\n")
+        tests = clone / "tests" / "integration" / "test_security.py"
+        inner = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{tests}::test_non_root_gets_a_clear_refusal",
+             f"{tests}::test_the_engine_socket_is_root_only_and_nobody_cannot_connect"],
+            cwd=clone, capture_output=True, text=True, timeout=300)
+        assert inner.returncode == 0 and "3 passed" in inner.stdout, inner.stdout[-3000:] + inner.stderr[-2000:]
+    finally:
+        shutil.rmtree(outer)
 
 
 # --- the engine's socket -----------------------------------------------------------------------------
@@ -110,16 +183,15 @@ def _http(engine, method, path, body=None):
         conn.close()
 
 
-def test_the_engine_socket_is_root_only_and_nobody_cannot_connect(engine):
+def test_the_engine_socket_is_root_only_and_nobody_cannot_connect(engine, as_nobody):
     st = os.stat(engine.socket_path)
     assert stat.S_ISSOCK(st.st_mode)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
     probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
              "try:\n    s.connect(sys.argv[1]); print('connected')\n"
              "except OSError as e:\n    print(type(e).__name__)\n")
-    as_nobody = subprocess.run(NOBODY + [PY, "-c", probe, engine.socket_path],
-                               capture_output=True, text=True, timeout=30)
-    assert as_nobody.stdout.strip() == "PermissionError", as_nobody
+    refused = as_nobody(["-c", probe, engine.socket_path], timeout=30)
+    assert refused.stdout.strip() == "PermissionError", refused
     as_root = subprocess.run([PY, "-c", probe, engine.socket_path], capture_output=True, text=True, timeout=30)
     assert as_root.stdout.strip() == "connected"       # the probe itself works
 
