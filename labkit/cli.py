@@ -15,9 +15,9 @@ from .errors import InvalidValue, LabkitError
 # --- doctor ----------------------------------------------------------------------------------------
 
 def _cmd_doctor(args) -> int:
-    from . import host
+    from . import doctor
 
-    report = host.probe(check_kvm=args.kvm)
+    report = doctor.probe(check_kvm=args.kvm)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0 if not report.problems else 1
@@ -214,7 +214,7 @@ def _cmd_trace(args) -> int:
     return 0
 
 
-# --- net (chapter 3, labkit/net.py) -----------------------------------------------------------------
+# --- net (chapter 3, labkit/net/) --------------------------------------------------------------------
 
 def _cmd_net(args) -> int:
     from . import net

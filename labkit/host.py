@@ -1,14 +1,13 @@
-"""What this machine can do, and the guard that keeps labkit off machines that are not lab hosts.
+"""The machine labkit runs on: cgroup mode, controllers, root, and the lab-host guard.
 
-`probe()` answers the questions `labkit doctor` prints: kernel, cgroup mode (v1, hybrid or v2,
-told apart by filesystem magic exactly as runc does), which controllers are mounted where, which
-namespace kinds exist, root or not, lab host or not, and which optional tools are installed.
+A leaf: it uses only syscalls and errors, so every layer above may ask it. The cgroup mode (v1,
+hybrid or v2) is told apart by filesystem magic exactly as runc does. The full machine report that
+`labkit doctor` prints is built on top of this in labkit.doctor.
 """
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
@@ -80,76 +79,6 @@ def is_root() -> bool:
 def is_lab_host() -> bool:
     """A lab host has the marker provisioning writes, or the user opted in with LABKIT_ALLOW_HOST=1."""
     return os.environ.get(ALLOW_ENV) == "1" or LAB_HOST_MARKER.exists()
-
-
-def tools() -> dict[str, str | None]:
-    """Optional tools the later chapters use: path, or None when missing."""
-    arch = os.uname().machine
-    qemu = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}.get(arch, "qemu-system-" + arch)
-    names = {"qemu": qemu, "docker": "docker", "dockerd": "dockerd", "busybox": "busybox",
-             "runc": "runc", "unshare": "unshare", "ip": "ip", "vagrant": "vagrant"}
-    return {key: shutil.which(cmd) or (f"/usr/bin/{cmd}" if os.path.exists(f"/usr/bin/{cmd}") else None)
-            for key, cmd in names.items()}
-
-
-@dataclass
-class HostReport:
-    kernel: str
-    arch: str
-    cgroup_mode: str
-    controllers: list[Controller]
-    namespaces: list[dict]
-    root: bool
-    lab_host: bool
-    tools: dict
-    kvm: dict = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def probe(check_kvm: bool = False) -> HostReport:
-    """Look at the machine; `check_kvm` also boots a tiny VM to see whether KVM really works."""
-    from .namespaces import KINDS, kind_available
-
-    release = os.uname().release
-    namespaces = [{"kind": k.name, "available": kind_available(k), "min_kernel": k.min_kernel,
-                   "isolates": k.isolates} for k in KINDS]
-    report = HostReport(
-        kernel=release, arch=os.uname().machine, cgroup_mode=cgroup_mode(),
-        controllers=controllers(), namespaces=namespaces, root=is_root(),
-        lab_host=is_lab_host(), tools=tools(),
-        kvm={"device": os.path.exists("/dev/kvm"), "usable": None},
-    )
-    if check_kvm and report.kvm["device"] and report.tools["qemu"]:
-        try:
-            from .vm import kvm_usable
-            report.kvm["usable"] = kvm_usable()
-        except ImportError:
-            pass
-    report.problems = _problems(report)
-    return report
-
-
-def _problems(report: HostReport) -> list[str]:
-    """What stops the lab from working here, each with how to fix it."""
-    problems = []
-    if not report.root:
-        problems.append("not running as root: the lab creates kernel objects; run as root (sudo)")
-    if report.root and not report.lab_host:
-        problems.append(f"not a lab host: run `make lab` (it writes {LAB_HOST_MARKER}) "
-                        f"or set {ALLOW_ENV}=1 to opt in")
-    names = {c.name for c in report.controllers}
-    for needed in ("memory", "cpu", "pids"):
-        if needed not in names:
-            problems.append(f"cgroup controller {needed!r} is not available: chapter 2 needs it")
-    missing_ns = [n["kind"] for n in report.namespaces if not n["available"]]
-    if missing_ns:
-        problems.append("namespace kinds missing from this kernel: " + ", ".join(missing_ns))
-    if not report.tools.get("busybox"):
-        problems.append("busybox is missing: `apt-get install busybox-static` (chapter 4 rootfs)")
-    return problems
 
 
 # --- the guard ------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_an_interrupt_mid_setup_leaves_nothing(before, monkeypatch, fail_at):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(net, "set_up", interrupted)
+    monkeypatch.setattr(net.network, "set_up", interrupted)   # the name Network.connect calls
     with pytest.raises(KeyboardInterrupt):
         with net.Network(members=[None, None, None]):
             pytest.fail("setup should have been interrupted")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from labkit import cleanup, cli, errors, host
+from labkit import cleanup, cli, doctor, errors, host
 
 
 def test_unique_names_carry_the_prefix_fit_and_differ():
@@ -91,7 +91,7 @@ def test_the_guard_refuses_a_non_lab_host_and_says_how_to_opt_in(monkeypatch, tm
 
 
 def test_probe_reports_all_eight_kinds_with_minimum_kernels():
-    report = host.probe()
+    report = doctor.probe()
     kinds = {n["kind"]: n for n in report.namespaces}
     assert set(kinds) == {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
     assert all(n["min_kernel"] for n in kinds.values())

@@ -94,7 +94,7 @@ def test_lab_routes_are_accepted():
 @pytest.mark.parametrize("target", ["8.8.8.8", "192.0.2.1", "10.0.0.1"])
 def test_ping_and_throughput_refuse_addresses_outside_the_lab(target):
     with pytest.raises(InvalidValue):
-        net._lab_ip(target)
+        net.lab_ip(target)
 
 
 def test_ping_of_the_host_namespace_is_refused():
@@ -114,14 +114,14 @@ def test_throughput_bounds_are_checked_before_anything_runs():
 
 def test_internet_checksum_matches_rfc1071_example():
     # RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2, checksum is its complement
-    assert net._checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    assert net.checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
 
 
 def test_echo_request_is_well_formed():
-    packet = net._echo_request(0x1234, 7, b"abc")
+    packet = net.echo_request(0x1234, 7, b"abc")
     kind, code, _, ident, seq = struct.unpack("!BBHHH", packet[:8])
     assert (kind, code, ident, seq) == (8, 0, 0x1234, 7)
-    assert net._checksum(packet) == 0          # a correct checksum makes the whole packet sum to zero
+    assert net.checksum(packet) == 0          # a correct checksum makes the whole packet sum to zero
 
 
 # --- topology logic on a hand-built kernel answer -----------------------------------------------
@@ -167,7 +167,7 @@ def test_format_matrix():
 def test_off_loop_runs_in_a_worker_thread_inside_a_running_event_loop():
     seen = []
 
-    @net._off_loop
+    @net.off_loop
     def where():
         try:
             asyncio.get_running_loop()
@@ -184,7 +184,7 @@ def test_off_loop_runs_in_a_worker_thread_inside_a_running_event_loop():
 
 
 def test_off_loop_passes_exceptions_through():
-    @net._off_loop
+    @net.off_loop
     def boom():
         raise InvalidValue("x", 1, "2")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from labkit import vm
-from labkit.errors import InvalidValue
+from labkit.errors import InvalidValue, Unsupported
 
 
 @pytest.mark.parametrize("given, mib", [("256M", 256), ("1G", 1024), ("512", 512), (128, 128),
@@ -80,5 +80,5 @@ def test_qemu_command_for_arm64():
 
 
 def test_unknown_architecture_is_unsupported():
-    with pytest.raises(vm.Unsupported, match="riscv64"):
+    with pytest.raises(Unsupported, match="riscv64"):
         vm.arch_info("riscv64")

@@ -133,7 +133,7 @@ def test_find_kernel_prefers_the_extracted_cache_and_its_newest_version(tmp_path
         image.parent.mkdir(parents=True, exist_ok=True)
         image.write_bytes(b"k")
     (tmp_path / "lib/modules/6.1.0-56-amd64").mkdir(parents=True)
-    monkeypatch.setattr(vm, "KERNEL_CACHE", tmp_path)
+    monkeypatch.setattr(vm.kernel, "KERNEL_CACHE", tmp_path)
     kernel = vm.find_kernel("x86_64")
     assert (kernel.version, kernel.source) == ("6.1.0-56-amd64", "cache")
     assert kernel.modules == tmp_path / "lib/modules/6.1.0-56-amd64"

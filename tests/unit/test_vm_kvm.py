@@ -14,10 +14,10 @@ def probe_env(tmp_path, monkeypatch):
     """A fake /dev/kvm, qemu and kernel; the cache in tmp; every probe VM boot counted."""
     device = tmp_path / "kvm"
     device.write_text("")
-    monkeypatch.setattr(vm, "KVM_DEVICE", str(device))
-    monkeypatch.setattr(vm, "KVM_PROBE_FILE", tmp_path / "kvm-probe")
-    monkeypatch.setattr(vm, "qemu_binary", lambda machine=None: "/usr/bin/qemu-system-x86_64")
-    monkeypatch.setattr(vm, "find_kernel", lambda machine=None, cache=None:
+    monkeypatch.setattr(vm.accel, "KVM_DEVICE", str(device))
+    monkeypatch.setattr(vm.accel, "KVM_PROBE_FILE", tmp_path / "kvm-probe")
+    monkeypatch.setattr(vm.accel, "qemu_binary", lambda machine=None: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(vm.accel, "find_kernel", lambda machine=None, cache=None:
                         vm.Kernel(Path("/boot/vmlinuz-6.1.0-56-amd64"), "6.1.0-56-amd64", None, "/boot"))
     monkeypatch.setattr(host, "is_root", lambda: True)
     monkeypatch.setattr(host, "is_lab_host", lambda: True)
@@ -33,14 +33,14 @@ def probe_env(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             pass
 
-    monkeypatch.setattr(vm, "VM", ProbeVM)
+    monkeypatch.setattr(vm.lifecycle, "VM", ProbeVM)
     return boots
 
 
 def test_a_hanging_probe_means_tcg_and_is_cached(probe_env):
     assert vm.kvm_usable(timeout=3) is False
     assert probe_env == [{"accel": "kvm", "memory": "128M", "timeout": 3}]
-    cached = json.loads(vm.KVM_PROBE_FILE.read_text())
+    cached = json.loads(vm.accel.KVM_PROBE_FILE.read_text())
     assert cached["usable"] is False and "READY" in cached["reason"]
     assert vm.kvm_usable() is False and len(probe_env) == 1  # answered from the cache: no second boot
     assert vm.choose_accel("auto")[0] == "tcg"
@@ -48,22 +48,22 @@ def test_a_hanging_probe_means_tcg_and_is_cached(probe_env):
 
 
 def test_a_cache_from_another_boot_or_kernel_is_not_trusted(probe_env):
-    vm.KVM_PROBE_FILE.write_text(json.dumps({"key": "another boot", "usable": True}))
+    vm.accel.KVM_PROBE_FILE.write_text(json.dumps({"key": "another boot", "usable": True}))
     assert vm.kvm_usable() is False and len(probe_env) == 1
 
 
 def test_a_cached_yes_is_used(probe_env):
     vm.kvm_usable()
-    record = json.loads(vm.KVM_PROBE_FILE.read_text())
-    vm.KVM_PROBE_FILE.write_text(json.dumps(dict(record, usable=True)))
+    record = json.loads(vm.accel.KVM_PROBE_FILE.read_text())
+    vm.accel.KVM_PROBE_FILE.write_text(json.dumps(dict(record, usable=True)))
     assert vm.choose_accel("auto") == ("kvm", "KVM probe booted") and len(probe_env) == 1
 
 
 def test_no_device_means_tcg_without_probing(probe_env, monkeypatch):
-    monkeypatch.setattr(vm, "KVM_DEVICE", "/nonexistent/kvm")
+    monkeypatch.setattr(vm.accel, "KVM_DEVICE", "/nonexistent/kvm")
     assert vm.choose_accel("auto")[0] == "tcg" and probe_env == []
 
 
 def test_without_root_nothing_is_probed_or_cached(probe_env, monkeypatch):
     monkeypatch.setattr(host, "is_root", lambda: False)
-    assert vm.kvm_usable() is False and probe_env == [] and not vm.KVM_PROBE_FILE.exists()
+    assert vm.kvm_usable() is False and probe_env == [] and not vm.accel.KVM_PROBE_FILE.exists()

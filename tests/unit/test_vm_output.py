@@ -1,6 +1,8 @@
 """Unit tests (no root, no qemu) for reading what the guest says on its serial console."""
 from __future__ import annotations
 
+from collections import deque
+
 from labkit import vm
 
 
@@ -32,7 +34,7 @@ class FakeVM(vm.VM):
         self.times, self.info, self.controllers, self.output_lines = {}, {}, [], []
         self.returncode, self.peak_rss, self._capturing, self._t0 = None, 0, False, 0.0
         self.accel, self.name, self.output_lines = "tcg", "labkit-vm-test", []
-        self._recent = vm.deque(maxlen=15)
+        self._recent = deque(maxlen=15)
 
     def _sample_rss(self):
         pass
