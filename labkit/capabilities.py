@@ -9,6 +9,7 @@ back, for that process or anything it starts (see capabilities(7)).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 from . import syscalls
@@ -71,18 +72,18 @@ def drop_step(keep: Iterable[str]) -> Callable[[], None]:
     after exec root's permitted set is exactly the bounding set (inheritable is empty).
     """
     keep_numbers = {NAMES.index(canonical(c)) for c in keep}
-    to_drop = [n for n in range(_last_cap() + 1) if n not in keep_numbers]
+    # a partial of a module-level function, not a closure: labkit.starter pickles setup steps
+    return functools.partial(_drop_bounding, tuple(n for n in range(_last_cap() + 1) if n not in keep_numbers))
 
-    def drop() -> None:
-        for number in to_drop:
-            try:
-                syscalls.prctl(PR_CAPBSET_DROP, number)
-            except OSError as exc:
-                if exc.errno != 22:   # EINVAL: a capability this kernel does not know
-                    raise
-        syscalls.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 
-    return drop
+def _drop_bounding(to_drop: tuple[int, ...]) -> None:
+    for number in to_drop:
+        try:
+            syscalls.prctl(PR_CAPBSET_DROP, number)
+        except OSError as exc:
+            if exc.errno != 22:   # EINVAL: a capability this kernel does not know
+                raise
+    syscalls.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 
 
 def of_process(pid: int | str = "self", which: str = "CapEff") -> set[str]:

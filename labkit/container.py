@@ -41,10 +41,11 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import capabilities as _caps, cleanup, rootfs as _rootfs, syscalls
+from . import capabilities as _caps, cleanup, rootfs as _rootfs, starter, syscalls
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
@@ -197,9 +198,7 @@ class Container:
         self.process = None
         self.pid: int | None = None
         self.status = "new"
-        self._gate: tuple[int, int] | None = None   # (ready_r, start_w) while created
-        self._thread = None                        # the thread running spawn while created
-        self._spawned: dict = {}
+        self._gate: starter.StartedProcess | None = None   # while created: waiting before exec
         self._netns = None
 
     def __repr__(self) -> str:
@@ -220,16 +219,13 @@ class Container:
             self._create(gate=True)        # plug the network in before the command runs
         if self.status != "created":
             raise Conflict(f"container {self.name} is {self.status}; only a created container starts")
-        ready_r, start_w = self._gate
-        self._gate = None
-        os.write(start_w, b"1")
-        os.close(start_w)
-        os.close(ready_r)
-        self._thread.join()
-        if "error" in self._spawned:
+        gated, self._gate = self._gate, None
+        try:
+            gated.release()
+        except BaseException:
             self.status = "stopped"
-            raise self._spawned["error"]
-        self.process = self._spawned["process"]
+            raise
+        self.process = gated
         self.status = "running"
         return self
 
@@ -347,6 +343,8 @@ class Container:
         return [INIT, "--", *self.command] if init else list(self.command)
 
     def _create(self, gate: bool) -> "Container":
+        """The container's process is forked by labkit.starter (a small single-threaded process),
+        not by this one: see starter.py for why."""
         from . import namespaces
         from .cgroups import Cgroup
 
@@ -369,12 +367,12 @@ class Container:
                            stdin=None if self.attach else namespaces.DEVNULL, stdout=stdout, stderr=stderr)
             argv = self._argv()
             try:
-                if gate:
-                    self._spawn_gated(namespaces, argv, steps, options)
+                process = starter.spawn(argv, self.kinds, setup=steps, gate=gate, **options)
+                self.pid = process.pid
+                if gate:    # set up, waiting just before exec, like runc's `create`
+                    self._gate, self.status = process, "created"
                 else:
-                    self.process = namespaces.spawn(argv, self.kinds, setup=steps, **options)
-                    self.pid = self.process.pid
-                    self.status = "running"
+                    self.process, self.status = process, "running"
             finally:
                 for fd in (stdout, stderr):
                     if fd is not None:
@@ -389,73 +387,24 @@ class Container:
         return self
 
     def _process_steps(self) -> list:
-        """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as."""
+        """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as.
+
+        Steps travel to labkit.starter pickled, so each is a module-level function or a
+        functools.partial of one - never a lambda or a nested function."""
         steps = []
         if self.oom_score_adj is not None:
-            steps.append(lambda: syscalls.write_file("/proc/self/oom_score_adj", str(self.oom_score_adj)))
+            steps.append(partial(syscalls.write_file, "/proc/self/oom_score_adj", str(self.oom_score_adj)))
         if self.umask is not None:
-            steps.append(lambda: os.umask(self.umask))
+            steps.append(partial(os.umask, self.umask))
         if self.rlimits:
-            import resource
-            steps.append(lambda: [resource.setrlimit(kind, tuple(v)) for kind, v in self.rlimits.items()])
+            steps.append(partial(_set_rlimits, {kind: tuple(v) for kind, v in self.rlimits.items()}))
         if self.no_new_privileges:
-            steps.append(lambda: syscalls.prctl(38, 1))   # PR_SET_NO_NEW_PRIVS
+            steps.append(partial(syscalls.prctl, 38, 1))   # PR_SET_NO_NEW_PRIVS
         steps.append(_caps.drop_step(self.capabilities))   # needs CAP_SETPCAP: before a user switch
         if self.user:
             uid, gid, *groups = self.user
-
-            def switch_user():
-                os.setgroups(list(groups[0]) if groups else [])
-                os.setgid(gid)
-                os.setuid(uid)
-            steps.append(switch_user)
+            steps.append(partial(_switch_user, uid, gid, list(groups[0]) if groups else []))
         return steps
-
-    def _spawn_gated(self, namespaces, argv, steps, options) -> None:
-        """spawn() returns once the command has exec'd; to hold the process at `created` we run
-        spawn in a thread and make the child's last setup step wait on a pipe for `start()`."""
-        import select
-        import threading
-        ready_r, ready_w = os.pipe()
-        start_r, start_w = os.pipe()
-        host_pid = []
-
-        def note_host_pid():   # before pivot_root: /proc is still the host's, so it shows the host pid
-            host_pid.append(int(os.readlink("/proc/self")))
-
-        def wait_for_start():
-            os.write(ready_w, str(host_pid[0]).encode())
-            os.close(ready_w)
-            if os.read(start_r, 1) != b"1":
-                raise LabkitError("deleted before it was started")
-            os.close(start_r)
-
-        def run_spawn():
-            try:
-                self._spawned["process"] = namespaces.spawn(
-                    argv, self.kinds, setup=[note_host_pid, *steps, wait_for_start],
-                    pass_fds=(ready_w, start_r), **options)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                self._spawned["error"] = exc
-
-        self._thread = threading.Thread(target=run_spawn, name=f"create {self.name}", daemon=True)
-        self._thread.start()
-        data = b""
-        while not data:
-            if select.select([ready_r], [], [], 0.05)[0]:
-                data = os.read(ready_r, 32)
-            elif not self._thread.is_alive():
-                break
-        os.close(ready_w)
-        os.close(start_r)
-        if not data:
-            self._thread.join()
-            os.close(ready_r)
-            os.close(start_w)
-            raise self._spawned.get("error") or LabkitError(f"container {self.name} failed to create")
-        self._gate = (ready_r, start_w)
-        self.pid = int(data)
-        self.status = "created"
 
     def _connect_network(self) -> None:
         from . import net
@@ -464,18 +413,13 @@ class Container:
     # -- how delete works ------------------------------------------------------------------------------
 
     def _stop_everything(self) -> None:
-        if self._gate is not None:                 # created, never started: let the waiter fail
-            ready_r, start_w = self._gate
+        if self._gate is not None:                 # created, never started: it exits without exec
+            self._gate.close()
             self._gate = None
-            os.close(start_w)
-            os.close(ready_r)
         if self.cgroup is not None and (self.process is None or self.process.poll() is None):
             self.cgroup.kill()                     # every process in the container, pid 1 included
         # (once pid 1 has exited the kernel has killed the rest of its pid namespace; delete()
         # below still empties the cgroup of anything else before removing it)
-        if self._thread is not None:
-            self._thread.join()
-            self.process = self.process or self._spawned.get("process")
         if self.process is not None:
             self.process.wait()
             for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
@@ -500,6 +444,18 @@ class Container:
         self.status = "deleted" if self.status != "new" else "new"
         if errors:
             raise errors[0]
+
+
+def _set_rlimits(limits: dict) -> None:
+    import resource
+    for kind, value in limits.items():
+        resource.setrlimit(kind, value)
+
+
+def _switch_user(uid: int, gid: int, groups: list[int]) -> None:
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
 
 
 def run(image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None, *,

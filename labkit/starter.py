@@ -1,0 +1,501 @@
+"""The starter: a small, single-threaded process that forks containers for its owner.
+
+Starting a container needs fork(), and forking the caller has two problems when the caller is a
+notebook kernel (or the engine):
+
+- fork copies the caller's page tables: the bigger the process (numpy and matplotlib loaded: about
+  370 MiB), the slower every start;
+- a fork while other threads run (a kernel has several) gives a child whose locks may be held by
+  threads that do not exist in it - malloc's, the import lock, logging's - so the child can hang.
+
+runc solves both with `runc init`, a fresh exec that does the container's setup, and containerd
+runs one small shim per container. labkit does the same at Python's scale: on first use a process
+starts `python -m labkit.starter`, a fresh interpreter that imports only what a start needs and
+never starts a thread. Every container start goes through it:
+
+    owner (notebook kernel)            starter (one per owner)          shim (one per container)
+    socketpair, exec -------------->   waits for requests
+    request: the spec, pickled,
+    + fds (channel, stdio) -------->   fork -------------------------->  namespaces.spawn(...): fork,
+                                                                         unshare, cgroup, pivot_root,
+                                                                         exec - as without a starter
+               <-------------------------------------------------------  "started": pid, + a pidfd
+               <-------------------------------------------------------  "exited": its status
+
+The sockets are SOCK_SEQPACKET: the kernel keeps message boundaries (one sendmsg, one recvmsg), so
+the protocol needs no framing of its own; file descriptors travel beside a message (SCM_RIGHTS).
+Each message is a pickled tuple; each start gets its own channel, so a container waiting between
+create and start holds up nothing else.
+
+What the starter does not do: own anything. Cgroups, mounts and work directories are made and
+claimed by the owner (labkit.cleanup: its watchdog removes them when the owner dies); the starter
+only forks. It dies with its owner: PR_SET_PDEATHSIG (when started from the owner's main thread -
+the signal follows the *thread* that forked it) and, in any case, a pidfd on the owner that it
+polls beside its socket. A failure in the child (a command not found, a mount refused) comes back
+on the channel as the exception the child raised.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import mmap
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+from .errors import LabkitError
+
+MAX_MESSAGE = 1 << 20           # a request (argv, environment, setup steps) is a few kB
+MAX_FDS = 8                     # channel + stdin, stdout, stderr
+DEVNULL, PIPE = subprocess.DEVNULL, subprocess.PIPE
+
+# Time stamps written by the shim and by the container's process (into a shared page), in order.
+_SHARED_STAMPS = ("placing", "placed", "setup", "ready", "host_pid")
+
+
+# --- the owner's side ---------------------------------------------------------------------------
+
+class _Starter:
+    """The owner's connection to its starter process."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        env["LABKIT_NO_WATCHDOG"] = "1"     # it owns nothing: the owner's watchdog covers its objects
+        main_thread = threading.current_thread() is threading.main_thread()
+        # subprocess forks and execs in C with nothing in between: safe in a threaded process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "labkit.starter", str(theirs.fileno()), str(os.getpid()),
+             "1" if main_thread else "0"],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self.socket = ours
+        self.pid = self.process.pid
+
+    def send(self, message, fds) -> None:
+        socket.send_fds(self.socket, [pickle.dumps(message)], fds)
+
+    def close(self) -> None:
+        self.socket.close()             # the starter sees end-of-file and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_lock = threading.Lock()
+_current: _Starter | None = None
+
+
+def _starter() -> _Starter:
+    """This process's starter, started on first use (and again if it died)."""
+    global _current
+    with _lock:
+        if _current is None or _current.process.poll() is not None:
+            _current = _Starter()
+        return _current
+
+
+def pid() -> int:
+    """The pid of this process's starter (started now if there is none yet)."""
+    return _starter().pid
+
+
+@atexit.register
+def _stop() -> None:
+    global _current
+    if _current is not None:
+        _current, starter = None, _current
+        starter.close()
+
+
+def _forget_in_child() -> None:
+    """A forked copy of the owner gets a starter of its own, should it start containers."""
+    global _current, _lock
+    if _current is not None:
+        _current.socket.close()
+    _current, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class StartedProcess:
+    """The owner's handle on a process the starter started. Shaped like namespaces.Process
+    (wait, poll, send_signal, kill; pid, args, returncode, stdin/stdout/stderr).
+
+    `stamps` holds time.monotonic() values of the steps of the start, for
+    benchmarks/start_latency.py: request, received, forked, placing, placed, setup, ready, execd,
+    started_seen, exited, exited_seen (the clock is the same in every process).
+    """
+
+    def __init__(self, args, channel: socket.socket, stdin, stdout, stderr, stamps: dict):
+        self.args, self._channel = list(args), channel
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.stamps = stamps
+        self._pidfd: int | None = None
+        self._lock = threading.Lock()       # poll() in one thread, wait() in another (the engine)
+
+    def __repr__(self):
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<StartedProcess pid={self.pid} {self.args!r} {state}>"
+
+    def _receive(self, timeout: float | None) -> str | None:
+        """Take the shim's next message: its kind, or None when `timeout` passed first.
+        A "failed" message raises the exception the child raised."""
+        if self._channel.fileno() < 0:
+            raise LabkitError(f"{self.args[0]!r}: no longer connected to its starter")
+        if timeout is not None and not _readable(self._channel.fileno(), timeout):
+            return None
+        data, fds, _, _ = socket.recv_fds(self._channel, MAX_MESSAGE, 1)
+        if not data:
+            self._close()
+            raise LabkitError(f"the starter's shim for {self.args[0]!r} ended without reporting "
+                              "(killed?): the command's status is unknown")
+        kind, value, stamps = pickle.loads(data)
+        self.stamps.update(stamps)
+        self.stamps[f"{kind}_seen"] = time.monotonic()
+        if kind in ("created", "started"):
+            self.pid = value
+            if fds:
+                self._pidfd = fds[0]
+        elif kind == "exited":
+            self.returncode = value
+            self._close()
+        elif kind == "failed":
+            self._close()
+            raise value
+        return kind
+
+    def _expect(self, kind: str) -> None:
+        got = self._receive(None)
+        if got != kind:
+            self._close()
+            raise LabkitError(f"starter protocol: expected {kind!r}, got {got!r}")
+
+    def release(self) -> None:
+        """A process started with gate=True waits before exec: let it run (like `runc start`)."""
+        self._channel.send(pickle.dumps(("start",)))
+        self._expect("started")
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._lock.acquire(blocking=False):
+            try:
+                if self.returncode is None:
+                    self._receive(0)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0)
+            if not self._lock.acquire(timeout=-1 if left is None else left):
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            try:
+                if self.returncode is None:
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    if self._receive(left) is None:
+                        raise subprocess.TimeoutExpired(self.args, timeout)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal through the pidfd taken at start: never another process that got the pid later."""
+        if self.returncode is None and self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Stop listening. A process created with gate=True and never released sees end-of-file
+        and exits without running its command."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.poll() is None:
+            self.kill()
+            self.wait()
+        self._close()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream:
+                stream.close()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()          # not select.select: it fails on descriptors >= 1024
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def spawn(argv, namespaces="all", *, setup=(), stdin=None, stdout=None, stderr=None, gate: bool = False,
+          **options) -> StartedProcess:
+    """namespaces.spawn(argv, namespaces, ...), done by this process's starter.
+
+    Takes spawn's arguments (cgroup, hostname, mount_proc, env, cwd, uid_map, gid_map,
+    time_offsets, join) and returns once the command has exec'd - or, with `gate=True`, once the
+    process is set up and waits just before exec for `release()`. The setup steps, the cgroup and
+    the options are pickled: a step must be a module-level function or a functools.partial of one
+    (a lambda or a nested function cannot be sent; it is refused here, by name).
+    stdin/stdout/stderr: None (this process's own), DEVNULL, PIPE, a file descriptor or a file.
+    """
+    if "pass_fds" in options:
+        raise LabkitError("pass_fds: not supported through the starter (descriptors get other "
+                          "numbers there); use stdin/stdout/stderr, or gate=True to hold a process")
+    argv = [str(a) for a in argv]
+    if options.get("env") is None:
+        options["env"] = dict(os.environ)       # the owner's environment, not the starter's
+    for step in setup:
+        try:
+            pickle.dumps(step)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise LabkitError(f"setup step {step!r} cannot be sent to the starter ({exc}): make it a "
+                              "module-level function or a functools.partial of one") from None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fds, stdio, mine, close_after = [theirs.fileno()], [], [], [theirs]
+    for index, spec in enumerate((stdin, stdout, stderr)):
+        if spec == DEVNULL:
+            stdio.append(DEVNULL)
+            mine.append(None)
+            continue
+        if spec == PIPE:
+            r, w = os.pipe()
+            child, parent = (r, w) if index == 0 else (w, r)
+            close_after.append(child)
+            mine.append(os.fdopen(parent, "wb" if index == 0 else "rb", buffering=0))
+            fd = child
+        else:
+            fd = index if spec is None else spec if isinstance(spec, int) else spec.fileno()
+            mine.append(None)
+            if spec is None and not _is_open(fd):    # we have no stdin (say): the child gets /dev/null
+                stdio.append(DEVNULL)
+                continue
+        stdio.append(len(fds))
+        fds.append(fd)
+    stamps = {"request": time.monotonic()}
+    request = {"argv": argv, "namespaces": namespaces, "setup": list(setup), "options": options,
+               "stdio": stdio, "gate": gate}
+    try:
+        try:
+            _starter().send(request, fds)
+        except (BrokenPipeError, ConnectionResetError):   # it died (killed?): one more, fresh
+            _starter().send(request, fds)
+    except BaseException:
+        ours.close()
+        for stream in mine:
+            if stream:
+                stream.close()
+        raise
+    finally:
+        for item in close_after:
+            item.close() if hasattr(item, "close") else os.close(item)
+    process = StartedProcess(argv, ours, *mine, stamps)
+    try:
+        process._expect("created" if gate else "started")
+    except BaseException:
+        for stream in mine:
+            if stream:
+                stream.close()
+        raise
+    return process
+
+
+# --- the starter's side -------------------------------------------------------------------------
+
+def main(args: list[str]) -> int:
+    control_fd, owner, deathsig = int(args[0]), int(args[1]), args[2] == "1"
+    from . import syscalls
+    if deathsig:   # SIGKILL when the owner's thread that started us ends (its main thread: the owner)
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != owner:          # the owner died before the line above took effect
+        return 0
+    owner_fd = os.pidfd_open(owner)     # readable once the owner has exited, thread or no thread
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C in the owner's terminal is not for us
+    # A shim that ends is reaped here (so its CPU time, and its children's, adds up in ours, where
+    # the owner can read it): SIGCHLD only wakes the poll below, through a pipe.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    control = socket.socket(fileno=control_fd)
+    from . import namespaces  # noqa: F401 - imported once here, not in every shim
+    poller = select.poll()
+    for fd in (control_fd, owner_fd, wake_r):
+        poller.register(fd, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if owner_fd in ready:
+            return 0
+        if wake_r in ready:
+            while os.read(wake_r, 512) == 512:
+                pass
+            _reap_shims()
+        if control_fd not in ready:
+            continue
+        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, MAX_FDS)
+        if not data:
+            return 0                    # the owner closed its end: it is done with us
+        received = time.monotonic()
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        channel = socket.socket(fileno=fds[0])
+        try:
+            request = pickle.loads(data)   # imports the setup steps' modules, once, here
+        except BaseException as exc:  # noqa: BLE001 - reported to the owner, the starter goes on
+            _send(channel, "failed", LabkitError(f"starter: cannot read the request: {exc!r}"), {})
+            request = None
+        if request is not None and os.fork() == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (control_fd, owner_fd, wake_r, wake_w):
+                    os.close(fd)
+                _shim(request, channel, fds[1:], {"received": received, "forked": time.monotonic()})
+            except BaseException as exc:  # noqa: BLE001 - a bug in the shim: tell the owner
+                _send(channel, "failed", LabkitError(f"starter: {exc!r}"), {})
+            finally:
+                os._exit(0)
+        channel.close()
+        for fd in fds[1:]:
+            os.close(fd)
+
+
+def _reap_shims() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _send(channel: socket.socket, kind: str, value, stamps: dict, fds=()) -> None:
+    data = pickle.dumps((kind, value, stamps)) if kind != "failed" else _failure(value, stamps)
+    try:
+        socket.send_fds(channel, [data], list(fds))
+    except OSError:
+        pass                            # the owner stopped listening (deleted, or died)
+
+
+def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -> None:
+    """In the shim: spawn the process, report it started, wait for it, report its status."""
+    from . import namespaces
+
+    page = mmap.mmap(-1, 8 * len(_SHARED_STAMPS))     # shared with the forked children
+    stdio = [fds[entry - 1] if isinstance(entry, int) and entry > 0 else entry for entry in request["stdio"]]
+    setup = [functools.partial(_stamp, page, "setup"), functools.partial(_note_host_pid, page),
+             *request["setup"], functools.partial(_stamp, page, "ready")]
+    options = dict(request["options"])
+    if request["gate"]:
+        setup.append(functools.partial(_wait_for_start, channel.fileno(), page))
+        options["pass_fds"] = (channel.fileno(),)
+    if options.get("cgroup") is not None:
+        options["cgroup"] = _TimedPlacement(options["cgroup"], page)
+    try:
+        process = namespaces.spawn(request["argv"], request["namespaces"], setup=setup,
+                                   stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], **options)
+    except BaseException as exc:  # noqa: BLE001 - the owner raises it
+        _send(channel, "failed", exc, {**stamps, **_read_stamps(page)})
+        return
+    stamps["execd"] = time.monotonic()
+    stamps.update(_read_stamps(page))
+    for fd in set(stdio) - {None, DEVNULL}:
+        os.close(fd)
+    try:
+        pidfd = [os.pidfd_open(process.pid)]
+    except OSError:
+        pidfd = []
+    _send(channel, "started", process.pid, stamps, pidfd)
+    for fd in pidfd:
+        os.close(fd)
+    returncode = process.wait()
+    _send(channel, "exited", returncode, {"exited": time.monotonic()})
+
+
+def _failure(exc: BaseException, stamps: dict) -> bytes:
+    """A "failed" message: the exception itself when it survives pickling (some exceptions take
+    other constructor arguments than they store, and cannot be rebuilt), else its text."""
+    try:
+        data = pickle.dumps(("failed", exc, stamps))
+        pickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001
+        return pickle.dumps(("failed", LabkitError(str(exc) or type(exc).__name__), stamps))
+
+
+class _TimedPlacement:
+    """The cgroup, with time stamps around the placement (the shim runs it, before exec)."""
+
+    def __init__(self, cgroup, page):
+        self.cgroup, self.page = cgroup, page
+
+    def add(self, pid: int) -> None:
+        _stamp(self.page, "placing")
+        self.cgroup.add(pid)
+        _stamp(self.page, "placed")
+
+
+def _stamp(page, name: str, value: float | None = None) -> None:
+    struct.pack_into("d", page, 8 * _SHARED_STAMPS.index(name), time.monotonic() if value is None else value)
+
+
+def _read_stamps(page) -> dict:
+    values = struct.unpack_from(f"{len(_SHARED_STAMPS)}d", page)
+    return {name: value for name, value in zip(_SHARED_STAMPS, values) if value and name != "host_pid"}
+
+
+def _note_host_pid(page) -> None:
+    """Before pivot_root /proc is still the host's: it shows the pid the host knows us by."""
+    _stamp(page, "host_pid", int(os.readlink("/proc/self")))
+
+
+def _wait_for_start(channel_fd: int, page) -> None:
+    """The last step before exec with gate=True: report "created" and wait for "start".
+
+    A SOCK_SEQPACKET socket keeps messages whole with plain write() and read() too."""
+    host_pid = int(struct.unpack_from("d", page, 8 * _SHARED_STAMPS.index("host_pid"))[0])
+    os.write(channel_fd, pickle.dumps(("created", host_pid, _read_stamps(page))))
+    if os.read(channel_fd, 4096) != pickle.dumps(("start",)):
+        raise LabkitError("deleted before it was started")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
