@@ -25,6 +25,9 @@ import importlib
 import importlib.util
 import os
 import re
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -118,7 +121,12 @@ def _owner_file(kind: str, name: str) -> Path:
 
 
 def claim(kind: str, name: str, pid: int | None = None) -> None:
-    """Record that process `pid` (default: this one) owns object `name` of `kind`."""
+    """Record that process `pid` (default: this one) owns object `name` of `kind`.
+
+    The first claim a process makes for itself starts its watchdog (see `ensure_watchdog`).
+    """
+    if pid is None or pid == os.getpid():
+        ensure_watchdog()
     pid = pid or os.getpid()
     path = _owner_file(kind, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +135,28 @@ def claim(kind: str, name: str, pid: int | None = None) -> None:
     partial = path.with_name(f".{path.name}.{pid}.tmp")
     partial.write_text(f"{pid} {_start_time(pid)}\n")
     os.replace(partial, path)
+
+
+_watched_pid: int | None = None      # the process whose watchdog was started (a fork needs its own)
+_watchdog_lock = threading.Lock()
+
+
+def ensure_watchdog() -> None:
+    """Start this process's watchdog (labkit/watchdog.py) once: from the moment it owns something.
+
+    The watchdog is a separate process in its own session: it first sweeps what dead labkit
+    processes left (a notebook kernel that was killed outright), then waits to clean up after this
+    process if it is killed in turn. It runs beside us, so creating an object never waits for a sweep.
+    LABKIT_NO_WATCHDOG=1 turns it off (processes whose parent cleans up after them).
+    """
+    global _watched_pid
+    with _watchdog_lock:  # the engine creates containers from several threads at once
+        if _watched_pid == os.getpid() or os.environ.get("LABKIT_NO_WATCHDOG") == "1":
+            return
+        _watched_pid = os.getpid()
+    subprocess.Popen([sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def release(kind: str, name: str) -> None:

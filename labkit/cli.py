@@ -2,6 +2,8 @@
 
 Each subcommand is one `_cmd_<name>(args) -> exit status` function plus its parser lines in
 `build_parser`. LabkitError becomes a one-line message on stderr and exit status 2 (bad input) or 1.
+Each `_cmd_` function imports the labkit modules it needs inside itself, on purpose: `labkit run`
+should not pay for loading pyroute2's friends, qemu helpers or the engine (start-up speed).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import cleanup
+from . import cleanup, host
 from .errors import LabkitError, NotFound, Unsupported
 
 SOCKET = "/var/run/docker.sock"
@@ -222,8 +222,6 @@ class Dockerd:
 
     def start(self) -> "Dockerd":
         """Use the running daemon, or start one (a notebook calls this, and `close()` in its cleanup cell)."""
-        from . import host
-
         if self._record is not None:
             return self
         host.require_lab_host("start the Docker daemon")

@@ -84,18 +84,10 @@ def is_lab_host() -> bool:
 # --- the guard ------------------------------------------------------------------------------------
 
 def require_lab_host(action: str = "create kernel objects") -> None:
-    """Refuse, with a clear reason and the way out, unless this is root on a lab host.
-
-    The first time it passes in a process it starts this process's watchdog (labkit/watchdog.py),
-    which first sweeps what dead labkit processes left (a notebook kernel that was killed outright),
-    then waits to clean up after this process if it is killed in turn. It runs beside us, so a
-    container start never waits for a sweep.
-    """
+    """Refuse, with a clear reason and the way out, unless this is root on a lab host."""
     if not is_root():
         raise NotPermitted(f"to {action} labkit needs root (the lab creates namespaces and cgroups); "
                            "run it as root, e.g. inside the lab VM or with sudo")
     if not is_lab_host():
         raise NotPermitted(f"to {action} labkit needs a lab host: this machine has no {LAB_HOST_MARKER}. "
                            f"Provision it with `make lab` (or vagrant up), or opt in with {ALLOW_ENV}=1")
-    from . import watchdog
-    watchdog.ensure_running()

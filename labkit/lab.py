@@ -36,6 +36,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import host
 from .errors import InvalidValue, LabkitError, NotFound
 
 SERVICE = "deep-dive-lab.service"
@@ -353,8 +354,6 @@ def _own_v2_cgroup() -> str | None:
 def _enter_leaf_cgroup() -> str | None:
     """Under a systemd-delegated v2 subtree: move into `jupyter/` and return where labkit's cgroups go
     (see `delegated_layout`). None when not started by systemd on a pure v2 host."""
-    from . import host
-
     if not os.environ.get("INVOCATION_ID"):          # not started by systemd: nothing delegated
         return None
     if host.cgroup_mode() != "v2":                   # v1/hybrid: no "no internal processes" rule

@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 
 import psutil
 
-from .errors import NotFound
+from .errors import InvalidValue, NotFound
 
 
 # Counters whose increase is an event worth marking on a plot: sample field -> event kind.
@@ -209,8 +209,6 @@ class Sampler:
     def __init__(self, cgroup, rate: float = 10.0, keep: int = 3000, label: str | None = None,
                  processes: bool = True, max_procs: int = 32, detail_interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic):
-        from .errors import InvalidValue
-
         if not 0 < rate <= 1000:
             raise InvalidValue("sampling rate", rate, "a number of samples per second in (0, 1000]")
         if keep < 2:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from . import host, syscalls
+from .cgroups import Cgroup
 from .errors import InvalidValue, LabkitError, NotFound, from_oserror
 
 PIPE = subprocess.PIPE
@@ -586,8 +587,6 @@ def spawn_with_limits(argv: Sequence[str], namespaces="all", *, memory=None, cpu
                       hostname: str | None = None) -> SpawnResult:
     """`labkit spawn`: argv in new namespaces and a new cgroup; output passes through; all removed after."""
     parse_kinds(namespaces)  # refuse bad input before anything is created
-    from .cgroups import Cgroup
-
     with Cgroup.create(memory=memory, cpu=cpu, pids=pids) as group:
         names = {k.name for k in parse_kinds(namespaces)}
         if hostname is None and "uts" in names:

@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import cleanup, host
+from .errors import LabkitError
 from .namespaces import KINDS, identity, parse_kinds
 
 KIND_NAMES = tuple(k.name for k in KINDS)
@@ -226,8 +228,6 @@ class DockerSleeper:
     """
 
     def __init__(self, seconds: int = 120):
-        from . import cleanup
-
         self.seconds = seconds
         self.name = cleanup.unique_name("nsbox")
         self.image = cleanup.unique_name("nsimg")
@@ -236,13 +236,10 @@ class DockerSleeper:
     def _docker(self, *args, input=None):
         result = subprocess.run(["docker", *args], input=input, capture_output=True, timeout=120)
         if result.returncode != 0:
-            from .errors import LabkitError
             raise LabkitError(f"docker {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
         return result.stdout.decode().strip()
 
     def __enter__(self) -> "DockerSleeper":
-        from . import cleanup, host
-
         host.require_lab_host("start a Docker container")
         cleanup.claim("docker-image", self.image)
         cleanup.claim("docker-container", self.name)
@@ -257,8 +254,6 @@ class DockerSleeper:
         return self
 
     def __exit__(self, *exc) -> None:
-        from . import cleanup
-
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True, timeout=60)
         cleanup.release("docker-container", self.name)
         subprocess.run(["docker", "rmi", "-f", f"{self.image}:latest"], capture_output=True, timeout=60)

@@ -30,6 +30,8 @@ import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import capabilities as caps
+from .container import Container
 from .errors import InvalidValue, NotFound, Unsupported
 
 NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
@@ -77,8 +79,6 @@ class Bundle:
 
     def container(self, name: str | None = None, attach: bool = True):
         """A labkit Container that runs this bundle (output to our stdio when attach)."""
-        from .container import Container
-
         return Container(None, self.args, name=name, hostname=self.hostname, environment=self.env,
                          working_dir=self.cwd, memory=self.memory, cpu=self.cpu, pids_limit=self.pids,
                          namespaces=self.namespaces, read_only=self.readonly, init=False,
@@ -161,7 +161,6 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
         notes.append("process.terminal: no pseudo-terminal; the process uses labkit's stdio")
     capabilities = None   # none given: Docker's default list, as for any labkit container
     if proc.get("capabilities"):
-        from . import capabilities as caps
         r.only(proc["capabilities"], "process.capabilities",
                {"bounding", "effective", "permitted", "inheritable", "ambient"})
         try:

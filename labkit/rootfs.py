@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from . import cleanup, syscalls
+from . import cleanup, host, syscalls
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported, from_oserror
 
 IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
@@ -307,7 +307,6 @@ class RootFS:
         return self.bind if self.bind is not None else self.merged
 
     def mount(self) -> "RootFS":
-        from . import host
         host.require_lab_host("mount a container root filesystem")
         cleanup.WORK_DIR.mkdir(parents=True, exist_ok=True)
         if self._random_name:

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from . import syscalls
+from . import namespaces, syscalls
 
 DAY = 86400
 
@@ -72,8 +72,6 @@ def late_offset_experiment(boottime: int = DAY) -> dict:
     Keys: uptime_before, uptime_self_after_unshare (same clock: the caller did not move),
     uptime_child (shifted by `boottime`), first_write ("ok"), second_write (the error text).
     """
-    from . import namespaces
-
     result = namespaces.run([sys.executable, "-m", "labkit.timens", str(int(boottime))], None)
     if result.returncode != 0:
         raise OSError(f"time namespace experiment failed: {result.stderr.strip()}")

@@ -2,8 +2,8 @@
 
 A notebook kernel can be killed outright (SIGKILL, "Restart kernel", the OOM killer). Its context
 managers never run, so its containers would keep running and its cgroups, mounts and network
-namespaces would stay. The first time a process creates kernel objects, labkit starts one small
-watchdog for it: a separate session (so the signal that kills the kernel does not reach it) that
+namespaces would stay. The first time a process claims a kernel object (cleanup.claim), labkit starts
+one small watchdog for it (cleanup.ensure_watchdog): a separate session (so the signal that kills the kernel does not reach it) that
 first sweeps what earlier dead processes left (so a restarted kernel starts from a clean machine),
 then waits on a pidfd - the kernel tells it the moment its owner dies - and sweeps exactly the
 objects that owner had claimed. Should a watchdog itself be killed, the next labkit process's
@@ -16,29 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import subprocess
 import sys
-import threading
 import time
 
-from .cleanup import STATE_DIR
+from . import cleanup
 
-JOURNAL = STATE_DIR / "watchdog.log"
-
-_started_for: int | None = None
-_lock = threading.Lock()
-
-
-def ensure_running() -> None:
-    """Start this process's watchdog once (nothing to do if it already has one)."""
-    global _started_for
-    with _lock:  # the engine creates containers from several threads at once
-        if _started_for == os.getpid() or os.environ.get("LABKIT_NO_WATCHDOG") == "1":
-            return
-        _started_for = os.getpid()
-    subprocess.Popen([sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+JOURNAL = cleanup.STATE_DIR / "watchdog.log"
 
 
 def watch(owner: int) -> int:
@@ -50,8 +33,6 @@ def watch(owner: int) -> int:
     if pidfd is not None:
         select.select([pidfd], [], [])   # readable exactly when the process has exited
         os.close(pidfd)
-    from . import cleanup
-
     errors: list[str] = []
     removed = cleanup.sweep(owner_pid=owner, errors=errors)
     if removed or errors:  # a journal, so that a cleanup path that failed is noticed, not silently mended
@@ -68,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.watchdog")
     parser.add_argument("--owner", type=int, required=True)
     args = parser.parse_args(argv)
-    from . import cleanup
-
     errors: list[str] = []
     cleanup.sweep(errors=errors)   # leftovers of owners that died before we started (a failure
     watch(args.owner)              # there must not cost the owner its watchdog: errors are not raised)

@@ -19,6 +19,7 @@ import errno
 import os
 import time
 
+from .. import host
 from ..errors import InvalidValue, NotFound, Unsupported
 from . import files
 from .base import STAT_KEYS, BaseCgroup, find_labkit_dirs
@@ -55,7 +56,6 @@ def _mounts(root: str) -> dict[str, str]:
     conventional layout root/<controller> is assumed.
     """
     if root == BaseCgroup.DEFAULT_ROOT:
-        from .. import host
         return {c.name: c.mountpoint for c in host.controllers() if c.version == 1 and c.name in JOINED}
     return {c: os.path.join(root, c) for c in JOINED if os.path.isdir(os.path.join(root, c))}
 

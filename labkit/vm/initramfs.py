@@ -1,8 +1,11 @@
 """The guest's initramfs: a cpio archive written here, holding static busybox, modules and /init."""
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from typing import Iterable
@@ -48,7 +51,6 @@ def cpio_newc(entries: Iterable[tuple[str, int, bytes, tuple[int, int]]]) -> byt
 
 def is_static_elf(data: bytes) -> bool:
     """True for an ELF executable without a PT_INTERP header: it needs no dynamic loader or libc."""
-    import struct
     if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only (x86_64, aarch64)
         return False
     order = "<" if data[5] == 1 else ">"
@@ -74,10 +76,8 @@ def _module_bytes(modules_dir: Path, name: str) -> bytes:
     for path in modules_dir.rglob(name + ".ko*"):
         data = path.read_bytes()
         if path.suffix == ".xz":
-            import lzma
             data = lzma.decompress(data)
         elif path.suffix == ".gz":
-            import gzip
             data = gzip.decompress(data)
         elif path.suffix == ".zst":  # Ubuntu 24.04; the stdlib of Python 3.11 has no zstd
             if not shutil.which("zstd"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import subprocess
 import tempfile
@@ -64,7 +65,6 @@ def fetch_kernel(machine: str | None = None, dest: Path = KERNEL_CACHE) -> Kerne
         raise NotFound(f"apt-cache does not know which kernel {meta} depends on; run apt-get update")
     with tempfile.TemporaryDirectory(prefix="labkit-kernel-") as tmp:
         try:  # apt downloads as the unprivileged _apt user: let it write here
-            import pwd
             os.chown(tmp, pwd.getpwnam("_apt").pw_uid, -1)
         except (KeyError, OSError):
             pass

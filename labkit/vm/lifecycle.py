@@ -10,7 +10,10 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import psutil
+
 from .. import cleanup, host
+from ..cgroups import Cgroup
 from ..errors import InvalidValue, LabkitError, Unsupported
 from . import accel
 from .accel import check_accel
@@ -150,12 +153,8 @@ class VM:
             raise
 
     def _join_cgroup(self) -> None:
-        """Put qemu into a labkit cgroup (if labkit.cgroups is available) so a sweep finds it too."""
+        """Put qemu into a labkit cgroup, so a sweep finds it too."""
         if not self.use_cgroup:
-            return
-        try:
-            from ..cgroups import Cgroup
-        except ImportError:
             return
         self.cgroup = Cgroup.create(name=self.name)
         self.cgroup.add(self.proc.pid)
@@ -192,7 +191,6 @@ class VM:
 
     def _sample_rss(self) -> None:
         try:
-            import psutil
             self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
         except Exception:  # qemu just exited: keep the last sample
             pass

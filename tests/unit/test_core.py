@@ -33,6 +33,7 @@ def test_checked_name_prefixes_good_names_once():
 
 def test_owner_records_tell_live_owners_from_dead_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    monkeypatch.setenv("LABKIT_NO_WATCHDOG", "1")     # a unit test starts no sweeper of the real machine
     cleanup.claim("cgroup", "labkit-mine")
     assert cleanup.owner("cgroup", "labkit-mine") == (os.getpid(), True)
 
@@ -44,6 +45,19 @@ def test_owner_records_tell_live_owners_from_dead_ones(tmp_path, monkeypatch):
 
     cleanup.release("cgroup", "labkit-mine")
     assert cleanup.owner("cgroup", "labkit-mine") == (None, False)
+
+
+def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    monkeypatch.setattr(cleanup, "_watched_pid", None)
+    monkeypatch.delenv("LABKIT_NO_WATCHDOG", raising=False)
+    started = []
+    monkeypatch.setattr(cleanup.subprocess, "Popen", lambda argv, **kw: started.append(argv))
+    cleanup.claim("netns", "labkit-someone-elses", pid=1)     # owned by another process: not ours to watch
+    assert started == []
+    cleanup.claim("cgroup", "labkit-a")
+    cleanup.claim("cgroup", "labkit-b")
+    assert started == [[sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())]]
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path, monkeypatch):
