@@ -36,6 +36,7 @@ the job (its init wants an inittab and runs forever). `init=False` makes the com
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -105,6 +106,108 @@ def _environment(environment, hostname: str, defaults: bool = True) -> dict[str,
     return env
 
 
+def _shares_to_weight(shares: int | None) -> int | None:
+    """`docker run --cpu-shares` (v1's cpu.shares, 2..262144, default 1024) as labkit's cpu_weight
+    (v2's cpu.weight, default 100); the v1 backend writes it back as shares (1024 <-> 100)."""
+    if shares is None:
+        return None
+    if isinstance(shares, bool) or not isinstance(shares, int) or not 2 <= shares <= 262144:
+        raise InvalidValue("cpu_shares", shares, "an integer from 2 to 262144 (1024 is the default weight)")
+    from .cgroups.limits import shares_to_weight
+    return shares_to_weight(shares)
+
+
+def _swap(memswap_limit, memory):
+    """docker's --memory-swap is memory + swap (-1: unlimited swap); labkit's limit is swap alone."""
+    if memswap_limit is None:
+        return None
+    from .cgroups.limits import parse
+    if memswap_limit in (-1, "-1", "max"):
+        return "max"
+    if memory is None:
+        raise InvalidValue("memswap_limit", memswap_limit, "a memory limit too (it is memory + swap)")
+    total = parse({"memory": memswap_limit}).memory
+    mem = parse({"memory": memory}).memory
+    if total < mem:
+        raise InvalidValue("memswap_limit", memswap_limit, f"at least the memory limit ({mem} bytes): "
+                                                            "it counts memory + swap")
+    return total - mem
+
+
+_TMPFS_FLAGS = {"ro": syscalls.MS_RDONLY, "nosuid": syscalls.MS_NOSUID, "nodev": syscalls.MS_NODEV,
+                "noexec": syscalls.MS_NOEXEC, "sync": 16, "noatime": 1024}   # MS_SYNCHRONOUS, MS_NOATIME
+_TMPFS_CLEARS = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec"}
+_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
+
+
+def _tmpfs_mounts(tmpfs: Mapping[str, str]) -> dict[str, tuple[int, str]]:
+    """{"/run": "size=64k,noexec"} -> {"/run": (mount flags, "size=64k")}; Docker's defaults
+    (nosuid, nodev, noexec) unless the options say otherwise."""
+    mounts = {}
+    for path, options in tmpfs.items():
+        if not isinstance(path, str) or not path.startswith("/") or path == "/" or ".." in path.split("/"):
+            raise InvalidValue("tmpfs path", path, "an absolute path inside the container other than /")
+        wanted = {"nosuid", "nodev", "noexec"}
+        data = []
+        for option in filter(None, (options or "").split(",")):
+            key = option.split("=", 1)[0]
+            if option in _TMPFS_FLAGS:
+                wanted.add(option)
+            elif option in _TMPFS_CLEARS:
+                wanted.discard(_TMPFS_CLEARS[option])
+            elif key in _TMPFS_DATA and "=" in option:
+                data.append(option)
+            else:
+                raise InvalidValue(f"tmpfs option for {path}", option,
+                                   "rw, ro, [no]suid, [no]dev, [no]exec, sync, noatime, "
+                                   + ", ".join(f"{k}=..." for k in _TMPFS_DATA))
+        flags = 0
+        for name in wanted:
+            flags |= _TMPFS_FLAGS[name]
+        mounts[path.rstrip("/")] = (flags, ",".join(data))
+    return mounts
+
+
+def _mount_tmpfs(path: str, flags: int, data: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    syscalls.mount("tmpfs", path, "tmpfs", flags, data or None)
+
+
+# Sysctls that belong to a namespace the container has of its own (as Docker accepts them).
+_NAMESPACED_SYSCTLS = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+
+
+def _sysctls(sysctls: Mapping[str, str]) -> dict[str, str]:
+    for key, value in sysctls.items():
+        if not isinstance(key, str) or not key.startswith(_NAMESPACED_SYSCTLS) or "/" in key or ".." in key:
+            raise InvalidValue("sysctl", key, "a namespaced sysctl (" + ", ".join(
+                p + "*" for p in _NAMESPACED_SYSCTLS) + "): the others would change the host")
+        if not isinstance(value, str) or "\n" in value:
+            raise InvalidValue(f"sysctl {key}", value, "a string value without newlines")
+    return dict(sysctls)
+
+
+def _hosts_file(root, hostname: str | None, extra: Mapping[str, str]) -> str:
+    """The image's /etc/hosts, plus the container's own name and `extra` {host: ip} (--add-host)."""
+    try:
+        text = Path(root, "etc/hosts").read_text()
+    except OSError:
+        text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if text and not text.endswith("\n"):
+        text += "\n"
+    if hostname:
+        text += f"127.0.1.1\t{hostname}\n"
+    return text + "".join(f"{ip}\t{host}\n" for host, ip in extra.items())
+
+
+def _attach_mount(tree_fd: int, target: str) -> None:
+    """Attach a mount taken with open_tree before pivot_root onto `target` inside (made if missing)."""
+    if not os.path.lexists(target):
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    syscalls.move_mount(tree_fd, target)
+    os.close(tree_fd)
+
+
 def _command(command) -> list[str]:
     if command is None:
         return ["/bin/sh"]
@@ -133,7 +236,11 @@ class Container:
                  masked_paths: Sequence[str] = (), readonly_paths: Sequence[str] = (),
                  oom_score_adj: int | None = None, umask: int | None = None, default_env: bool = True,
                  attach: bool = False, bundle: str | None = None, cap_add: Iterable[str] = (),
-                 cap_drop: Iterable[str] = (), capabilities: Iterable[str] | None = None):
+                 cap_drop: Iterable[str] = (), capabilities: Iterable[str] | None = None,
+                 cpu_shares: int | None = None, memswap_limit=None, cpuset_cpus: str | None = None,
+                 tmpfs: Mapping[str, str] | None = None, extra_hosts: Mapping[str, str] | None = None,
+                 shm_size: int | None = None, sysctls: Mapping[str, str] | None = None,
+                 domainname: str | None = None, cgroupns: bool = False):
         from .namespaces import parse_kinds
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
@@ -162,8 +269,11 @@ class Container:
             if isinstance(nano_cpus, bool) or not isinstance(nano_cpus, int) or nano_cpus <= 0:
                 raise InvalidValue("nano_cpus", nano_cpus, "a positive integer (1e9 = one CPU)")
             cpu = nano_cpus / 1e9
-        self.limits = {k: v for k, v in {"memory": mem_limit if mem_limit is not None else memory,
-                                         "cpu": cpu, "pids": pids_limit}.items() if v is not None}
+        memory = mem_limit if mem_limit is not None else memory
+        self.limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "pids": pids_limit,
+                                         "cpu_weight": _shares_to_weight(cpu_shares),
+                                         "swap": _swap(memswap_limit, memory),
+                                         "cpuset": cpuset_cpus}.items() if v is not None}
         if self.limits:
             from .cgroups.limits import parse
             parse(self.limits)          # InvalidValue now, before anything is created
@@ -187,10 +297,24 @@ class Container:
         self.oom_score_adj, self.umask = oom_score_adj, umask
         self.attach = attach
         self.bundle = bundle
+        self.tmpfs = _tmpfs_mounts(tmpfs or {})
+        self.extra_hosts = dict(extra_hosts or {})
+        if shm_size is not None and (isinstance(shm_size, bool) or not isinstance(shm_size, int)
+                                     or shm_size < 4096):
+            raise InvalidValue("shm_size", shm_size, "a size in bytes of at least 4096")
+        self.shm_size = shm_size
+        self.sysctls = _sysctls(sysctls or {})
+        if domainname is not None and ("uts" not in self.kinds or not 0 < len(domainname) <= 64):
+            raise InvalidValue("domainname", domainname, "1 to 64 characters, with a 'uts' namespace")
+        self.domainname = domainname
+        if cgroupns and "cgroup" not in self.kinds:
+            self.kinds += ("cgroup",)
+        # The overlay itself stays writable, like Docker's rw layer: the working directory and mount
+        # points are made in it first, then the container's "/" is remounted read-only (read_only).
         self.rootfs = _rootfs.RootFS(image if rootfs is None else None, name=self.name, bind=rootfs,
-                                     readonly=self.read_only, unique=not name) if not layers else \
-            _rootfs.RootFS(_rootfs.image(image, layers), name=self.name, readonly=self.read_only,
-                           unique=not name)
+                                     readonly=self.read_only and rootfs is not None,
+                                     unique=not name) if not layers else \
+            _rootfs.RootFS(_rootfs.image(image, layers), name=self.name, unique=not name)
         if init and "pid" not in self.kinds:
             raise InvalidValue("init", init, "a 'pid' namespace too (the reaper must be pid 1)")
         self.init = init
@@ -359,8 +483,11 @@ class Container:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                 stdout = os.open(self.rootfs.dir / "stdout", flags, 0o600)
                 stderr = os.open(self.rootfs.dir / "stderr", flags, 0o600)
+            before, inside = self._inside_steps()
             steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only,
-                                        masked=self.masked_paths, readonly_paths=self.readonly_paths)
+                                        masked=self.masked_paths, readonly_paths=self.readonly_paths,
+                                        inside=inside)
+            steps[1:1] = before             # after the root is bind-mounted, while the host is visible
             steps += self._process_steps()
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
@@ -385,6 +512,30 @@ class Container:
                 self._teardown()
             raise
         return self
+
+    def _inside_steps(self) -> tuple[list, list]:
+        """Setup steps (before pivot_root, right after it) for what Docker prepares in the container's
+        root: the working directory, tmpfs mounts, /dev/shm's size, an /etc/hosts, sysctls."""
+        before, inside = [], []
+        if self.domainname:
+            inside.append(lambda: syscalls.write_file("/proc/sys/kernel/domainname", self.domainname))
+        for key, value in self.sysctls.items():    # namespaced sysctls: written in OUR namespaces
+            inside.append(functools.partial(syscalls.write_file, "/proc/sys/" + key.replace(".", "/"), value))
+        if self.shm_size is not None:
+            inside.append(lambda: syscalls.mount(None, "/dev/shm", None, syscalls.MS_REMOUNT | syscalls.MS_NOSUID
+                                                 | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+                                                 f"mode=1777,size={self.shm_size}"))
+        for path, (flags, data) in self.tmpfs.items():
+            inside.append(functools.partial(_mount_tmpfs, path, flags, data))
+        if self.extra_hosts:
+            hosts = self.rootfs.dir / "hosts"      # like Docker's containers/ID/hosts, bind-mounted
+            hosts.write_text(_hosts_file(self.rootfs.path, self.hostname, self.extra_hosts))
+            tree = []       # a detached bind mount of the host file, taken while the host is visible
+            before.append(lambda: tree.append(syscalls.open_tree_clone(str(hosts))))
+            inside.append(lambda: _attach_mount(tree[0], "/etc/hosts"))
+        # Docker creates a missing working directory (before the root becomes read-only).
+        inside.append(lambda: os.makedirs(self.working_dir, mode=0o755, exist_ok=True))
+        return before, inside
 
     def _process_steps(self) -> list:
         """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as.

@@ -510,12 +510,14 @@ def remount_readonly() -> None:
 
 def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool = True,
                 dev: bool = True, sys: bool = True, masked: Sequence[str] = (),
-                readonly_paths: Sequence[str] = ()) -> list[Callable[[], None]]:
+                readonly_paths: Sequence[str] = (),
+                inside: Sequence[Callable[[], None]] = ()) -> list[Callable[[], None]]:
     """The setup steps, in order, for namespaces.spawn(setup=..., mount_proc=False): the child ends
     up inside `root`, with /proc (of its own pid namespace), a minimal /dev and a read-only /sys.
 
     spawn itself has already made `/` private recursively (so these mounts never reach the host)
-    and set the hostname before these steps run.
+    and set the hostname before these steps run. `inside` steps run right after pivot_root, while
+    "/" is still writable (e.g. making the working directory, mounting a tmpfs).
     """
     root = str(root)
     steps = [functools.partial(bind_root, root)]
@@ -526,6 +528,7 @@ def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool =
     if dev:
         steps.append(functools.partial(make_dev, root))
     steps.append(functools.partial(pivot, root))
+    steps += inside
     if masked:
         steps.append(functools.partial(mask_paths, list(masked)))
     if readonly_paths:

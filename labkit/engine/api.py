@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import state, streams, wire
+from . import spec as spec_mod, state, streams, wire
 from .state import Engine, Record, human_duration, rfc3339
 
 API_VERSION = "1.41"
@@ -139,19 +139,21 @@ def inspect(record: Record) -> dict:
         "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
         "ExecIDs": None,
         "HostConfig": {
-            "NetworkMode": spec.network_mode, "AutoRemove": spec.auto_remove,
+            **host, "NetworkMode": spec.network_mode, "AutoRemove": spec.auto_remove,
             "Memory": spec.memory or 0, "NanoCpus": int(host.get("NanoCpus") or 0),
             "CpuQuota": int(host.get("CpuQuota") or 0), "CpuPeriod": int(host.get("CpuPeriod") or 0),
             "PidsLimit": spec.pids, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
-            "LogConfig": {"Type": "json-file", "Config": {}}, "Runtime": "labkit", "Privileged": False,
-            "Binds": None, "PortBindings": {}},
+            "LogConfig": {"Type": spec.log_driver, "Config": {}}, "Runtime": "labkit", "Privileged": False,
+            "ReadonlyRootfs": spec.read_only, "Init": spec.init},
         "GraphDriver": {"Name": "overlay", "Data": {"MergedDir": record.details.get("RootFS", "")}},
         "Mounts": [],
-        "Config": {"Hostname": hostname, "Domainname": "", "User": "", "AttachStdin": False,
-                   "AttachStdout": True, "AttachStderr": True, "Tty": False, "OpenStdin": False,
-                   "StdinOnce": False, "Env": spec.env, "Cmd": spec.cmd, "Image": spec.image,
-                   "Volumes": None, "WorkingDir": spec.working_dir, "Entrypoint": spec.entrypoint,
-                   "OnBuild": None, "Labels": spec.labels},
+        "Config": {**{k: v for k, v in spec.config.items() if k not in spec_mod.TOP_LEVEL},
+                   "Hostname": hostname, "Domainname": spec.domainname, "User": spec.config.get("User") or "",
+                   "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Tty": False,
+                   "OpenStdin": False, "StdinOnce": False, "Env": spec.env, "Cmd": spec.cmd,
+                   "Image": spec.image, "Volumes": None, "WorkingDir": spec.working_dir,
+                   "Entrypoint": spec.entrypoint, "OnBuild": None, "Labels": spec.labels,
+                   "StopSignal": spec.stop_signal, "StopTimeout": spec.stop_timeout},
         "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False, "Ports": {},
                             "SandboxKey": f"/proc/{record.pid}/ns/net" if record.pid else "",
                             "Networks": {"none": {"NetworkID": "none", "IPAddress": "", "Gateway": "",
@@ -209,22 +211,43 @@ def info(h, m, q):
                      "containers live in memory and go when the engine stops"]})
 
 
+def _matches(record: Record, key: str, value: str, images) -> bool:
+    """One `docker ps --filter key=value`."""
+    if key == "name":
+        return re.search(value.lstrip("/"), record.name) is not None
+    if key == "id":
+        return record.id.startswith(value)
+    if key == "status":
+        return record.status == value
+    if key == "exited":
+        return record.status == "exited" and value.lstrip("-").isdigit() and record.exit_code == int(value)
+    if key == "label":
+        name, sep, wanted = value.partition("=")
+        return name in record.spec.labels and (not sep or record.spec.labels[name] == wanted)
+    if key == "ancestor":
+        try:
+            return images.find(value).id == record.image_id
+        except NotFound:
+            return False
+    raise InvalidValue("filter", key, "name, id, status, exited, label or ancestor")
+
+
 def list_containers(h, m, q):
-    records = h.engine.list(all=flag(q, "all"))
     filters = parse_json_body(q.get("filters", "").encode()) if q.get("filters") else {}
+    if not isinstance(filters, dict):
+        raise InvalidValue("filters", q.get("filters"), 'a JSON object like {"status": ["exited"]}')
+    # Filters other than status look at stopped containers too (docker ps -f exited=0 needs no -a).
+    records = h.engine.list(all=flag(q, "all") or any(k in filters for k in ("exited", "status")))
     for key, values in filters.items():
-        values = list(values) if isinstance(values, (list, dict)) else [values]
-        if key == "name":
-            records = [r for r in records if any(v.lstrip("/") in r.name for v in values)]
-        elif key == "id":
-            records = [r for r in records if any(r.id.startswith(v) for v in values)]
-        elif key == "status":
-            records = [r for r in records if r.status in values]
-        else:
-            raise InvalidValue("filter", key, "name, id or status")
-    limit = int(q.get("limit", "-1") or -1)
-    if limit > 0:
-        records = records[:limit]
+        values = [v for v, on in values.items() if on] if isinstance(values, dict) else \
+            (values if isinstance(values, list) else [values])
+        # Values of one key are alternatives; different keys must all match (as dockerd does).
+        records = [r for r in records if any(_matches(r, key, str(v), h.engine.images) for v in values)]
+    limit = q.get("limit", "-1") or "-1"
+    if not limit.lstrip("-").isdigit():
+        raise InvalidValue("limit", limit, "a number")
+    if int(limit) > 0:
+        records = records[:int(limit)]
     h.send_json(200, [summary(r) for r in records])
 
 
@@ -259,6 +282,8 @@ def wait(h, m, q):
 
 
 def logs(h, m, q):
+    if h.engine.get(m["id"]).spec.log_driver == "none":
+        raise HTTPError(501, "configured logging driver does not support reading")   # Docker's words
     out, err = flag(q, "stdout"), flag(q, "stderr")
     if not (out or err):
         raise InvalidValue("logs parameters", "stdout=0&stderr=0", "at least one of stdout=1, stderr=1")
@@ -317,10 +342,10 @@ def kill(h, m, q):
 
 
 def stop(h, m, q):
-    timeout = q.get("t", "10") or "10"
-    if not timeout.lstrip("-").isdigit():
+    timeout = q.get("t") or None           # absent: the container's StopTimeout, else 10 s
+    if timeout is not None and not timeout.lstrip("-").isdigit():
         raise InvalidValue("t", timeout, "a number of seconds")
-    h.send_empty(204 if h.engine.stop(m["id"], timeout=max(int(timeout), 0)) else 304)
+    h.send_empty(204 if h.engine.stop(m["id"], timeout=None if timeout is None else int(timeout)) else 304)
 
 
 def remove(h, m, q):

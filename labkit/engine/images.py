@@ -63,6 +63,15 @@ class Image:
         layers = self.layers or (rootfs.Layer(self.tags[0].split(":")[0], self.rootfs),)
         return rootfs.Image(self.tags[0], tuple(layers))
 
+    def read_text(self, path: str) -> str:
+        """A file of the image as a container would see it (the top-most layer that has it)."""
+        roots = [layer.path for layer in reversed(self.layers)] if self.layers else [self.rootfs]
+        for root in filter(None, roots):
+            candidate = Path(root, path.lstrip("/"))
+            if candidate.is_file() and not candidate.is_symlink():
+                return candidate.read_text(errors="replace")
+        return ""
+
     def size(self) -> int:
         return sum(p.lstat().st_size for p in self.rootfs.rglob("*"))
 

@@ -76,32 +76,53 @@ class Running:
                 "RootFS": str(container.rootfs.path), "Init": container._argv()[0]}
 
 
-def _limits(spec: ContainerSpec) -> dict:
-    limits = {}
-    if spec.memory is not None:
-        limits["mem_limit"] = spec.memory
-    if spec.cpu is not None:
-        limits["cpu"] = spec.cpu
-    if spec.pids is not None:
-        limits["pids_limit"] = spec.pids
-    return limits
+def options(spec: ContainerSpec, hostname: str = "") -> dict:
+    """The labkit Container keyword arguments for a create request (docker SDK names)."""
+    opts = dict(hostname=spec.hostname or hostname or None, environment=spec.env,
+                working_dir=spec.working_dir or "/", init=spec.init, read_only=spec.read_only,
+                cap_add=spec.cap_add, cap_drop=spec.cap_drop, no_new_privileges=spec.no_new_privileges,
+                rlimits=spec.ulimits, tmpfs=spec.tmpfs, extra_hosts=spec.extra_hosts,
+                sysctls=spec.sysctls, masked_paths=spec.masked_paths, readonly_paths=spec.readonly_paths,
+                cgroupns=spec.cgroupns, user=spec.user)
+    for key, value in (("mem_limit", spec.memory), ("cpu", spec.cpu), ("pids_limit", spec.pids),
+                       ("memswap_limit", spec.memory_swap), ("cpu_shares", spec.cpu_shares),
+                       ("cpuset_cpus", spec.cpuset), ("shm_size", spec.shm_size),
+                       ("oom_score_adj", spec.oom_score_adj), ("domainname", spec.domainname or None)):
+        if value is not None:
+            opts[key] = value
+    return opts
 
 
-def validate(spec: ContainerSpec) -> None:
-    """Refuse limits this host cannot apply (e.g. more CPUs than it has) at create time, as a 400."""
-    from ..cgroups.limits import parse
+def validate(spec: ContainerSpec, image) -> None:
+    """Refuse what this host cannot apply (more CPUs than it has, a bad tmpfs option...) at create
+    time, as a 400: a Container is built from the options - which checks them - but not created."""
+    from ..container import Container
+    from ..errors import InvalidValue
 
-    limits = _limits(spec)
-    parse({"memory": limits.get("mem_limit"), "cpu": limits.get("cpu"), "pids": limits.get("pids_limit")})
+    try:
+        Container(image.labkit_image(), spec.argv, **options(spec))
+    except InvalidValue as exc:            # name the API field, not labkit's keyword
+        option = exc.what.split()[0]
+        field = next((f for words, f in FIELD_OF_OPTION if option in words), "")
+        raise InvalidValue(f"{field} ({exc.what})" if field else exc.what, exc.value, exc.accepted) from None
+
+
+# labkit option words (as its errors name them) -> the API field they came from
+FIELD_OF_OPTION = [
+    (("sysctl",), "HostConfig.Sysctls"), (("tmpfs",), "HostConfig.Tmpfs"), (("shm_size",), "HostConfig.ShmSize"),
+    (("cpu_shares", "cpu_weight"), "HostConfig.CpuShares"), (("memswap_limit", "swap"), "HostConfig.MemorySwap"),
+    (("domainname",), "Config.Domainname"), (("hostname",), "Config.Hostname"), (("memory",), "HostConfig.Memory"),
+    (("cpu",), "HostConfig.NanoCpus"), (("pids",), "HostConfig.PidsLimit"), (("cpuset",), "HostConfig.CpusetCpus"),
+    (("capability",), "HostConfig.CapAdd/CapDrop"), (("working_dir",), "Config.WorkingDir"),
+    (("environment",), "Config.Env"), (("command",), "Config.Cmd"),
+]
 
 
 def launch(spec: ContainerSpec, image, hostname: str = "") -> Running:
     """Create and start a labkit Container for `spec` on `image` (an engine Image)."""
     from ..container import Container
 
-    options = dict(hostname=spec.hostname or hostname or None, environment=spec.env,
-                   working_dir=spec.working_dir or "/", **_limits(spec))
-    container = Container(image.labkit_image(), spec.argv, **options)   # name: a fresh labkit-ctr-...
+    container = Container(image.labkit_image(), spec.argv, **options(spec, hostname))  # a fresh labkit-ctr-...
     try:
         container.create()          # like `runc create`: namespaces, cgroup, root; the process waits
         running = Running(container)

@@ -33,9 +33,11 @@ from .spec import ContainerSpec, check_name, parse_create
 from .streams import STDERR, STDOUT
 
 LOG_LIMIT = 8 * 1024 * 1024        # output bytes kept per container; older output is dropped
+ATTACH_BUFFER = 64 * 1024          # --log-driver none: kept only for attached clients to catch up
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never" in StartedAt / FinishedAt
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 FOLLOW_INTERVAL = 0.005             # seconds between two looks at a running container's output
+KILL_WAIT = 10                      # seconds `kill` waits to see a SIGKILLed container exited
 
 
 def rfc3339(t: float | None) -> str:
@@ -98,6 +100,7 @@ class Record:
     started_at: float | None = None
     finished_at: float | None = None
     starting: bool = False               # between start's request and the process running
+    releasing: bool = False              # exited; its cgroup and mounts are being removed
     exits: int = 0                       # how many times it has exited (for next-exit waits)
     removed: bool = False
     log: list = field(default_factory=list)    # (time, stream, bytes)
@@ -154,8 +157,8 @@ class Engine:
     def create(self, body, name: str | None = None) -> Record:
         name = check_name(name)
         spec = parse_create(body, self.images.find)
-        self.runtime.validate(spec)         # limits checked by the cgroup layer, before anything exists
         image = self.images.find(spec.image)
+        self.runtime.validate(spec, image)  # limits, mounts, sysctls checked before anything exists
         with self._changed:
             if self._closing:
                 raise Conflict("the engine is shutting down")
@@ -176,6 +179,8 @@ class Engine:
             record = self._find(ref)
             if record.running or record.starting:
                 return False
+            while record.releasing:
+                self._changed.wait(1.0)
             if record.status == "removing" or self._closing:
                 raise Conflict(f"container {record.id} is being removed")
             record.starting = True          # a second start now gets 304, a remove waits its turn
@@ -234,6 +239,15 @@ class Engine:
                 f.close()
         returncode = process.wait()
         oom = process.oom_killed()
+        with self._changed:
+            # The state changes the moment the process is gone (stop and kill answer then); the
+            # kernel objects go next, and a remove or a new start waits until they have.
+            record.exit_code = 128 - returncode if returncode < 0 else returncode   # signal N -> 128+N
+            record.oom_killed, record.finished_at = oom, time.time()
+            record.status, record.process, record.pid = "exited", None, 0
+            record.releasing = True
+            record.exits += 1
+            self._changed.notify_all()
         try:
             process.release()           # namespaces, cgroup, mounts of this run: gone now
         except Exception as exc:        # noqa: BLE001 - reported, and the sweep gets what is left
@@ -241,11 +255,7 @@ class Engine:
             print(f"labkit engine: container {record.name}: {record.error}", file=sys.stderr)
         finally:
             with self._changed:
-                # Docker's convention: killed by signal N -> 128 + N
-                record.exit_code = 128 - returncode if returncode < 0 else returncode
-                record.oom_killed, record.finished_at = oom, time.time()
-                record.status, record.process, record.pid = "exited", None, 0
-                record.exits += 1
+                record.releasing = False
                 self._changed.notify_all()
         if record.spec.auto_remove:
             try:
@@ -257,7 +267,8 @@ class Engine:
         with self._changed:
             record.log.append((time.time(), stream, data))
             record.log_bytes += len(data)
-            while record.log_bytes > LOG_LIMIT and len(record.log) > 1:
+            limit = LOG_LIMIT if record.spec.log_driver != "none" else ATTACH_BUFFER
+            while record.log_bytes > limit and len(record.log) > 1:
                 record.log_bytes -= len(record.log.pop(0)[2])
                 record.log_dropped += 1
             self._changed.notify_all()
@@ -297,6 +308,8 @@ class Engine:
             return record.exit_code
 
     def kill(self, ref: str, signal: str | int | None = None) -> None:
+        """Send a signal to pid 1. For SIGKILL, answer once the container is seen exited (as Docker:
+        an inspect right after `docker kill` says "exited")."""
         sig = parse_signal(signal) if not isinstance(signal, int) else signal
         with self._changed:
             record = self._find(ref)
@@ -304,19 +317,34 @@ class Engine:
                 raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
             process = record.process
         process.kill(sig)
+        if sig == signals.SIGKILL:
+            try:
+                self.wait(record.id, "not-running", timeout=KILL_WAIT, give_up_at_shutdown=False)
+            except (TimeoutError, NotFound):
+                pass
 
-    def stop(self, ref: str, timeout: float = 10) -> bool:
-        """SIGTERM, then SIGKILL after `timeout` seconds; False if it was not running (304)."""
+    def stop(self, ref: str, timeout: float | None = None) -> bool:
+        """The stop signal (Config.StopSignal, SIGTERM), then SIGKILL after `timeout` seconds
+        (default Config.StopTimeout, else 10); returns as soon as the process has exited.
+        False if it was not running (the API answers 304)."""
         with self._changed:
             record = self._find(ref)
             if not record.running:
                 return False
+        if timeout is None:
+            timeout = record.spec.stop_timeout if record.spec.stop_timeout is not None else 10
         try:
-            self.kill(record.id, signals.SIGTERM)
-            self.wait(record.id, "not-running", timeout=timeout)
+            if timeout != 0:
+                self.kill(record.id, parse_signal(record.spec.stop_signal))
+            if timeout < 0:                 # -1: wait as long as it takes
+                self.wait(record.id, "not-running", give_up_at_shutdown=False)
+            else:
+                self.wait(record.id, "not-running", timeout=timeout, give_up_at_shutdown=False)
         except TimeoutError:
-            self.kill(record.id, signals.SIGKILL)
-            self.wait(record.id, "not-running")
+            try:
+                self.kill(record.id, signals.SIGKILL)
+            except Conflict:
+                pass
         except Conflict:
             pass                        # it exited between the check and the signal
         return True
@@ -334,8 +362,10 @@ class Engine:
             if was_running:
                 record.process.kill(signals.SIGKILL)
         if was_running:
-            self.wait(record.id, "not-running", give_up_at_shutdown=False)   # and released
+            self.wait(record.id, "not-running", give_up_at_shutdown=False)
         with self._changed:
+            while record.releasing:             # its kernel objects are gone before the answer
+                self._changed.wait(1.0)
             record.status = "removing"
             self._records.pop(record.id, None)
             record.removed = True

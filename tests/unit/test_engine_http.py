@@ -94,7 +94,7 @@ class FakeRuntime:
     def __init__(self, tmp: Path):
         self.tmp, self.launched = tmp, []
 
-    def validate(self, spec):
+    def validate(self, spec, image):
         pass
 
     def launch(self, spec, image, hostname=""):
