@@ -36,7 +36,6 @@ the job (its init wants an inittab and runs forever). `init=False` makes the com
 """
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -200,10 +199,20 @@ def _hosts_file(root, hostname: str | None, extra: Mapping[str, str]) -> str:
     return text + "".join(f"{ip}\t{host}\n" for host, ip in extra.items())
 
 
-def _attach_mount(tree_fd: int, target: str) -> None:
-    """Attach a mount taken with open_tree before pivot_root onto `target` inside (made if missing)."""
+_TAKEN: dict[str, int] = {}     # in the container's process: mounts taken before pivot_root, by path
+
+
+def _take_mount(path: str) -> None:
+    """Before pivot_root: a detached copy of a bind mount of the host's `path` (open_tree), kept in an
+    fd - after pivot_root the host's files are out of reach."""
+    _TAKEN[path] = syscalls.open_tree_clone(path)
+
+
+def _attach_mount(path: str, target: str) -> None:
+    """After pivot_root: attach the mount taken of `path` onto `target` inside (made if missing)."""
     if not os.path.lexists(target):
         os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    tree_fd = _TAKEN.pop(path)
     syscalls.move_mount(tree_fd, target)
     os.close(tree_fd)
 
@@ -515,26 +524,25 @@ class Container:
 
     def _inside_steps(self) -> tuple[list, list]:
         """Setup steps (before pivot_root, right after it) for what Docker prepares in the container's
-        root: the working directory, tmpfs mounts, /dev/shm's size, an /etc/hosts, sysctls."""
+        root: the working directory, tmpfs mounts, /dev/shm's size, an /etc/hosts, sysctls.
+        Like every step, each is a module-level function or a partial of one (they travel pickled)."""
         before, inside = [], []
         if self.domainname:
-            inside.append(lambda: syscalls.write_file("/proc/sys/kernel/domainname", self.domainname))
+            inside.append(partial(syscalls.write_file, "/proc/sys/kernel/domainname", self.domainname))
         for key, value in self.sysctls.items():    # namespaced sysctls: written in OUR namespaces
-            inside.append(functools.partial(syscalls.write_file, "/proc/sys/" + key.replace(".", "/"), value))
+            inside.append(partial(syscalls.write_file, "/proc/sys/" + key.replace(".", "/"), value))
         if self.shm_size is not None:
-            inside.append(lambda: syscalls.mount(None, "/dev/shm", None, syscalls.MS_REMOUNT | syscalls.MS_NOSUID
-                                                 | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
-                                                 f"mode=1777,size={self.shm_size}"))
+            inside.append(partial(syscalls.mount, None, "/dev/shm", None, syscalls.MS_REMOUNT | syscalls.MS_NOSUID
+                                  | syscalls.MS_NODEV | syscalls.MS_NOEXEC, f"mode=1777,size={self.shm_size}"))
         for path, (flags, data) in self.tmpfs.items():
-            inside.append(functools.partial(_mount_tmpfs, path, flags, data))
+            inside.append(partial(_mount_tmpfs, path, flags, data))
         if self.extra_hosts:
             hosts = self.rootfs.dir / "hosts"      # like Docker's containers/ID/hosts, bind-mounted
             hosts.write_text(_hosts_file(self.rootfs.path, self.hostname, self.extra_hosts))
-            tree = []       # a detached bind mount of the host file, taken while the host is visible
-            before.append(lambda: tree.append(syscalls.open_tree_clone(str(hosts))))
-            inside.append(lambda: _attach_mount(tree[0], "/etc/hosts"))
+            before.append(partial(_take_mount, str(hosts)))
+            inside.append(partial(_attach_mount, str(hosts), "/etc/hosts"))
         # Docker creates a missing working directory (before the root becomes read-only).
-        inside.append(lambda: os.makedirs(self.working_dir, mode=0o755, exist_ok=True))
+        inside.append(partial(os.makedirs, self.working_dir, 0o755, True))
         return before, inside
 
     def _process_steps(self) -> list:
