@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import resource
+import signal
 from dataclasses import dataclass, field
 
 from .. import capabilities
@@ -175,6 +176,19 @@ class ContainerSpec:
     labels: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)        # the request's Config, echoed by inspect
     host_config: dict = field(default_factory=dict)
+
+
+def parse_signal(value: str | None, default: int = signal.SIGKILL) -> int:
+    """'SIGTERM', 'TERM', '15' -> 15."""
+    if value in (None, ""):
+        return default
+    text = str(value).upper()
+    if text.isdigit() and 0 < int(text) < signal.NSIG:
+        return int(text)
+    name = text if text.startswith("SIG") else "SIG" + text
+    if hasattr(signal.Signals, name):
+        return int(signal.Signals[name])
+    raise InvalidValue("signal", value, "a signal name like SIGTERM or KILL, or a number from 1 to 64")
 
 
 def check_name(name: str | None) -> str | None:
@@ -454,8 +468,7 @@ def parse_create(body, image_config) -> ContainerSpec:
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidValue("Labels", labels, "a JSON object of strings")
     stop_signal = body.get("StopSignal") or "SIGTERM"
-    from .state import parse_signal                         # refuse a bad name now, not at stop
-    parse_signal(stop_signal)
+    parse_signal(stop_signal)                               # refuse a bad name now, not at stop
     stop_timeout = body.get("StopTimeout")
     if stop_timeout is not None:
         _int(stop_timeout, "StopTimeout (--stop-timeout)", minimum=-1)

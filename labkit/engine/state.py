@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .. import cleanup
 from ..errors import Conflict, InvalidValue, NotFound
 from . import images as images_mod
-from .spec import ContainerSpec, check_name, parse_create
+from .spec import ContainerSpec, check_name, parse_create, parse_signal
 from .streams import STDERR, STDOUT
 
 LOG_LIMIT = 8 * 1024 * 1024        # output bytes kept per container; older output is dropped
@@ -68,19 +68,6 @@ def human_duration(seconds: float) -> str:
     if hours < 48:
         return f"{hours} hours"
     return f"{hours // 24} days"
-
-
-def parse_signal(value: str | None, default: int = signals.SIGKILL) -> int:
-    """'SIGTERM', 'TERM', '15' -> 15."""
-    if value in (None, ""):
-        return default
-    text = str(value).upper()
-    if text.isdigit() and 0 < int(text) < signals.NSIG:
-        return int(text)
-    name = text if text.startswith("SIG") else "SIG" + text
-    if hasattr(signals.Signals, name):
-        return int(signals.Signals[name])
-    raise InvalidValue("signal", value, "a signal name like SIGTERM or KILL, or a number from 1 to 64")
 
 
 @dataclass
