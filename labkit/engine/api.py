@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import spec as spec_mod, state, streams, wire
+from . import docker_api, spec as spec_mod, state, streams, wire
 from .state import Engine, Record, human_duration, rfc3339
 
 API_VERSION = "1.41"
@@ -391,7 +391,9 @@ ENDPOINTS = sorted({pattern.pattern.strip("^$").replace("(?P<id>[^/]+)", "{id}")
 
 
 def route(method: str, path: str):
-    """(handler, match) for a request, or HTTPError 404 / 405 with a message that says why."""
+    """(handler, match) for a request, or an HTTPError that says why: 501 for a route Docker has and
+    the engine does not (the CLI prints the message; a 404 it would turn into "No such ..."),
+    405 for a known path with another method, 404 for a path Docker does not have either."""
     allowed = []
     for route_method, pattern, handler in ROUTES:
         match = pattern.match(path)
@@ -399,6 +401,10 @@ def route(method: str, path: str):
             if route_method == method:
                 return handler, match.groupdict()
             allowed.append(route_method)
+    feature = docker_api.feature(method, path)
+    if feature:
+        raise HTTPError(501, f"labkit's engine does not implement {feature} ({method} {path}); "
+                             f"Docker has it. See docs/engine-commands.md for what the engine does")
     if allowed:
         raise HTTPError(405, f"{method} is not allowed on {path}: use {' or '.join(sorted(set(allowed)))}")
     raise HTTPError(404, f"page not found: labkit's engine does not implement {method} {path}. It "

@@ -215,7 +215,8 @@ def test_docker_sdk_creates_starts_waits_for_and_removes(engine):
     ("POST", "/v1.41/containers/create", b'{"Image": "nosuch", "Cmd": ["true"]}', 404, "No such image: nosuch"),
     ("GET", "/v1.41/containers/0123456789ab/json", None, 404, "No such container: 0123456789ab"),
     ("POST", "/v1.41/containers/0123456789ab/start", None, 404, "No such container"),
-    ("GET", "/v1.41/plugins", None, 404, "does not implement GET /plugins"),
+    ("GET", "/v1.41/plugins", None, 501, "does not implement plugins (GET /plugins)"),
+    ("GET", "/v1.41/no/such/route", None, 404, "page not found"),
 ])
 def test_errors_have_dockers_shape(engine, method, path, body, status, words):
     got, content_type, answer = api(engine, method, path, body)
@@ -396,3 +397,16 @@ def test_exercise_checker_reads_the_limit_the_kernel_enforces(engine):
     finally:
         docker(engine, "rm", "--force", name)
     assert "gone" in views.check_memory_limit(pid, "1")[1]
+
+
+@needs_docker_cli
+@pytest.mark.parametrize("args, feature", [
+    (["history", IMAGE], "docker history"),            # 404 would print "No such image" for an image that exists
+    (["network", "ls"], "docker network ls"),
+    (["volume", "create"], "docker volume create"),
+])
+def test_a_docker_command_the_engine_lacks_says_so_instead_of_no_such(engine, args, feature):
+    result = docker(engine, *args)
+    assert result.returncode != 0
+    assert f"labkit's engine does not implement {feature}".encode() in result.stderr, result.stderr
+    assert b"No such" not in result.stderr

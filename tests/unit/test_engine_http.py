@@ -179,9 +179,9 @@ def test_version_answers_versioned_and_unversioned(engine):
 
 # --- error shapes ---------------------------------------------------------------------------------
 
-def test_unknown_endpoint_404_with_message(engine):
-    message = error_message(call(engine, "GET", "/v1.41/swarm"), 404)
-    assert "does not implement GET /swarm" in message
+def test_a_docker_route_the_engine_lacks_is_501_with_message(engine):
+    message = error_message(call(engine, "GET", "/v1.41/swarm"), 501)
+    assert "does not implement swarm mode (GET /swarm)" in message
 
 
 def test_malformed_json_400(engine):

@@ -47,12 +47,24 @@ def test_api_versions_outside_the_range_are_refused_like_dockerd(target, words):
     assert err.value.status == 400 and words in str(err.value)
 
 
-def test_unknown_endpoint_is_404_naming_it_and_what_exists():
+def test_a_docker_route_the_engine_lacks_is_501_naming_the_feature():
     with pytest.raises(api.HTTPError) as err:
-        api.route("POST", "/containers/abc/pause")
-    assert err.value.status == 404
-    message = str(err.value)
-    assert "POST /containers/abc/pause" in message and "/containers/create" in message
+        api.route("POST", "/containers/abc/changes-not")
+    assert err.value.status == 404 and "page not found" in str(err.value)
+    for method, path, feature in [("GET", "/containers/abc/export", "docker export"),
+                                  ("POST", "/build", "docker build"),
+                                  ("GET", "/images/some/name:tag/history", "docker history"),
+                                  ("GET", "/networks", "docker network ls")]:
+        with pytest.raises(api.HTTPError) as err:
+            api.route(method, path)
+        assert err.value.status == 501 and feature in str(err.value) and path in str(err.value)
+
+
+def test_every_implemented_route_is_a_docker_route():
+    from labkit.engine import docker_api
+    for method, pattern, _ in api.ROUTES:
+        path = pattern.pattern.strip("^$").replace("(?P<id>[^/]+)", "abc").replace("(?P<name>.+)", "img:1")
+        assert docker_api.feature(method, path), (method, path)
 
 
 def test_known_path_with_wrong_method_is_405():
