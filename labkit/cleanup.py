@@ -49,6 +49,7 @@ SWEEP_MODULES = (
     "labkit.cleanup",     # owner records and work directories nobody owns any more
 )
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")      # the unit of /proc/PID/stat's start time
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -100,20 +101,24 @@ def checked_name(name: str, max_len: int = 64) -> str:
 
 # --- ownership ----------------------------------------------------------------------------------
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
     """Process start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone.
 
+    With the pid it names one process for good: a pid is reused, a (pid, start time) pair is not.
+    psutil reads the field (as seconds since the epoch); owner records keep the kernel's tick count.
     A zombie counts as gone: it has exited, only its parent has not collected its status yet (a
     killed notebook kernel stays a zombie until Jupyter reaps it), and its objects are leftovers.
     """
+    import psutil   # here, not at the top: every labkit command imports cleanup (start-up speed)
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        since_boot = proc.create_time() - psutil.boot_time()
+    except (psutil.Error, ValueError):
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):   # state: zombie or dead
-        return None
-    return fields[19]
+    return str(round(since_boot * _CLOCK_TICKS))
 
 
 def _owner_file(kind: str, name: str) -> Path:
@@ -133,7 +138,7 @@ def claim(kind: str, name: str, pid: int | None = None) -> None:
     # Write a whole new file and rename it into place: a sweeper reading at the same moment must see
     # the old record or the new one, never an empty file that looks like "no owner".
     partial = path.with_name(f".{path.name}.{pid}.tmp")
-    partial.write_text(f"{pid} {_start_time(pid)}\n")
+    partial.write_text(f"{pid} {start_time(pid)}\n")
     os.replace(partial, path)
 
 
@@ -174,7 +179,7 @@ def owner(kind: str, name: str) -> tuple[int | None, bool]:
     except (OSError, ValueError):
         return None, False
     pid = int(pid_text)
-    return pid, _start_time(pid) == started
+    return pid, start_time(pid) == started
 
 
 def leftover(kind: str, name: str, where: str = "", **extra) -> Leftover:

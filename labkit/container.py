@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Iterable, Mapping, Sequence
 
 from . import capabilities as _caps, cleanup, rootfs as _rootfs, starter, syscalls
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
+from .interrupts import hold_interrupts
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -69,27 +68,6 @@ class Result:
     def exit_status(self) -> int:
         """What a shell reports: 128+N for a process killed by signal N."""
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
-
-
-@contextmanager
-def _interrupts_held():
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
-
-    Taking a container down is several kernel steps (kill, remove the cgroup, unmount, remove the
-    work dir); a KeyboardInterrupt between two of them - a learner pressing Stop twice, or once
-    at the wrong moment - would leave the rest behind. Only the main thread receives signals."""
-    if threading.current_thread() is not threading.main_thread() or \
-            not callable(signal.getsignal(signal.SIGINT)):
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(1))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _environment(environment, hostname: str, defaults: bool = True) -> dict[str, str]:
@@ -430,7 +408,7 @@ class Container:
             return
         if self.status == "running" and self.process.poll() is None and not force:
             raise Conflict(f"container {self.name} is running: kill it first, or delete(force=True)")
-        with _interrupts_held():
+        with hold_interrupts():
             try:
                 self._stop_everything()
             finally:
@@ -465,7 +443,8 @@ class Container:
 
     # -- how create works ------------------------------------------------------------------------------
 
-    def _argv(self) -> list[str]:
+    def process_argv(self) -> list[str]:
+        """The argv the container's first process runs: the command, behind tini when an init is wanted."""
         init = self.init
         has_tini = os.path.exists(f"{self.rootfs.path}{INIT}")
         if init is None:
@@ -501,7 +480,7 @@ class Container:
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
                            stdin=None if self.attach else namespaces.DEVNULL, stdout=stdout, stderr=stderr)
-            argv = self._argv()
+            argv = self.process_argv()
             try:
                 process = starter.spawn(argv, self.kinds, setup=steps, gate=gate, **options)
                 self.pid = process.pid
@@ -516,7 +495,7 @@ class Container:
             if self.network is not None:
                 self._connect_network()
         except BaseException:
-            with _interrupts_held():
+            with hold_interrupts():
                 self._stop_everything()
                 self._teardown()
             raise

@@ -88,7 +88,7 @@ def docker(*args: str, host: str | None = None, input: bytes | None = None, time
 # --- who started the daemon, who uses it --------------------------------------------------------
 
 @contextlib.contextmanager
-def _locked():
+def locked():
     """Serialize start/stop decisions between labkit processes (tests and notebooks run at once)."""
     STATE.mkdir(parents=True, exist_ok=True)
     with open(STATE / "lock", "w") as lock:
@@ -100,7 +100,7 @@ def _locked():
 
 
 def _alive(pid: int, started: str) -> bool:
-    return cleanup._start_time(pid) == started
+    return cleanup.start_time(pid) == started
 
 
 def started_by_labkit() -> int | None:
@@ -133,7 +133,7 @@ def live_users() -> list[int]:
 def _add_user() -> Path:
     USERS_DIR.mkdir(parents=True, exist_ok=True)
     record = USERS_DIR / f"{os.getpid()}-{secrets.token_hex(4)}"      # one per Dockerd() in use
-    record.write_text(f"{os.getpid()} {cleanup._start_time(os.getpid())}\n")
+    record.write_text(f"{os.getpid()} {cleanup.start_time(os.getpid())}\n")
     return record
 
 
@@ -150,7 +150,7 @@ def _start(timeout: float) -> int:
     with open(LOG_FILE, "ab") as log:
         proc = subprocess.Popen([DOCKERD, *DOCKERD_FLAGS, f"--host=unix://{SOCKET}"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    STARTED_FILE.write_text(f"{proc.pid} {cleanup._start_time(proc.pid)}\n")
+    STARTED_FILE.write_text(f"{proc.pid} {cleanup.start_time(proc.pid)}\n")
     deadline = time.monotonic() + timeout
     while not ping():
         if proc.poll() is not None:
@@ -225,7 +225,7 @@ class Dockerd:
         if self._record is not None:
             return self
         host.require_lab_host("start the Docker daemon")
-        with _locked():
+        with locked():
             # a user first, then the daemon: a sweep never sees a labkit dockerd that nobody uses
             self._record = _add_user()
             try:
@@ -244,7 +244,7 @@ class Dockerd:
     def close(self) -> None:
         if self._record is None:
             return
-        with _locked():
+        with locked():
             self._record.unlink(missing_ok=True)
             self._record = None
             pid = started_by_labkit()

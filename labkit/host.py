@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import syscalls
+from . import mountinfo, syscalls
 from .errors import NotPermitted
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -44,14 +44,8 @@ def cgroup_mode(root: str = CGROUP_ROOT) -> str:
 
 def _cgroup_mounts() -> list[tuple[str, str, list[str]]]:
     """(fstype, mountpoint, super options) of every cgroup mount this process can see."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            fstype, _source, superopts = right.split()[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                mounts.append((fstype, left.split()[4], superopts.split(",")))
-    return mounts
+    return [(m["fstype"], m["mountpoint"], m["superopts"].split(",")) for m in mountinfo.read()
+            if m["fstype"] in ("cgroup", "cgroup2")]
 
 
 def controllers() -> list[Controller]:

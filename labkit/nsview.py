@@ -12,16 +12,26 @@ exercises check the learner's process with `check_namespaces`.
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+import psutil
+
 from . import cleanup, host
+from .binaries import find_busybox
 from .errors import LabkitError
 from .namespaces import KINDS, identity, parse_kinds
 
 KIND_NAMES = tuple(k.name for k in KINDS)
+# psutil names the state letter of /proc/PID/stat; the tables show the kernel's letter (Z, S, R, ...)
+_STATE_LETTER = {psutil.STATUS_RUNNING: "R", psutil.STATUS_SLEEPING: "S", psutil.STATUS_DISK_SLEEP: "D",
+                 psutil.STATUS_STOPPED: "T", psutil.STATUS_TRACING_STOP: "t", psutil.STATUS_ZOMBIE: "Z",
+                 psutil.STATUS_DEAD: "X", psutil.STATUS_WAKING: "W",
+                 psutil.STATUS_IDLE: "I", psutil.STATUS_PARKED: "P"}
 
 
 # --- who shares which namespace --------------------------------------------------------------------
@@ -144,12 +154,14 @@ class ProcInfo:
 
 
 def proc_info(pid: int) -> ProcInfo:
-    """State, parent and NSpid of one process, from /proc/PID/stat and /proc/PID/status."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    comm = stat[stat.index("(") + 1: stat.rindex(")")]
-    state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-    return ProcInfo(int(pid), int(ppid), state, comm, nspid(pid))
+    """State, parent and NSpid of one process: /proc/PID/stat (read by psutil) and /proc/PID/status."""
+    try:
+        proc = psutil.Process(int(pid))
+        with proc.oneshot():
+            ppid, status, comm = proc.ppid(), proc.status(), proc.name()
+    except psutil.NoSuchProcess:
+        raise FileNotFoundError(f"/proc/{pid}") from None
+    return ProcInfo(int(pid), ppid, _STATE_LETTER.get(status, "?"), comm, nspid(pid))
 
 
 def nspid(pid: int | str) -> tuple[int, ...]:
@@ -203,11 +215,7 @@ def docker_running(timeout: float = 10) -> bool:
 
 def _busybox_tar() -> bytes:
     """A one-binary root filesystem (static busybox as /bin/sleep) as a tar, for `docker import`."""
-    import io
-    import shutil
-    import tarfile
-
-    busybox = shutil.which("busybox") or "/bin/busybox"
+    busybox = find_busybox()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(busybox, arcname="bin/busybox")

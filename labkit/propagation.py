@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import cleanup, host, namespaces, syscalls
 from .errors import InvalidValue
+from .mountinfo import read as read_mountinfo
 
 MODES = ("shared", "private", "slave")
 
@@ -31,13 +32,7 @@ MODES = ("shared", "private", "slave")
 def mountinfo(pid: int | str = "self") -> dict[str, str]:
     """{mountpoint: propagation} for every mount `pid` sees; propagation is the optional fields
     of /proc/PID/mountinfo ("shared:5", "master:5", "shared:7 master:5") or "private"."""
-    table = {}
-    with open(f"/proc/{pid}/mountinfo") as f:
-        for line in f:
-            left = line.split(" - ", 1)[0].split()
-            optional = " ".join(left[6:])
-            table[left[4].replace("\\040", " ")] = optional or "private"
-    return table
+    return {m["mountpoint"]: m["propagation"] or "private" for m in read_mountinfo(pid)}
 
 
 def is_mounted(path: str | os.PathLike, pid: int | str = "self") -> bool:

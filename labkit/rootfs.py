@@ -33,12 +33,14 @@ import functools
 import json
 import os
 import stat
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from . import cleanup, host, syscalls
+from .binaries import find_busybox, is_static_executable
+from .mountinfo import overlay_layers, read as read_mountinfo  # noqa: F401 - notebook 31 uses both
+from .rootfsview import draw_stack  # noqa: F401 - the notebooks call rootfs.draw_stack
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported, from_oserror
 
 IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
@@ -84,24 +86,7 @@ class Image:
 
 
 def _busybox_binary() -> Path:
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        if os.path.exists(candidate) and _is_static(candidate):
-            return Path(os.path.realpath(candidate))
-    raise Unsupported("no static busybox on this machine: `apt-get install busybox-static` "
-                      "(the base image is built from it, offline)")
-
-
-def _is_static(path: str) -> bool:
-    """An ELF file without a PT_INTERP program header needs no dynamic loader: it runs in any root."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:   # 64-bit ELF only
-            return False
-        phoff, = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+    return Path(os.path.realpath(find_busybox()))
 
 
 def _manifest_ok(layer_dir: Path) -> bool:
@@ -156,7 +141,7 @@ def _fill_busybox(root: Path) -> dict:
             # Relative targets resolve the same inside the container and from the host.
             os.symlink(os.path.relpath(root / "bin/busybox", link.parent), link)
     tini = "/usr/bin/tini-static"   # Debian's `tini` package: the reaper Docker runs for --init
-    if os.path.exists(tini) and _is_static(tini):
+    if is_static_executable(tini):
         shutil.copy2(tini, root / "sbin/tini")
     for rel, text in _ETC.items():
         (root / rel).write_text(text)
@@ -405,28 +390,6 @@ class RootFS:
         return f"<RootFS {self.name} {what} {'mounted' if self.mounted else 'unmounted'}>"
 
 
-def read_mountinfo(pid: int | str = "self") -> list[dict]:
-    """/proc/PID/mountinfo parsed: mount id, parent, mountpoint, fstype, source, options."""
-    mounts = []
-    with open(f"/proc/{pid}/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            fields = left.split()
-            fstype, source, superopts = (right.split() + ["", ""])[:3]
-            unescape = lambda s: s.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            mounts.append({"id": int(fields[0]), "parent": int(fields[1]),
-                           "mountpoint": unescape(fields[4]), "options": fields[5],
-                           "fstype": fstype, "source": source, "superopts": superopts})
-    return mounts
-
-
-def overlay_layers(mount: dict) -> dict:
-    """{'lower': [top, ..., bottom], 'upper': path, 'work': path} from an overlay mount's options."""
-    opts = dict(opt.split("=", 1) for opt in mount["superopts"].split(",") if "=" in opt)
-    return {"lower": opts.get("lowerdir", "").split(":"), "upper": opts.get("upperdir"),
-            "work": opts.get("workdir")}
-
-
 # --- pivot_root done right: setup steps for the container's final child ---------------------------
 
 _DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -633,57 +596,3 @@ def remove_leftover(item) -> None:
     if not any(m["mountpoint"].startswith(str(cleanup.WORK_DIR / item.name)) for m in read_mountinfo()):
         cleanup.release("mount", item.name)
 
-
-# --- a picture of the stack, drawn from the real mount ----------------------------------------
-
-def _sample(directory: str, limit: int = 6) -> tuple[int, list[str]]:
-    """(number of entries, a few of them) of a layer directory, whiteouts marked."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for entry in dirnames + filenames:
-            full = os.path.join(dirpath, entry)
-            rel = os.path.relpath(full, directory)
-            st = os.lstat(full)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                entries.append(f"{rel}  (whiteout c 0:0)")
-            elif not stat.S_ISDIR(st.st_mode):
-                entries.append(rel)
-    entries.sort(key=lambda e: ("whiteout" not in e, e.count("/") > 2, e))
-    return len(entries), entries[:limit]
-
-
-def draw_stack(mountpoint: str | os.PathLike, ax=None, title: str | None = None):
-    """Draw the overlay mounted at `mountpoint` as a stack: the read-only lower layers (bottom up),
-    the writable upper layer, and the merged view - all read from /proc/self/mountinfo and the
-    layer directories themselves, so the picture is what the kernel has now."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
-    mount = next((m for m in read_mountinfo() if m["mountpoint"] == str(mountpoint)), None)
-    if mount is None or mount["fstype"] != "overlay":
-        raise NotFound(f"no overlay mounted at {mountpoint} (see /proc/self/mountinfo)")
-    layers = overlay_layers(mount)
-    rows = [("merged view (the container's /)", str(mountpoint), "#ffffff")]
-    if layers["upper"]:
-        rows.append(("upper: the container's writable layer (tmpfs)", layers["upper"], "#fde9c9"))
-    for i, lower in enumerate(layers["lower"]):      # top lower layer first
-        store = lower.replace(str(LAYERS) + "/", "").replace("/root", "")
-        rows.append((f"lower {len(layers['lower']) - i}: image layer '{store}' (read-only)", lower, "#d9e7f5"))
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(10, 1.25 * len(rows) + 0.4))
-    ax.set_xlim(0, 10), ax.set_ylim(0, len(rows) * 1.2), ax.axis("off")
-    for i, (label, path, color) in enumerate(reversed(rows)):
-        y = i * 1.2 + 0.1
-        ax.add_patch(FancyBboxPatch((0.1, y), 9.8, 1.0, boxstyle="round,pad=0.02", facecolor=color,
-                                    edgecolor="#555555"))
-        if label.startswith("merged"):
-            count, sample = len(os.listdir(path)), sorted(os.listdir(path))[:12]
-            detail = "ls /: " + " ".join(sample)
-        else:
-            count, sample = _sample(path)
-            detail = ", ".join(sample) + (" ..." if count > len(sample) else "") if sample else "(empty)"
-        ax.text(0.25, y + 0.68, f"{label} - {count} entr{'y' if count == 1 else 'ies'}", fontsize=9,
-                weight="bold", va="center")
-        ax.text(0.25, y + 0.3, detail[:140], fontsize=7.5, va="center", family="monospace")
-    ax.set_title(title or f"overlay at {mountpoint}", fontsize=10)
-    return ax.figure

@@ -88,7 +88,7 @@ def remove_leftover(item: cleanup.Leftover) -> None:
         conn.close()
         cleanup.release(item.kind, item.name)
     elif item.kind == "dockerd":
-        with dockerd._locked():
+        with dockerd.locked():
             pid = dockerd.started_by_labkit()
             if pid and not dockerd.live_users():
                 dockerd.stop(pid)

@@ -73,7 +73,7 @@ class Running:
         return {"LabkitName": container.name, "Namespaces": namespaces,
                 "Cgroup": cgroup.relpath if cgroup is not None else "",
                 "CgroupPaths": {c: cgroup.path(c) for c in ("memory", "cpu", "pids")} if cgroup else {},
-                "RootFS": str(container.rootfs.path), "Init": container._argv()[0]}
+                "RootFS": str(container.rootfs.path), "Init": container.process_argv()[0]}
 
 
 def options(spec: ContainerSpec, hostname: str = "") -> dict:

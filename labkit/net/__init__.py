@@ -38,7 +38,7 @@ holds Ctrl-C until a kernel object is made and recorded (see labkit.net.netlink)
 
 The package, one concern per module (lowest first):
 
-    addresses   names and lab addresses (pure)       netlink    sockets, off_loop, Ctrl-C holding
+    addresses   names and lab addresses (pure)       netlink    sockets in a namespace, off_loop
     netns       namespaces: create, find, remove      links      veths, bridges, addresses, routes
     topology    the kernel's state read back          probes     ping and TCP throughput
     network     Network, Endpoint, reachability       isolation  chapter 3's exercise checker
@@ -54,7 +54,8 @@ from .hostveth import HostVeth, veth_to_host
 from .isolation import check_isolated, check_isolation_answer, endpoints_of
 from .links import (add_address, add_route, attach_to_bridge, create_bridge, create_veth, free_ifname,
                     move_link, set_up)
-from .netlink import hold_interrupts, off_loop
+from ..interrupts import hold_interrupts
+from .netlink import off_loop
 from .netns import (HOST, NETNS_DIR, Namespace, as_namespace, create_namespace, lab_namespaces, named,
                     namespace_of, own_lab_namespaces, remove_namespace)
 from .network import Attachment, Endpoint, Network, attach_container, format_matrix, reachability

@@ -7,9 +7,10 @@ import socket
 
 from .. import cleanup, host
 from ..errors import Conflict, InvalidValue
+from ..interrupts import holding
 from .addresses import HOST_LINK_RANGE, IFNAMSIZ, check_ifname
 from .links import add_address, free_ifname, move_link, set_up
-from .netlink import delete_link, holding, link_index, off_loop, rtnl, wait_until
+from .netlink import delete_link, link_index, off_loop, rtnl, wait_until
 from .netns import HOST, as_namespace, host_inodes
 from .probes import ping
 from .topology import Topology, read_topology

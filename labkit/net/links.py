@@ -6,8 +6,9 @@ import os
 
 from .. import cleanup
 from ..errors import InvalidValue, LabkitError, NotFound
+from ..interrupts import holding
 from .addresses import IFNAMSIZ, check_ifname, check_lab_address, check_route
-from .netlink import holding, link_index, netlink_error, off_loop, rtnl
+from .netlink import link_index, netlink_error, off_loop, rtnl
 from .netns import Namespace
 
 

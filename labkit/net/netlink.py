@@ -1,4 +1,4 @@
-"""Running netlink requests safely: off a notebook's event loop, not split by Ctrl-C.
+"""Running netlink requests safely: off a notebook's event loop (Ctrl-C holding: labkit.interrupts).
 
 pyroute2 0.9's synchronous `IPRoute` refuses to run inside a running asyncio event loop (a notebook
 cell). Every public function of labkit.net is wrapped by `off_loop`, which runs it in a short-lived
@@ -12,8 +12,6 @@ import asyncio
 import concurrent.futures
 import errno
 import functools
-import signal
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -40,44 +38,6 @@ def off_loop(fn):
             except BaseException:
                 concurrent.futures.wait([future])
                 raise
-    return wrapper
-
-
-_held: list | None = None     # SIGINTs caught while a kernel change was being made (main thread only)
-
-
-@contextmanager
-def hold_interrupts():
-    """Hold Ctrl-C until the block has finished, then raise KeyboardInterrupt.
-
-    Making a kernel object and recording it must not be split by an interrupt: pyroute2 creates a
-    netns in a forked child that carries on even if we are interrupted, and an object made but not
-    yet recorded could not be torn down. Nested blocks share the outermost hold. Signals are only
-    delivered to the main thread; in a notebook the work runs in off_loop's worker and the main
-    thread waits for it to finish before it raises.
-    """
-    global _held
-    if _held is not None or threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is None:
-        yield
-        return
-    _held = []
-    previous = signal.signal(signal.SIGINT, lambda *_: _held.append(1))
-    try:
-        yield
-    finally:
-        caught, _held = _held, None
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def holding(method):
-    """Decorator form of hold_interrupts, for the methods that change the kernel."""
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with hold_interrupts():
-            return method(*args, **kwargs)
     return wrapper
 
 

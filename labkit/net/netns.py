@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .. import cleanup, host
 from ..errors import InvalidValue, NotFound, from_oserror
-from .netlink import delete_link, hold_interrupts, holding, link_kind, off_loop, rtnl
+from ..interrupts import hold_interrupts, holding
+from .netlink import delete_link, link_kind, off_loop, rtnl
 
 
 NETNS_DIR = Path("/run/netns")

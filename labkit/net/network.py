@@ -7,9 +7,10 @@ from typing import Iterable
 
 from .. import cleanup, netview
 from ..errors import Conflict, InvalidValue, NotFound
+from ..interrupts import holding
 from .addresses import DEFAULT_SUBNET, FIRST_HOST, check_lab_address, check_subnet, plan_addresses
 from .links import add_address, attach_to_bridge, create_bridge, create_veth, free_ifname, move_link, set_up
-from .netlink import delete_link, holding, link_kind, off_loop, rtnl, wait_until
+from .netlink import delete_link, link_kind, off_loop, rtnl, wait_until
 from .netns import NETNS_DIR, Namespace, as_namespace, create_namespace, host_inodes, remove_named
 from .probes import Throughput, measure_throughput, ping
 from .topology import Topology, read_topology

@@ -38,12 +38,13 @@ labkit.vmview, exported here too.
 """
 from __future__ import annotations
 
+from ..binaries import BUSYBOX_CANDIDATES, find_busybox, is_static_elf
 from ..vmview import notebook_progress, print_progress
 from .accel import KVM_DEVICE, KVM_PROBE_FILE, check_accel
 from .console import MARK, ConsoleReader, parse_info, parse_marker
 from .guest_init import init_script, stage2_script
-from .initramfs import (BUSYBOX_CANDIDATES, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, SHARE_MODULES, build_initramfs,
-                        builtin_modules, cpio_newc, find_busybox, is_static_elf)
+from .initramfs import (S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, SHARE_MODULES, build_initramfs, builtin_modules,
+                        cpio_newc)
 from .kernel import KERNEL_CACHE, Kernel, fetch_kernel, find_kernel
 from .lifecycle import (KIND, VM, VM_DIR, BootResult, Progress, ProgressCallback, VMError, boot,
                         choose_accel, kvm_usable, run)

@@ -5,17 +5,16 @@ import gzip
 import lzma
 import os
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 from typing import Iterable
 
+from ..binaries import find_busybox
 from ..errors import NotFound, Unsupported
 from .guest_init import init_script, stage2_script
 from .kernel import Kernel
 
 
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")  # busybox-static installs /bin/busybox
 # Modules the host-sharing guest loads, in dependency order (verified with Debian's 6.1 kernel):
 # virtio PCI transport, then 9p over virtio, then overlayfs; loop for the io-controller tests.
 SHARE_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
@@ -47,28 +46,6 @@ def cpio_newc(entries: Iterable[tuple[str, int, bytes, tuple[int, int]]]) -> byt
         pad()
         ino += 1
     return bytes(out)
-
-
-def is_static_elf(data: bytes) -> bool:
-    """True for an ELF executable without a PT_INTERP header: it needs no dynamic loader or libc."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only (x86_64, aarch64)
-        return False
-    order = "<" if data[5] == 1 else ">"
-    phoff, = struct.unpack_from(order + "Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
-    types = [struct.unpack_from(order + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
-    return 3 not in types  # PT_INTERP = 3
-
-
-def find_busybox() -> Path:
-    """A statically linked busybox: the initramfs has no libc for a dynamic one to load."""
-    for path in BUSYBOX_CANDIDATES:
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                if is_static_elf(f.read(65536)):
-                    return Path(path)
-    raise NotFound("no statically linked busybox in " + " or ".join(BUSYBOX_CANDIDATES) +
-                   ": `apt-get install busybox-static` (the VM's whole userland)")
 
 
 def _module_bytes(modules_dir: Path, name: str) -> bytes:

@@ -13,12 +13,13 @@ from typing import Callable
 import psutil
 
 from .. import cleanup, host
+from ..binaries import find_busybox
 from ..cgroups import Cgroup
 from ..errors import InvalidValue, LabkitError, Unsupported
 from . import accel
 from .accel import check_accel
 from .console import ConsoleReader, parse_info, parse_marker
-from .initramfs import build_initramfs, find_busybox
+from .initramfs import build_initramfs
 from .kernel import find_kernel
 from .qemu import arch_info, check_cpus, parse_memory, qemu_binary, qemu_command
 

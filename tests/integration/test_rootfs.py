@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cleanup, rootfs
+from labkit import binaries, cleanup, rootfs
 from labkit.errors import Conflict, InvalidValue
 
 pytestmark = pytest.mark.root
@@ -37,7 +37,7 @@ def test_base_layer_is_a_working_busybox_root(store):
     base = rootfs.base_layer()
     assert base.path == store / "busybox" / "root"
     busybox = base.path / "bin/busybox"
-    assert rootfs._is_static(str(busybox))
+    assert binaries.is_static_executable(str(busybox))
     assert os.readlink(base.path / "bin/sh") == "busybox"
     assert (base.path / "etc/passwd").read_text().startswith("root:x:0:0:")
     assert (base.path / "etc/group").exists() and (base.path / "etc/hostname").exists()

@@ -6,21 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import rootfs
+from labkit import binaries, rootfs
 from labkit.errors import InvalidValue
-
-
-def test_read_mountinfo_unescapes_and_splits(tmp_path, monkeypatch):
-    line = ("47 43 0:52 / /run/labkit/work/labkit-a\\040b/rootfs rw,relatime shared:5 - overlay overlay "
-            "rw,lowerdir=/l/app:/l/base,upperdir=/w/upper,workdir=/w/work\n")
-    fake = tmp_path / "mountinfo"
-    fake.write_text(line)
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if "mountinfo" in str(path) else path, *a, **k))
-    [m] = rootfs.read_mountinfo()
-    assert m["mountpoint"] == "/run/labkit/work/labkit-a b/rootfs"
-    assert (m["id"], m["parent"], m["fstype"]) == (47, 43, "overlay")
-    assert rootfs.overlay_layers(m) == {"lower": ["/l/app", "/l/base"], "upper": "/w/upper", "work": "/w/work"}
 
 
 def test_image_lowerdir_lists_the_top_layer_first():
@@ -43,10 +30,10 @@ def _elf(tmp_path, interp: bool) -> str:
 
 
 def test_static_binaries_are_told_from_dynamic_ones(tmp_path):
-    assert rootfs._is_static(_elf(tmp_path, interp=False))
-    assert not rootfs._is_static(_elf(tmp_path, interp=True))
+    assert binaries.is_static_executable(_elf(tmp_path, interp=False))
+    assert not binaries.is_static_executable(_elf(tmp_path, interp=True))
     (tmp_path / "script").write_text("#!/bin/sh\n")
-    assert not rootfs._is_static(str(tmp_path / "script"))
+    assert not binaries.is_static_executable(str(tmp_path / "script"))
 
 
 @pytest.mark.parametrize("name, files", [("Bad Name", {}), ("busybox", {}), ("", {}),
