@@ -57,7 +57,7 @@ MAX_FDS = 8                     # channel + stdin, stdout, stderr
 DEVNULL, PIPE = subprocess.DEVNULL, subprocess.PIPE
 
 # Time stamps written by the shim and by the container's process (into a shared page), in order.
-_SHARED_STAMPS = ("placing", "placed", "setup", "ready", "host_pid")
+_SHARED_STAMPS = ("placing", "placed", "ready", "host_pid")
 
 
 # --- the owner's side ---------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class StartedProcess:
     (wait, poll, send_signal, kill; pid, args, returncode, stdin/stdout/stderr).
 
     `stamps` holds time.monotonic() values of the steps of the start, for
-    benchmarks/start_latency.py: request, received, forked, placing, placed, setup, ready, execd,
+    benchmarks/start_latency.py: request, received, forked, placing, placed, ready, execd,
     started_seen, exited, exited_seen (the clock is the same in every process).
     """
 
@@ -355,7 +355,9 @@ def main(args: list[str]) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     control = socket.socket(fileno=control_fd)
-    from . import namespaces  # noqa: F401 - imported once here, not in every shim
+    # What every start imports (spawn's guard imports the watchdog module), imported once, here,
+    # not again in every shim.
+    from . import namespaces, watchdog  # noqa: F401
     poller = select.poll()
     for fd in (control_fd, owner_fd, wake_r):
         poller.register(fd, select.POLLIN)
@@ -421,14 +423,22 @@ def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -
 
     page = mmap.mmap(-1, 8 * len(_SHARED_STAMPS))     # shared with the forked children
     stdio = [fds[entry - 1] if isinstance(entry, int) and entry > 0 else entry for entry in request["stdio"]]
-    setup = [functools.partial(_stamp, page, "setup"), functools.partial(_note_host_pid, page),
-             *request["setup"], functools.partial(_stamp, page, "ready")]
+    setup = [functools.partial(_note_host_pid, page), *request["setup"], functools.partial(_stamp, page, "ready")]
     options = dict(request["options"])
     if request["gate"]:
         setup.append(functools.partial(_wait_for_start, channel.fileno(), page))
         options["pass_fds"] = (channel.fileno(),)
-    if options.get("cgroup") is not None:
-        options["cgroup"] = _TimedPlacement(options["cgroup"], page)
+    cgroup = options.get("cgroup")
+    kinds = {kind.name for kind in namespaces.parse_kinds(request["namespaces"])}
+    tasks = getattr(cgroup, "self_join_files", lambda: None)()
+    if tasks and not kinds & {"user", "cgroup"}:
+        # v1: the process moves itself, first thing in its setup, still long before exec (not
+        # with a user namespace - its writes would be checked against host-owned files - nor a
+        # cgroup namespace, which spawn unshares right after the parent placed the process).
+        setup.insert(0, functools.partial(_join_itself, tasks, page))
+        options["cgroup"] = None
+    elif cgroup is not None:
+        options["cgroup"] = _TimedPlacement(cgroup, page)
     try:
         process = namespaces.spawn(request["argv"], request["namespaces"], setup=setup,
                                    stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], **options)
@@ -471,6 +481,21 @@ class _TimedPlacement:
         _stamp(self.page, "placing")
         self.cgroup.add(pid)
         _stamp(self.page, "placed")
+
+
+def _join_itself(tasks: list[str], page) -> None:
+    """A setup step: write "0" (= this thread) into each v1 hierarchy's tasks file."""
+    _stamp(page, "placing")
+    for path in tasks:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as exc:          # the error names the file: the owner sees which hierarchy
+            raise OSError(exc.errno, f"cannot join the cgroup ({exc.strerror})", path) from None
+    _stamp(page, "placed")
 
 
 def _stamp(page, name: str, value: float | None = None) -> None:

@@ -187,3 +187,25 @@ def test_signals_go_through_the_pidfd_taken_at_start():
         box.start()
         box.process.send_signal(signal.SIGKILL)
         assert box.wait(10) == -signal.SIGKILL
+
+
+def test_a_container_that_cannot_join_its_cgroup_never_runs():
+    """v1: the process moves itself into its cgroup (labkit.starter._join_itself); when the kernel
+    refuses (a cpuset cgroup without CPUs: ENOSPC), it must not exec outside its limits."""
+    from labkit.cgroups import Cgroup
+    with Cgroup.create(pids=8) as group:
+        if group.version != "v1":
+            pytest.skip("the self-join path is v1's (v2 places the process from its parent)")
+        Path(group.path("cpuset"), "cpuset.cpus").write_text("\n")     # nowhere to run: attach fails
+        marker = "4242.5"
+        with pytest.raises(LabkitError, match="cpuset/.*tasks"):
+            starter.spawn(["sleep", marker], ["mnt", "pid"], cgroup=group)
+        assert group.procs() == []
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in cmdline(pid)]
+
+
+def cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
