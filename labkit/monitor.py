@@ -4,8 +4,10 @@ A cgroup's files are mostly *counters* (CPU time used so far, bytes written so f
 far). What a learner wants to see is *rates* and *moments*: how many CPUs the group uses right now,
 how many bytes per second it writes, the instant the OOM killer struck. So the sampler
 
-1. reads `Cgroup.stats()` (labkit.cgroups; the same keys on v1 and v2) `rate` times a second, and
-   the group's limits and, through psutil, the processes inside it twice a second;
+1. reads the counters the plots show `rate` times a second (from a labkit Cgroup: each file opened
+   once and re-read with os.pread at offset 0 - cgroupfs writes a file's text afresh at every read
+   from its start - and parsed with plain string operations; from anything else with `.stats()`,
+   that), and the group's limits and, through psutil, the processes inside it twice a second;
 2. turns each reading into a `Sample`, with rates derived from the previous one
    (CPUs used = delta CPU time / delta wall time; bytes/s = delta bytes / delta wall time);
 3. notices `Event`s when a counter goes up: an OOM kill, a refused fork (pids.max hit), CFS
@@ -30,6 +32,7 @@ or, bounded in time::
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -37,7 +40,8 @@ from typing import Callable, Iterable
 
 import psutil
 
-from .errors import InvalidValue, NotFound
+from .cgroups import Cgroup, files
+from .errors import InvalidValue, LabkitError, NotFound
 
 
 # Counters whose increase is an event worth marking on a plot: sample field -> event kind.
@@ -120,10 +124,11 @@ def _number(value):
 _DERIVED = ("t", "cpu", "io_read_bps", "io_write_bps", "procs")
 
 
-def reading(stats: dict, t: float, limits: dict | None = None) -> Sample:
+def reading(stats: dict, t: float, limits: dict | None = None, procs: tuple = ()) -> Sample:
     """A Sample (without the derived rates) from `Cgroup.stats()` and, optionally, `Cgroup.limits()`."""
     names = Sample.__dataclass_fields__
     values = {key: _number(value) for key, value in stats.items() if key in names and key not in _DERIVED}
+    values["procs"] = procs
     if limits:
         io = limits.get("io") or ()
         writes = [_number(item.get("write_bps") if isinstance(item, dict) else getattr(item, "write_bps", None))
@@ -164,6 +169,92 @@ def events_between(previous: Sample | None, sample: Sample) -> list[Event]:
         if now is not None and before is not None and now > before:
             found.append(Event(sample.t, kind, now - before, now))
     return found
+
+
+# --- the counters the plots show, read cheaply (the hot path) ----------------------------------------
+
+def _single(data: bytes, _key=None) -> int:
+    return int(data)
+
+
+def _keyed(data: bytes, key: bytes) -> int | None:
+    """The value of `key` in a flat-keyed file ("key value" lines), found without splitting it all."""
+    line = key + b" "
+    if data.startswith(line):
+        start = len(line)
+    else:
+        at = data.find(b"\n" + line)
+        if at < 0:
+            return None
+        start = at + 1 + len(line)
+    end = data.find(b"\n", start)
+    return int(data[start:end] if end >= 0 else data[start:])
+
+
+def _usec_from_ns(data: bytes, _key=None) -> int:
+    return int(data) // 1000
+
+
+def _blkio(data: bytes, direction: str) -> int:
+    return files.parse_blkio_bytes(data.decode()).get(direction, 0)
+
+
+def _io_stat(data: bytes, key: str) -> int:
+    return sum(device.get(key, 0) for device in files.parse_nested_keyed(data.decode()).values())
+
+
+# controller -> (file, ((Sample field, parser, key), ...)): what memory, cpu, pids and io panels and
+# the events need. Cgroup.stats() reads more (memory_peak, nr_periods, throttled_usec) than plots show.
+COUNTERS = {
+    "v1": (("memory", "memory.usage_in_bytes", (("memory_current", _single, None),)),
+           ("memory", "memory.oom_control", (("oom_kills", _keyed, b"oom_kill"),)),
+           ("cpuacct", "cpuacct.usage", (("cpu_usage_usec", _usec_from_ns, None),)),
+           ("cpu", "cpu.stat", (("throttled_periods", _keyed, b"nr_throttled"),)),
+           ("pids", "pids.current", (("pids_current", _single, None),)),
+           ("pids", "pids.events", (("pids_events_max", _keyed, b"max"),)),
+           ("blkio", "blkio.throttle.io_service_bytes_recursive", (("io_read_bytes", _blkio, "Read"),
+                                                                   ("io_write_bytes", _blkio, "Write")))),
+    "v2": (("memory", "memory.current", (("memory_current", _single, None),)),
+           ("memory", "memory.swap.current", (("swap_current", _single, None),)),
+           ("memory", "memory.events", (("oom_kills", _keyed, b"oom_kill"),)),
+           ("cpu", "cpu.stat", (("cpu_usage_usec", _keyed, b"usage_usec"),
+                                ("throttled_periods", _keyed, b"nr_throttled"))),
+           ("pids", "pids.current", (("pids_current", _single, None),)),
+           ("pids", "pids.events", (("pids_events_max", _keyed, b"max"),)),
+           ("io", "io.stat", (("io_read_bytes", _io_stat, "rbytes"), ("io_write_bytes", _io_stat, "wbytes")))),
+}
+
+
+class CounterFiles:
+    """The counter files of one cgroup, kept open: `read()` re-reads each with one pread(2).
+
+    `path_of(controller)` gives the cgroup's directory for a controller (Cgroup.path); a controller
+    or a file this host lacks is left out, and its fields stay None, as in Cgroup.stats()."""
+
+    def __init__(self, version: str, path_of: Callable[[str], str]):
+        self._files: list[tuple[int, tuple]] = []
+        for controller, name, fields in COUNTERS[version]:
+            try:
+                fd = os.open(os.path.join(path_of(controller), name), os.O_RDONLY | os.O_CLOEXEC)
+            except (OSError, LabkitError):     # not mounted, not enabled, or not in this kernel
+                continue
+            self._files.append((fd, fields))
+
+    def read(self) -> dict:
+        values = {}
+        try:
+            for fd, fields in self._files:
+                data = os.pread(fd, 65536, 0)
+                for field, parse, key in fields:
+                    values[field] = parse(data, key)
+        except OSError as exc:      # ENODEV: the cgroup was removed under our open files
+            raise NotFound(f"cgroup counters: {exc.strerror}") from None
+        return values
+
+    def close(self) -> None:
+        for fd, _ in self._files:
+            os.close(fd)
+        self._files = []
 
 
 # --- the processes inside, through psutil --------------------------------------------------------
@@ -226,6 +317,7 @@ class Sampler:
         self._detail_at: float | None = None    # when limits and processes were last read
         self._limits: dict | None = None
         self._procs: tuple[Proc, ...] = ()
+        self._counters: CounterFiles | None = None    # open while sampling a labkit Cgroup
 
     # one sample
 
@@ -241,11 +333,11 @@ class Sampler:
         if self._start is None:
             self._start = now
         try:
-            stats = self.cgroup.stats()
+            stats = self._read_counters()
             if self._detail_at is None or now - self._detail_at >= self.detail_interval:
                 self._detail_at = now
                 self._limits = self.cgroup.limits() if self.read_limits else None
-                self._procs = self._table.read(self.cgroup.procs(), self.max_procs) if self.processes else ()
+                self._procs = self._table.read(self._pids(), self.max_procs) if self.processes else ()
             vanished = all(value is None for value in stats.values()) and not self._exists()
         except Exception as exc:
             # the cgroup was removed while (or before) we read it: that ends the watch, not an error
@@ -254,13 +346,37 @@ class Sampler:
             vanished = True
         if vanished:
             self.gone = True
+            self.close()
             return None
         previous = self.samples[-1] if self.samples else None
-        sample = derive(replace(reading(stats, now - self._start, self._limits), procs=self._procs), previous)
+        sample = derive(reading(stats, now - self._start, self._limits, self._procs), previous)
         new_events = events_between(previous, sample)
         self.samples.append(sample)
         self.events.extend(new_events)
         return sample
+
+    def _read_counters(self) -> dict:
+        if not isinstance(self.cgroup, Cgroup):
+            return self.cgroup.stats()
+        if self._counters is None:
+            self._counters = CounterFiles(self.cgroup.version, self.cgroup.path)
+        return self._counters.read()
+
+    def _pids(self) -> Iterable[int]:
+        """The pids inside. On v1 every hierarchy lists the same processes: one walk (the pids
+        controller's tree), not one per hierarchy as Cgroup.procs() does."""
+        if isinstance(self.cgroup, Cgroup) and self.cgroup.version == "v1":
+            try:
+                return sorted(files.pids_in(self.cgroup.path("pids")))
+            except LabkitError:
+                pass                # no pids controller here
+        return self.cgroup.procs()
+
+    def close(self) -> None:
+        """Close the counter files (run() does it when it ends; the next sample opens them again)."""
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
 
     def _exists(self) -> bool:
         exists = getattr(self.cgroup, "exists", None)
@@ -275,19 +391,22 @@ class Sampler:
         period = 1.0 / self.rate
         loop = asyncio.get_running_loop()
         began = next_tick = loop.time()
-        while True:
-            if self.sample_once() is None:
-                return  # the cgroup is gone: nothing left to watch
-            if until is not None and until():
-                return
-            if seconds is not None and loop.time() - began >= seconds:
-                return
-            next_tick += period
-            delay = next_tick - loop.time()
-            if delay < 0:  # we fell behind (a busy machine): skip missed ticks, don't burst
-                next_tick = loop.time()
-                delay = 0
-            await asyncio.sleep(delay)
+        try:
+            while True:
+                if self.sample_once() is None:
+                    return  # the cgroup is gone: nothing left to watch
+                if until is not None and until():
+                    return
+                if seconds is not None and loop.time() - began >= seconds:
+                    return
+                next_tick += period
+                delay = next_tick - loop.time()
+                if delay < 0:  # we fell behind (a busy machine): skip missed ticks, don't burst
+                    next_tick = loop.time()
+                    delay = 0
+                await asyncio.sleep(delay)
+        finally:
+            self.close()
 
     def start(self, seconds: float | None = None) -> asyncio.Task:
         """Run in the background on the running loop (a notebook's); returns the task."""

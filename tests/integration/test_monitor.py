@@ -143,3 +143,27 @@ def test_background_plot_stops_by_itself_when_its_cgroup_is_deleted():
     finally:
         plt.close("all")
         plt.switch_backend(previous)
+
+
+def test_the_fast_counter_reads_agree_with_the_cgroup_files_and_end_with_the_cgroup():
+    from labkit.errors import NotFound
+    from labkit.monitor import CounterFiles
+
+    with Cgroup.create(memory="64M", pids=10) as cg:
+        proc = spawn(["sleep", "30"], namespaces=None, cgroup=cg)
+        counters = CounterFiles(cg.version, cg.path)
+        try:
+            fast, full = counters.read(), cg.stats()
+            for key in ("pids_current", "oom_kills", "pids_events_max", "throttled_periods"):
+                assert fast[key] == full[key], key
+            assert fast["pids_current"] == 1
+            assert fast["cpu_usage_usec"] <= cg.stats()["cpu_usage_usec"]   # a counter: only grows
+        finally:
+            cg.kill()
+            proc.wait()
+        cg.delete()
+        try:
+            with pytest.raises(NotFound):       # its files are gone from under the open descriptors
+                counters.read()
+        finally:
+            counters.close()
