@@ -63,20 +63,35 @@ _SHARED_STAMPS = ("placing", "placed", "ready", "host_pid")
 # --- the owner's side ---------------------------------------------------------------------------
 
 class _Starter:
-    """The owner's connection to its starter process."""
+    """The owner's connection to its starter process.
+
+    A threaded or big owner (a notebook kernel) gets a fresh interpreter: `python -m labkit.starter`.
+    A small single-threaded one (the `labkit` command, a script) has nothing to fear from fork and
+    little to copy, so its starter is a plain fork of it - the same code from main() on, without
+    the 50-100 ms a fresh interpreter takes to start and import."""
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-        env["LABKIT_NO_WATCHDOG"] = "1"     # it owns nothing: the owner's watchdog covers its objects
         main_thread = threading.current_thread() is threading.main_thread()
-        # subprocess forks and execs in C with nothing in between: safe in a threaded process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "labkit.starter", str(theirs.fileno()), str(os.getpid()),
-             "1" if main_thread else "0"],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        args = [str(theirs.fileno()), str(os.getpid()), "1" if main_thread else "0"]
+        if _small_and_single_threaded():
+            self.process = _Forked(os.fork())
+            if self.process.pid == 0:
+                code = 1
+                try:
+                    args[0] = str(_become_starter(theirs.fileno()))
+                    code = main(args)
+                finally:
+                    os._exit(code)
+        else:
+            env = dict(os.environ)
+            package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+            env["LABKIT_NO_WATCHDOG"] = "1"     # it owns nothing: the owner's watchdog covers its objects
+            # subprocess forks and execs in C with nothing in between: safe in a threaded process
+            self.process = subprocess.Popen([sys.executable, "-m", "labkit.starter", *args],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, env=env)
         theirs.close()
         self.socket = ours
         self.pid = self.process.pid
@@ -91,6 +106,64 @@ class _Starter:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+FORK_LIMIT = 64 * 2**20       # an owner this small (resident) and single-threaded forks its starter
+
+
+def _small_and_single_threaded() -> bool:
+    """The kernel's view (/proc/self/status), which also counts threads Python did not start."""
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return int(status["Threads"]) == 1 and int(status["VmRSS"].split()[0]) * 1024 <= FORK_LIMIT
+
+
+class _Forked:
+    """A forked starter, with the two methods of subprocess.Popen that _Starter uses."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None:
+            fd = os.pidfd_open(self.pid)
+            try:
+                if not _readable(fd, timeout):
+                    raise subprocess.TimeoutExpired(["labkit.starter"], timeout)
+            finally:
+                os.close(fd)
+        return self.poll()
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def _become_starter(control_fd: int) -> int:
+    """In a forked starter: keep nothing of the owner's but the control socket (returned, moved
+    above 2 if need be) and stderr - a pipe that the owner's caller reads to its end must not stay
+    open in us - with stdin and stdout on /dev/null, as the exec'd starter has them."""
+    import fcntl
+    if control_fd < 3:
+        control_fd = fcntl.fcntl(control_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.closerange(3, control_fd)
+    os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    if null > 2:
+        os.close(null)
+    os.environ["LABKIT_NO_WATCHDOG"] = "1"     # it owns nothing: the owner's watchdog covers its objects
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        if callable(signal.getsignal(sig)):      # the owner's Python handlers are not ours
+            signal.signal(sig, signal.SIG_DFL)
+    return control_fd
 
 
 _lock = threading.Lock()

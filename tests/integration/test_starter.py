@@ -73,7 +73,6 @@ def test_the_process_that_forks_a_container_is_single_threaded_and_small():
             boss = int(status(shim)["PPid"])
             assert boss == starter.pid()
             assert int(status(boss)["PPid"]) == os.getpid()
-            assert b"labkit.starter" in Path(f"/proc/{boss}/cmdline").read_bytes()
             for pid in (waiter, shim, boss):                  # every fork happened in one thread
                 assert status(pid)["Threads"] == "1", (pid, status(pid))
     finally:
@@ -132,6 +131,14 @@ def test_the_starter_dies_with_its_owner_and_nothing_is_left(started_from):
         assert line.startswith("READY "), owner.stderr.read()[-2000:]
         made = json.loads(line[6:])
         assert alive(made["starter"]) and alive(made["pid"])   # the thread's end did not kill it
+        boss = made["starter"]
+        assert status(boss)["Threads"] == "1"
+        if started_from == "thread":     # a threaded owner: a fresh interpreter, never a fork of it
+            assert b"labkit.starter" in Path(f"/proc/{boss}/cmdline").read_bytes()
+        else:                            # small and single-threaded: a fork, holding none of its files
+            assert Path(f"/proc/{boss}/cmdline").read_bytes() == Path(f"/proc/{owner.pid}/cmdline").read_bytes()
+            kinds = sorted(os.readlink(f"/proc/{boss}/fd/{fd}").split(":")[0] for fd in os.listdir(f"/proc/{boss}/fd"))
+            assert kinds == ["/dev/null", "/dev/null", "anon_inode", "pipe", "pipe", "pipe", "socket"], kinds
         owner.kill()                                           # SIGKILL: no cleanup code runs
         owner.wait()
         assert until(lambda: not alive(made["starter"])), "the starter outlived its owner"
