@@ -428,9 +428,7 @@ def main(args: list[str]) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     control = socket.socket(fileno=control_fd)
-    # What every start imports (spawn's guard imports the watchdog module), imported once, here,
-    # not again in every shim.
-    from . import namespaces, watchdog  # noqa: F401
+    from . import namespaces  # noqa: F401 - what every start imports: once, here, not in every shim
     poller = select.poll()
     for fd in (control_fd, owner_fd, wake_r):
         poller.register(fd, select.POLLIN)
