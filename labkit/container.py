@@ -227,7 +227,7 @@ class Container:
                  cpu_shares: int | None = None, memswap_limit=None, cpuset_cpus: str | None = None,
                  tmpfs: Mapping[str, str] | None = None, extra_hosts: Mapping[str, str] | None = None,
                  shm_size: int | None = None, sysctls: Mapping[str, str] | None = None,
-                 domainname: str | None = None, cgroupns: bool = False):
+                 domainname: str | None = None, cgroupns: bool = False, seccomp=None):
         from .namespaces import parse_kinds
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
@@ -276,6 +276,9 @@ class Container:
         # (or an explicit list, as an OCI bundle's process.capabilities.bounding gives it).
         self.capabilities = _caps.effective_set(cap_add, cap_drop,
                                                 base=_caps.DOCKER_DEFAULT if capabilities is None else capabilities)
+        if seccomp is not None and not callable(getattr(seccomp, "install", None)):
+            raise InvalidValue("seccomp", seccomp, "a labkit.seccomp.Filter (or None: no filter)")
+        self.seccomp = seccomp
         self.read_only = bool(read_only)
         self.user = user
         self.rlimits = dict(rlimits or {})
@@ -391,7 +394,8 @@ class Container:
         env.update(_environment(environment, self.hostname or ""))
         return namespaces.enter(self.pid, self.kinds, _command(command), cgroup=self.cgroup,
                                 env=env, cwd=self.working_dir, timeout=timeout,
-                                setup=[_caps.drop_step(self.capabilities)])
+                                setup=[*([self.seccomp.install] if self.seccomp else []),
+                                       _caps.drop_step(self.capabilities)])   # as Docker: same filter
 
     def state(self) -> dict:
         """The OCI runtime state of this container."""
@@ -538,10 +542,16 @@ class Container:
             steps.append(partial(_set_rlimits, {kind: tuple(v) for kind, v in self.rlimits.items()}))
         if self.no_new_privileges:
             steps.append(partial(syscalls.prctl, 38, 1))   # PR_SET_NO_NEW_PRIVS
+        # Loading a seccomp filter needs CAP_SYS_ADMIN or no_new_privs: like runc, load it while
+        # root still has every capability, unless no_new_privs lets us wait until just before exec.
+        if self.seccomp is not None and not self.no_new_privileges:
+            steps.append(self.seccomp.install)
         steps.append(_caps.drop_step(self.capabilities))   # needs CAP_SETPCAP: before a user switch
         if self.user:
             uid, gid, *groups = self.user
             steps.append(partial(_switch_user, uid, gid, list(groups[0]) if groups else []))
+        if self.seccomp is not None and self.no_new_privileges:
+            steps.append(self.seccomp.install)
         return steps
 
     def _connect_network(self) -> None:

@@ -45,6 +45,8 @@ NOTEBOOKS = (
     Notebook("30-container-from-scratch.ipynb", "4 from scratch", "A container, one primitive at a time", 30,
              "busybox-static"),
     Notebook("31-image-layers.ipynb", "4 from scratch", "Image layers and copy-on-write", 15, "overlayfs"),
+    Notebook("32-security.ipynb", "4 from scratch", "Why a container's root is not the host's root", 40,
+             "uidmap and the labkit-learner user (provisioning); docker.io for the Docker comparison"),
     Notebook("40-docker-engine.ipynb", "5 the engine", "docker run, traced on the wire", 25,
              "docker.io for the real-Docker half"),
     Notebook("50-containers-vs-hypervisors.ipynb", "6 VMs", "A VM booted beside a container", 15,

@@ -214,6 +214,25 @@ else
     changed "wrote the lab-host marker $MARKER: this machine is now a lab host"
 fi
 
+# --- 4b. an unprivileged learner for rootless containers (notebook 32) -----------------------------
+# A system user with no login and no home, and a subordinate id range of its own in /etc/subuid and
+# /etc/subgid: newuidmap/newgidmap (package uidmap) let it map exactly these ids into a user
+# namespace it creates. The range starts after every range already given out (like useradd does).
+LEARNER=labkit-learner
+if ! id -u "$LEARNER" >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+        --comment "Docker Deep Dive Lab rootless learner" "$LEARNER"
+    changed "created the user $LEARNER (no login; notebook 32's rootless container)"
+fi
+for ids in subuid subgid; do
+    if ! grep -q "^$LEARNER:" "/etc/$ids" 2>/dev/null; then
+        start=$(awk -F: 'BEGIN { next_free = 100000 } $2 + $3 > next_free { next_free = $2 + $3 }
+                         END { print next_free }' "/etc/$ids" 2>/dev/null || echo 100000)
+        echo "$LEARNER:$start:65536" >> "/etc/$ids"
+        changed "gave $LEARNER the subordinate ids $start-$((start + 65535)) in /etc/$ids"
+    fi
+done
+
 # --- 5. JupyterLab ---------------------------------------------------------------------------------
 if [ "$START_LAB" = 1 ]; then
     LABKIT=$VENV/bin/labkit

@@ -1,0 +1,105 @@
+"""Notebook 32-security: each checked property, broken on purpose, makes exactly its check fail; and
+the exercise's checker accepts the solution and refuses wrong answers - all in a real kernel.
+"""
+from __future__ import annotations
+
+import pytest
+
+from labkit import dockerd
+from labkit.cgroups import backend_name
+
+from notebook_session import NotebookSession
+
+pytestmark = pytest.mark.root
+
+NOTEBOOK = "32-security.ipynb"
+
+# property -> (the change that breaks it, a line of the check that must then fail)
+BROKEN = {
+    "container root keeps only Docker's 14": (
+        {'plain = start("exec sleep 600")': 'plain = start("exec sleep 600", cap_add=["SYS_ADMIN"])'},
+        "assert inside == capabilities.DOCKER_DEFAULT"),
+    "cap_add grants the mount": (
+        {'cap_add=["SYS_ADMIN", "NET_ADMIN"])': 'cap_add=["NET_ADMIN"])'},
+        'assert seen["cap_add"] == (True, True)'),
+    "no_new_privs stops the setuid gain": (
+        {"no_new_privs=flag)": "no_new_privs=False)"},
+        "assert (with_nnp.real, with_nnp.effective, with_flag)"),
+    "the seccomp filter refuses mkdir": (
+        {"filtered_box = start(MKDIR, seccomp=no_mkdir)": "filtered_box = start(MKDIR)"},
+        'assert result["filter"] == (2, False)'),
+    "Filter(['unshare']) refuses unshare": (
+        {'{"seccomp": seccomp.Filter(["unshare"])}': "{}"},
+        "assert not refused(outcome[\"labkit, no filter\"])"),
+    "Docker's lists mask and protect": (
+        {"masked_paths=security.DOCKER_MASKED_PATHS, readonly_paths=security.DOCKER_READONLY_PATHS": ""},
+        'assert sys_ro["docker"] is not None'),
+    "rootless root cannot do what real root can": (
+        {'"rootless root": rootless.run(["sh", "-c", ATTEMPTS]).stdout':
+         '"rootless root": run(["sh", "-c", ATTEMPTS], "mnt").stdout'},
+        'assert table["rootless root"][action].startswith("refused")'),
+}
+
+
+@pytest.mark.parametrize("prop", BROKEN)
+def test_a_broken_property_fails_its_check(prop):
+    replace, check = BROKEN[prop]
+    with NotebookSession(NOTEBOOK, replace=replace) as nb:
+        failure = nb.run_until_error()
+    assert failure is not None, f"{prop}: broken on purpose, yet every cell passed"
+    assert failure.ename == "AssertionError" and failure.cell_contains(check), \
+        f"{prop}: expected the check with {check!r} to fail, got {failure.ename}: {failure.evalue} in\n{failure.source}"
+
+
+def test_dockers_default_profile_check_fails_when_the_container_runs_unconfined():
+    assert dockerd.available(), "docker.io is provisioned (vagrant/packages.txt)"
+    replace = {'("docker, default profile", [])': '("docker, default profile", ["--security-opt", "seccomp=unconfined"])'}
+    with NotebookSession(NOTEBOOK, replace=replace) as nb:
+        failure = nb.run_until_error()
+    assert failure is not None and failure.cell_contains('"Seccomp: 2" in'), failure
+
+
+def test_the_cgroup_check_fails_when_the_learner_gets_what_it_should_not():
+    if backend_name() == "v2":     # no delegation: the learner cannot even create its child cgroup
+        replace = {"attempts = rootless.run([\"sh\", \"-c\", CGROUP_TRY], cgroup=delegated).stdout":
+                   "attempts = rootless.run([\"sh\", \"-c\", CGROUP_TRY]).stdout",
+                   "delegated = rootless.Delegation(group, learner)": "delegated = None"}
+        check = 'assert cgroup_table["create a child cgroup"] == "ok"'
+    else:                          # v1 "delegated" by a chown: the learner could create cgroups
+        replace = {"    attempts = rootless.run([\"sh\", \"-c\", CGROUP_TRY]).stdout":
+                   "    os.chown(top, learner.uid, learner.gid)\n"
+                   "    attempts = rootless.run([\"sh\", \"-c\", CGROUP_TRY]).stdout"}
+        check = 'assert all(outcome.startswith("refused")'
+    with NotebookSession(NOTEBOOK, replace=replace) as nb:
+        failure = nb.run_until_error()
+    assert failure is not None and failure.cell_contains(check), failure
+
+
+# The exercise: the solution (docs/instructor/solutions/32-security.md) and wrong answers, each a
+# running container whose host pid is the answer.
+SOLUTION = ('Container("busybox", ["sh", "-c", "ip link set lo up && exec sleep 600"], cap_add=["NET_ADMIN"], '
+            'seccomp=seccomp.Filter(["unshare"]))')
+WRONG = {
+    "NET_ADMIN but no filter": 'Container("busybox", ["sh", "-c", "ip link set lo up && exec sleep 600"], cap_add=["NET_ADMIN"])',
+    "every capability": ('Container("busybox", ["sh", "-c", "ip link set lo up && exec sleep 600"], cap_add=["ALL"], '
+                         'seccomp=seccomp.Filter(["unshare"]))'),
+    "lo left down": 'Container("busybox", ["sh", "-c", "exec sleep 600"], cap_add=["NET_ADMIN"], seccomp=seccomp.Filter(["unshare"]))',
+}
+
+
+def _verdict(nb: NotebookSession, container: str) -> tuple[bool, str]:
+    out = nb.execute(f"answer_box = {container}\nboxes.append(answer_box)\nanswer_box.start()\n"
+                     "reached(answer_box)\nprint(check_least_privilege(str(answer_box.pid)))")
+    ok, why = eval(out.strip())    # the printed tuple (bool, str)
+    return ok, why
+
+
+def test_the_exercise_checker_accepts_the_solution_and_refuses_wrong_answers():
+    with NotebookSession(NOTEBOOK) as nb:
+        nb.run_until("SelfCheck(")
+        ok, why = _verdict(nb, SOLUTION)
+        assert ok, why
+        for name, container in WRONG.items():
+            ok, why = _verdict(nb, container)
+            assert not ok, f"{name}: the checker accepted it ({why})"
+        assert nb.run_until_error() is None        # the rest, cleanup included, still passes
