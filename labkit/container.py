@@ -541,7 +541,7 @@ class Container:
         if self.rlimits:
             steps.append(partial(_set_rlimits, {kind: tuple(v) for kind, v in self.rlimits.items()}))
         if self.no_new_privileges:
-            steps.append(partial(syscalls.prctl, 38, 1))   # PR_SET_NO_NEW_PRIVS
+            steps.append(partial(syscalls.prctl, syscalls.PR_SET_NO_NEW_PRIVS, 1))
         # Loading a seccomp filter needs CAP_SYS_ADMIN or no_new_privs: like runc, load it while
         # root still has every capability, unless no_new_privs lets us wait until just before exec.
         if self.seccomp is not None and not self.no_new_privileges:

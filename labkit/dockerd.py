@@ -1,7 +1,7 @@
 """The real Docker daemon, started by hand when the lab needs it, and a local image made from a rootfs.
 
-This machine's PID 1 is not systemd, so nothing starts `dockerd` for us. `Dockerd()` is a context
-manager that makes sure a daemon answers on /var/run/docker.sock:
+Where no init system started `dockerd` (PID 1 is not systemd, or the service is stopped), nothing
+answers on /var/run/docker.sock. `Dockerd()` is a context manager that makes sure a daemon answers there:
 
 - if one already answers, it is used and never stopped (it is not ours);
 - otherwise labkit starts one, with flags that keep it off the host's network:

@@ -31,20 +31,16 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
-MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
-# prctl(2)
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
-PR_SET_CHILD_SUBREAPER = 36
+# prctl(2) options (linux/prctl.h)
+PR_SET_PDEATHSIG = 1         # a signal for this process when its parent dies
+PR_SET_NO_NEW_PRIVS = 38     # execve never grants privileges again (setuid bits, file capabilities)
 
-# Filesystem magic numbers (linux/magic.h), as runc uses them to tell cgroup v1 from v2.
-CGROUP_SUPER_MAGIC = 0x27E0EB
+# Filesystem magic numbers (linux/magic.h); runc tells cgroup v2 from v1 by the first.
 CGROUP2_SUPER_MAGIC = 0x63677270
 TMPFS_MAGIC = 0x01021994
 

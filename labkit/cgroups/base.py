@@ -8,6 +8,7 @@ modules only say which files hold which numbers.
 """
 from __future__ import annotations
 
+import abc
 import errno
 import os
 import signal
@@ -55,8 +56,9 @@ def find_labkit_dirs(mountpoint: str, keep: str = "") -> set[str]:
     return found
 
 
-class BaseCgroup:
-    """The interface both backends implement (the contract test checks they match)."""
+class BaseCgroup(abc.ABC):
+    """The interface both backends implement: a backend that leaves out an abstract method cannot
+    be instantiated (the language checks it; the contract test also compares signatures)."""
 
     version = ""                 # "v1" or "v2"
     DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -71,39 +73,47 @@ class BaseCgroup:
     # -- implemented by each backend ---------------------------------------------------------------
 
     @classmethod
+    @abc.abstractmethod
     def available_controllers(cls, root: str | None = None) -> list[str]:
-        raise NotImplementedError
+        """Controllers a cgroup directly under `root` can use."""
 
     @classmethod
+    @abc.abstractmethod
     def find_labkit(cls, root: str | None = None, keep: str = "") -> list[str]:
         """Relative paths of every labkit-* cgroup (not descending into them); `keep` is a parent to
         look inside of even if its name starts with labkit-."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dirs(self) -> list[str]:
         """Directories of this cgroup, one per hierarchy it lives in."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def path(self, controller: str) -> str:
-        raise NotImplementedError
+        """The directory of this cgroup in `controller`'s hierarchy."""
 
+    @abc.abstractmethod
     def create(self, limits: Limits) -> None:
-        raise NotImplementedError
+        """Make the cgroup's directories and write `limits`."""
 
+    @abc.abstractmethod
     def apply(self, limits: Limits) -> None:
-        raise NotImplementedError
+        """Write `limits` to the cgroup's files."""
 
+    @abc.abstractmethod
     def add(self, pid: int) -> None:
-        raise NotImplementedError
+        """Move process `pid` into this cgroup."""
 
+    @abc.abstractmethod
     def limits(self) -> dict:
-        raise NotImplementedError
+        """The limits as the cgroup's files say now."""
 
+    @abc.abstractmethod
     def stats(self) -> dict:
-        raise NotImplementedError
+        """Usage counters, one value per STAT_KEYS entry (None where the host has no such file)."""
 
+    @abc.abstractmethod
     def kill(self) -> None:
-        raise NotImplementedError
+        """Kill every process in the cgroup (and below it), safely against forks."""
 
     # -- shared ------------------------------------------------------------------------------------
 

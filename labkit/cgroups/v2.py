@@ -29,10 +29,6 @@ CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
 # v1 names accepted by path() so that callers can use one name on both backends.
 ALIASES = {"blkio": "io", "cpuacct": "cpu", "freezer": "cgroup", "cgroup": "cgroup"}
 
-# Controllers labkit enabled in a parent's subtree_control during this process (for `labkit doctor`
-# and for the curious; never used to disable anything - see the module docstring).
-enabled_by_labkit: set[tuple[str, str]] = set()
-
 NO_INTERNAL = ("the parent cgroup has processes of its own, and v2 allows controllers only for the "
                "children of a cgroup without processes (the 'no internal processes' rule): choose an "
                "empty parent with LABKIT_CGROUP_PARENT")
@@ -170,7 +166,6 @@ def enable_controllers(parent: str) -> list[str]:
     for controller in available:
         if controller not in enabled:
             files.write(control, f"+{controller}", HINTS["cgroup.subtree_control"])
-            enabled_by_labkit.add((parent, controller))
             done.append(controller)
     return done
 

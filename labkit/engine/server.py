@@ -197,4 +197,4 @@ class EngineProcess:
 def _die_with_parent() -> None:
     from .. import syscalls
 
-    syscalls.prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)

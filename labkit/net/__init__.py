@@ -13,7 +13,7 @@ labkit does the same with two deliberate differences, both for safety on a share
   routes and NATs (MASQUERADE) containers to the outside; we do neither.
 * Addresses come from 198.18.0.0/15, the block RFC 2544 sets aside for benchmarking network
   devices: never routed on the internet, unlikely to be on any real LAN (unlike 10/8, 172.16/12,
-  192.168/16 - and this machine's own uplink sits in 192.0.2.0/24). Bridges get subnets from
+  192.168/16, which home and campus networks use). Bridges get subnets from
   198.18.0.0/16; host-to-container veths get /30s from 198.19.0.0/16. Since every bridge is in its
   own namespace, two experiments may use the same subnet without meeting. No bridge gets an
   address and nobody gets a default route: there is no way out, by construction.
