@@ -10,16 +10,23 @@ notebook kernel is multi-threaded, and setns/unshare there would change the note
     parent (notebook)            child                              grandchild (pid 1 inside)
     fork ------------------->    unshare(flags)
     writes uid_map/gid_map  <--  "mapped?" (with a user namespace)
-                                 writes time offsets, then fork -->  waits on a pipe
+    "2" ---------------------->  writes time offsets, then fork -->  waits on a pipe
     reads the grandchild's  <--  reports its pid; waits for it,
     pid, puts it in the cgroup   exits with its status
-    and releases it -------------------------------------------->   unshare(cgroup ns), mount /proc,
+    and releases it: "1" --------------------------------------->   unshare(cgroup ns), mount /proc,
                                                                     sethostname, setup steps, exec
 
 The extra fork is needed because a new pid (or time) namespace applies to the children of the
 process that unshared it, not to that process itself (without pid and time there is no grandchild:
 the child itself execs). The command is placed in its cgroup before it is released, so nothing it
 runs can escape the limits; the waiting child stays outside, so the OOM killer never picks it.
+
+Nothing may run outside its cgroup, whatever goes wrong in the parent (an error in cgroup.add,
+Ctrl-C, the notebook killed): the command goes on only on the explicit byte "1" - end-of-file on
+the pipe means "give up" - and until it execs, the child and grandchild die with their parent
+(PR_SET_PDEATHSIG, then a check that the parent did not die before that was set). The command
+starts with a clean slate of signals: every disposition default, nothing blocked, whatever its
+starter ignored or blocked (runc does the same).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import selectors
 import signal
 import struct
 import subprocess
-import warnings
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -40,6 +47,10 @@ from .errors import InvalidValue, LabkitError, NotFound, from_oserror
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
+
+# The parent's bytes on the go pipe. Anything else - end-of-file above all - means "give up".
+GO_MAPPED = b"2"     # uid_map and gid_map are written
+GO_PLACED = b"1"     # the command's process is in its cgroup: exec it
 
 
 @dataclass(frozen=True)
@@ -126,14 +137,13 @@ class Process:
     `returncode` is its exit status, or -SIGNAL when a signal killed it.
     """
 
-    def __init__(self, args, pid: int, waiter_pid: int, stdin, stdout, stderr):
+    def __init__(self, args, pid: int, waiter_pid: int, stdin, stdout, stderr, pidfd: int | None = None):
         self.args, self.pid, self._waiter = list(args), pid, waiter_pid
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.returncode: int | None = None
-        try:  # a pidfd names exactly this process, even if its number is reused later
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:
-            self._pidfd = None
+        # a pidfd names exactly this process, even once its number is reused: spawn opens it while
+        # the process still waits to be released, so it cannot be another one
+        self._pidfd = pidfd
 
     def __repr__(self):
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -144,7 +154,9 @@ class Process:
             try:
                 pid, status = os.waitpid(self._waiter, flags)
             except ChildProcessError:
-                pid, status = self._waiter, 0
+                raise LabkitError(f"the exit status of {self.args[0]!r} (pid {self.pid}) is lost: "
+                                  f"something else collected its waiter, pid {self._waiter} "
+                                  "(SIGCHLD ignored, or a waitpid(-1) elsewhere)") from None
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self._close_pidfd()
@@ -155,12 +167,8 @@ class Process:
 
     def wait(self, timeout: float | None = None) -> int:
         if timeout is not None and self.poll() is None:
-            waiter = os.pidfd_open(self._waiter)
-            try:
-                if not select.select([waiter], [], [], timeout)[0]:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-            finally:
-                os.close(waiter)
+            if not _readable(os.pidfd_open(self._waiter), timeout, close=True):
+                raise subprocess.TimeoutExpired(self.args, timeout)
         return self._reap(0)
 
     def send_signal(self, sig: int) -> None:
@@ -195,31 +203,60 @@ class Process:
         return self
 
     def __exit__(self, *exc):
-        if self.poll() is None:
-            self.kill()
-        self.wait()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            if stream:
-                stream.close()
+        try:
+            if self.poll() is None:
+                self.kill()
+            self.wait()
+        finally:
+            self._close_pidfd()
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream:
+                    stream.close()
+
+
+def _readable(fd: int, timeout: float | None, close: bool = False) -> bool:
+    """Is `fd` readable within `timeout` seconds? (poll, not select: fd numbers above 1023 work.)"""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(timeout, 0) * 1000))
+    finally:
+        if close:
+            os.close(fd)
 
 
 def _collect(proc: Process, input: bytes | None, timeout: float | None):
-    """Read stdout and stderr together (so neither pipe fills up and blocks the child)."""
+    """Feed stdin while reading stdout and stderr, all in one loop: a command that answers before it
+    has read all its input (cat) would otherwise fill its output pipe and wait for us, while we wait
+    for it to take more input. Writes may be short; the timeout covers the whole exchange."""
     chunks = {proc.stdout: [], proc.stderr: []}
+    pending = memoryview(input or b"")
     with selectors.DefaultSelector() as sel:
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 sel.register(stream, selectors.EVENT_READ)
         if proc.stdin:
-            if input:
-                proc.stdin.write(input)
-            proc.stdin.close()
-        deadline = None if timeout is None else _now() + timeout
+            if pending:
+                os.set_blocking(proc.stdin.fileno(), False)
+                sel.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
         while sel.get_map():
-            remaining = None if deadline is None else deadline - _now()
+            remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise subprocess.TimeoutExpired(proc.args, timeout)
             for key, _ in sel.select(remaining):
+                if key.fileobj is proc.stdin:
+                    try:
+                        pending = pending[os.write(key.fd, pending[:65536]):]
+                    except (BrokenPipeError, BlockingIOError) as exc:
+                        if isinstance(exc, BrokenPipeError):   # it stopped reading: the rest is moot
+                            pending = pending[:0]
+                    if not pending:
+                        sel.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
                 data = os.read(key.fd, 65536)
                 if data:
                     chunks[key.fileobj].append(data)
@@ -229,11 +266,6 @@ def _collect(proc: Process, input: bytes | None, timeout: float | None):
     out = b"".join(chunks[proc.stdout]) if proc.stdout else None
     err = b"".join(chunks[proc.stderr]) if proc.stderr else None
     return out, err
-
-
-def _now() -> float:
-    import time
-    return time.monotonic()
 
 
 def _stdio_fd(spec, index: int, parent_ends: list, child_fds: list):
@@ -290,12 +322,13 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
         raise InvalidValue("uid_map", uid_map, "a user namespace too")
     if mount_proc is None:
         mount_proc = {"pid", "mnt"} <= names
+    time_lines = _time_offset_lines(time_offsets) if time_offsets else None
+    host.require_lab_host("start a process in new namespaces")
     join_fds = _open_join(join) if join else {}
     flags = 0
     for kind in kinds:
         flags |= kind.flag
     needs_fork = bool(names & _FOR_CHILDREN) or "pid" in join_fds or "time" in join_fds
-    host.require_lab_host("start a process in new namespaces")
 
     parent_ends: list[int] = []
     child_fds: list[int] = []
@@ -304,13 +337,16 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
     report_r, report_w = os.pipe()  # child -> parent: "I unshared the user ns", the command's pid
     err_r, err_w = os.pipe()        # child -> parent: why it failed; closes on a successful exec
     env = dict(os.environ if env is None else env)
+    parent = os.getpid()
 
-    with warnings.catch_warnings():  # 3.12+ warns that fork in a threaded process may deadlock;
-        warnings.simplefilter("ignore", DeprecationWarning)  # the child only makes syscalls and execs
-        pid = os.fork()
+    # What runs in the child between fork and exec is syscalls only: no imports, no locks, no
+    # threads (a notebook kernel forks with other threads running; see tests/integration/test_faults.py
+    # for the proof that a child never waits for a lock another thread held at fork time).
+    pid = os.fork()
     if pid == 0:  # ---------------------------------------------------------------- the child
         status = 127
         try:
+            _die_with_parent(parent)
             # Keep only what we need: another thread's spawn may have pipes open right now, and
             # holding their ends would make that parent wait for us.
             _close_fds_except({go_r, report_w, err_w, *child_fds, *join_fds.values(), *pass_fds,
@@ -321,17 +357,19 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
                 syscalls.unshare(flags & ~syscalls.CLONE_NEWCGROUP)
             if "user" in names:
                 os.write(report_w, b"U")
-                _read_exact(go_r, 1)                      # parent has written uid_map/gid_map
+                _await(go_r, GO_MAPPED)                   # parent has written uid_map/gid_map
                 if _maps_root(uid_map):
                     _become_root_inside()
-            if time_offsets:
-                _write_time_offsets(time_offsets)
+                _die_with_parent(parent)                  # a change of ids clears it: again
+            if time_lines:
+                syscalls.write_file("/proc/self/timens_offsets", time_lines)
             if needs_fork:
                 _become_waiter(report_w, err_w, go_r, stdio)   # returns only in the new process
             else:
                 os.write(report_w, struct.pack("i", os.getpid()))
             os.close(report_w)
-            _read_exact(go_r, 1)                          # parent has put us in the cgroup
+            _await(go_r, GO_PLACED)                       # parent has put us in the cgroup
+            os.close(go_r)
             if "cgroup" in names:  # after joining the cgroup, so that it becomes our "/"
                 syscalls.unshare(syscalls.CLONE_NEWCGROUP)
             _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_fds)
@@ -348,23 +386,27 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
         os.close(fd)
     for fd in join_fds.values():
         os.close(fd)
+    pidfd = None
     try:
         if "user" in names:
             if _read_exact(report_r, 1) == b"U":
                 _write_id_maps(pid, uid_map, gid_map)
-                os.write(go_w, b"2")
+                os.write(go_w, GO_MAPPED)
         raw = _read_exact(report_r, 4)
         if len(raw) == 4:
             final_pid = struct.unpack("i", raw)[0]
+            pidfd = os.pidfd_open(final_pid)   # it waits for us: this pid is still that process
             if cgroup is not None:   # the command is in its cgroup before it can run a single line
                 cgroup.add(final_pid)
-            os.write(go_w, b"1")
+            os.write(go_w, GO_PLACED)
         error = _read_all(err_r)
         if error or len(raw) != 4:
             _reap_quietly(pid)
             raise _failure(argv, error or "the child exited before it could start the command")
     except BaseException:
-        _kill_quietly(pid)
+        _kill_quietly(pid)      # the waiter; the command, not yet released, dies with it
+        if pidfd is not None:
+            os.close(pidfd)
         for stream in stdio:
             if stream and stream[1]:
                 stream[1].close()
@@ -373,7 +415,7 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
         for fd in (go_w, report_r, err_r):
             os.close(fd)
     pipes = [s[1] if s else None for s in stdio]
-    return Process(argv, final_pid, pid, *pipes)
+    return Process(argv, final_pid, pid, *pipes, pidfd=pidfd)
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -401,6 +443,21 @@ def _open_join(join) -> dict[str, int]:
     return fds
 
 
+def _die_with_parent(parent: int) -> None:
+    """Until exec: die (SIGKILL) when the process that forked us dies - and if it died before we
+    asked, go now. (The signal follows the forking *thread*; spawn's thread stays in spawn until
+    the command has exec'd, and the signal is cleared just before exec.)"""
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _await(fd: int, expected: bytes) -> None:
+    """Go on only on the parent's explicit byte: end-of-file means it failed, or died."""
+    if _read_exact(fd, 1) != expected:
+        os._exit(1)
+
+
 def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
     """In the child: fork the real process into the new pid/time namespace, then wait for it.
 
@@ -408,13 +465,27 @@ def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
     never the OOM killer's victim there) and ignores Ctrl-C: the command inside reacts to it.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    waiter = os.pidfd_open(os.getpid())   # inside a new pid namespace getppid() says 0: watch this
+    exec_r, exec_w = os.pipe()            # close-on-exec: end-of-file once the command exec'd
     final = os.fork()
     if final == 0:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if _readable(waiter, 0):          # the waiter died before we asked to die with it
+            os._exit(1)
+        os.close(waiter)
+        os.close(exec_r)
         return
+    os.close(waiter)
     os.write(report_w, struct.pack("i", final))
-    for fd in (report_w, err_w, go_r, *(entry[0] for entry in stdio if entry)):
+    for fd in (report_w, go_r, exec_w, *(entry[0] for entry in stdio if entry)):
         if fd > 2:
             os.close(fd)
+    # Hold err_w until the command has exec'd (or died): spawn returns only then, so the thread that
+    # forked us - the one our PR_SET_PDEATHSIG watches - is still there until we clear it.
+    os.read(exec_r, 1)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)
+    os.close(exec_r)
+    os.close(err_w)
     while True:
         _, status = os.waitpid(final, 0)
         if os.WIFEXITED(status):
@@ -432,11 +503,21 @@ def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
 _FORWARDED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
+def _reset_signals() -> None:
+    """Every disposition back to default, nothing blocked: an ignored signal and the signal mask
+    survive exec, so the command would otherwise inherit its starter's (nohup's SIGHUP, Python's
+    SIGPIPE and SIGXFSZ, the waiter's blocked Ctrl-C) - and a shell inside could not trap them."""
+    for sig in _CATCHABLE:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+_CATCHABLE = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+
+
 def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_fds):
     """In the process that becomes the command: finish the namespace setup and exec."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
+    _reset_signals()
     if "mnt" in names:  # keep our mounts from propagating back to the host
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     if hostname is not None:
@@ -452,6 +533,7 @@ def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_
     for target, entry in enumerate(stdio):
         if entry is not None:
             os.dup2(entry[0], target)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)   # placed and set up: it outlives whoever started it
     try:
         os.execvpe(argv[0], argv, env)
     except FileNotFoundError:
@@ -485,15 +567,21 @@ def _become_root_inside() -> None:
     os.setresuid(0, 0, 0)
 
 
-def _write_time_offsets(offsets: dict) -> None:
-    """Offsets must be written before the first process enters the time namespace."""
+def _time_offset_lines(offsets: dict) -> str:
+    """What /proc/PID/timens_offsets takes: "CLOCK SECONDS NANOSECONDS" lines, the nanoseconds in
+    [0, 1e9) - so -1.5 s is "-2 500000000". Checked here, in the parent, before anything starts; the
+    child writes it before the first process enters the time namespace."""
     lines = []
     for clock, seconds in offsets.items():
         if clock not in ("monotonic", "boottime"):
             raise InvalidValue("time offset clock", clock, "'monotonic' or 'boottime'")
-        whole = int(seconds)
-        lines.append(f"{clock} {whole} {int((seconds - whole) * 1e9)}")
-    syscalls.write_file("/proc/self/timens_offsets", "\n".join(lines))
+        try:
+            nanoseconds = round(float(seconds) * 1_000_000_000)
+        except (TypeError, ValueError):
+            raise InvalidValue(f"time offset of {clock}", seconds, "a number of seconds") from None
+        whole, fraction = divmod(nanoseconds, 1_000_000_000)
+        lines.append(f"{clock} {whole} {fraction}")
+    return "\n".join(lines)
 
 
 def _read_exact(fd: int, n: int) -> bytes:

@@ -374,11 +374,13 @@ def test_sigkill_of_the_kernel_mid_experiment_the_watchdog_removes_everything():
 def test_sigkill_of_a_kernel_that_had_a_vm_booting_kills_qemu():
     env_code = "import os; os.environ['WITH_VM'] = '1'\n" + EVERYTHING
     child, report = start_experiment(env_code, timeout=120)
-    qemu = report["pids"][-1]
-    assert b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()
-    dog = watchdog_of(child.pid)
-    child.kill()
-    child.wait()
+    try:
+        qemu = report["pids"][-1]
+        assert b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()
+        dog = watchdog_of(child.pid)
+    finally:                                     # a failed check must not leave the "kernel" running
+        child.kill()
+        child.wait()
     ks.assert_gone(report["names"], report["pids"], timeout=30)
     assert ks.wait_until(lambda: not ks.alive([dog]), 10)     # it writes its journal, then exits
     assert_journal_names_only(child.pid, report["names"])
@@ -402,6 +404,99 @@ def test_sigkill_of_the_kernel_and_its_watchdog_the_next_labkit_process_sweeps()
     ks.assert_gone(report["names"], report["pids"], timeout=30)
     assert ks.new_objects(before, ks.snapshot(), owners={child.pid}) == []
     assert journal_lines(child.pid) == []        # its own watchdog was dead: it did not do this
+
+
+# --- a start that fails half-way ---------------------------------------------------------------------------
+
+PLACEMENT_FAILS = """
+import os, signal, sys, time
+from labkit.namespaces import spawn
+
+class Placement:                      # stands in for a Cgroup whose add() goes wrong
+    def add(self, pid):
+        print("COMMAND", pid, flush=True)
+        how = sys.argv[2]
+        if how == "raises":
+            raise OSError(28, "No space left on device")
+        if how == "interrupted":
+            raise KeyboardInterrupt
+        if how == "killed-while-a-fork-holds-the-pipe":
+            helper = os.fork()        # holds every pipe end we hold: no end-of-file for the child
+            if helper == 0:
+                os.closerange(0, 3)   # but not the test's output pipes
+                time.sleep(60)
+                os._exit(0)
+            print("HELPER", helper, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)     # the notebook killed mid-start
+
+try:
+    spawn(["sleep", sys.argv[1]], sys.argv[3], cgroup=Placement())
+except BaseException as exc:
+    print("RAISED", type(exc).__name__, flush=True)
+"""
+
+
+def _processes_with(marker: str) -> dict[int, list[bytes]]:
+    """Live processes whose command line has `marker` in it: {pid: argv}."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in argv and ks.alive([int(entry.name)]):
+                found[int(entry.name)] = argv
+    return found
+
+
+@pytest.mark.parametrize("kinds", ["pid,mnt", "uts"], ids=["with a waiter", "without"])
+@pytest.mark.parametrize("how", ["raises", "interrupted", "killed", "killed-while-a-fork-holds-the-pipe"])
+def test_a_start_whose_cgroup_placement_fails_leaves_nothing_running_outside_a_cgroup(how, kinds):
+    """The command must never run unless it was placed: the parent's failure (an error, Ctrl-C, or
+    the parent killed) means end-of-file on the go pipe, and the processes waiting for it die."""
+    marker = f"{3000 + int.from_bytes(os.urandom(2), 'big')}.{os.getpid()}"   # a unique `sleep` argument
+    try:
+        starter = subprocess.run([PY, "-c", PLACEMENT_FAILS, marker, how, kinds], env=ENV,
+                                 capture_output=True, text=True, timeout=60)
+        report = dict(line.split(" ", 1) for line in starter.stdout.splitlines() if " " in line)
+        command = int(report["COMMAND"])
+        if how in ("raises", "interrupted"):
+            assert report.get("RAISED") in ("OSError", "KeyboardInterrupt"), starter
+        else:
+            assert starter.returncode == -signal.SIGKILL, starter
+        # from /proc: the process that was waiting to become the command is gone, and nothing runs it
+        assert ks.wait_until(lambda: not ks.alive([command]), 10), \
+            f"pid {command} lives on outside its cgroup: " + Path(f"/proc/{command}/cgroup").read_text()
+        assert [argv for argv in _processes_with(marker).values() if argv[0] == b"sleep"] == []
+    finally:
+        for pid in _processes_with(marker):      # what escaped, and the helper: all started here
+            os.kill(pid, signal.SIGKILL)
+
+
+CAT_200_KB = """
+import sys
+from labkit.namespaces import run
+data = bytes(range(256)) * 800                      # 200 kB: more than a pipe holds, both ways
+result = run(["cat"], sys.argv[1] or None, input=data + b"end", timeout=float(sys.argv[2]))
+print(len(result.stdout), result.stdout.endswith("end"), result.returncode)
+"""
+
+
+@pytest.mark.parametrize("kinds", ["pid,mnt", ""], ids=["new namespaces", "none"])
+def test_a_command_fed_more_than_a_pipe_holds_neither_deadlocks_nor_loses_input(kinds):
+    """run() writes stdin while it reads stdout: `cat` answers before it has read everything."""
+    fed = subprocess.run([PY, "-c", CAT_200_KB, kinds, "60"], env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert fed.stdout.split() == [str(200 * 1024 + 3), "True", "0"], fed.stderr[-2000:]
+
+
+def test_the_timeout_of_run_covers_feeding_the_input():
+    """A command that never reads its input: the timeout still fires (and the command is killed)."""
+    never_reads = CAT_200_KB.replace('["cat"]', '["sleep", "1000"]')
+    fed = subprocess.run([PY, "-c", never_reads, "pid", "1"], env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert "did not finish within 1.0 s; it was killed" in fed.stderr, fed.stderr[-2000:]
 
 
 # --- faults inside a running container --------------------------------------------------------------------

@@ -330,3 +330,48 @@ def test_a_containers_root_keeps_only_dockers_default_capabilities():
         inside = box.exec(["sh", "-c", "grep CapBnd /proc/self/status"]).stdout.split()[1]
         assert {n for i, n in enumerate(capabilities.NAMES) if int(inside, 16) >> i & 1} \
             == set(capabilities.DOCKER_DEFAULT)
+
+
+# --- what a container inherits from whoever started it -------------------------------------------------------
+
+STARTER_WITH_SIGNALS_IGNORED = """
+import signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_IGN)            # as under nohup, or the engine's daemon
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+from labkit import namespaces
+from labkit.container import Container
+
+with Container("busybox", ["sleep", "60"], init=False) as box:
+    box.start()
+    with namespaces.spawn(["sleep", "60"], "pid,mnt") as waited, namespaces.spawn(["sleep", "60"], None) as bare:
+        exec_line = box.exec(["sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\\n' ' '"]).stdout
+        print("PIDS", box.pid, waited.pid, bare.pid, flush=True)
+        print("EXEC", exec_line, flush=True)
+        sys.stdin.read()                                  # until the test has looked
+        waited.kill(); bare.kill()
+"""
+
+
+def _signal_masks(status: str) -> dict[str, int]:
+    return {key: int(value, 16) for key, value in
+            (line.split(":") for line in status.splitlines() if line.startswith(("SigIgn", "SigBlk")))}
+
+
+def test_a_container_starts_with_default_signal_dispositions_and_nothing_blocked():
+    """Ignored signals and the signal mask survive exec: read the container's processes' SigIgn and
+    SigBlk in /proc while the process that started them ignores HUP and QUIT and blocks USR1, TERM."""
+    starter = subprocess.Popen([PY, "-c", STARTER_WITH_SIGNALS_IGNORED], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = starter.stdout.readline().split()[1:]
+        exec_line = starter.stdout.readline()
+        assert len(pids) == 3, starter.stderr.read()[-2000:] if starter.poll() is not None else pids
+        starter_masks = _signal_masks(Path(f"/proc/{starter.pid}/status").read_text())
+        assert starter_masks["SigIgn"] & (1 << signal.SIGHUP - 1) and starter_masks["SigBlk"], starter_masks
+        for pid in pids:                                  # pid 1 of a container, of a spawn, a bare spawn
+            assert _signal_masks(Path(f"/proc/{pid}/status").read_text()) == {"SigIgn": 0, "SigBlk": 0}
+        assert _signal_masks(exec_line.replace(" Sig", "\nSig")) == {"SigIgn": 0, "SigBlk": 0}, exec_line
+    finally:
+        starter.communicate("", timeout=60)
+    assert starter.returncode == 0

@@ -52,6 +52,8 @@ def test_parse_kinds_refuses_unknown_names_and_names_them(bad):
     (dict(namespaces="pid", time_offsets={"boottime": 5}), "time_offsets"),
     (dict(namespaces="pid", uid_map="0 1000 1"), "uid_map"),
     (dict(namespaces="nope"), "namespace kind"),
+    (dict(namespaces="time", time_offsets={"realtime": 5}), "time offset clock"),
+    (dict(namespaces="time", time_offsets={"boottime": "soon"}), "time offset of boottime"),
 ])
 def test_spawn_validates_before_the_guard(kwargs, word, monkeypatch):
     """Bad input is refused before the lab-host guard, i.e. before anything could be created."""
@@ -64,6 +66,38 @@ def test_spawn_refuses_an_empty_command(monkeypatch):
     monkeypatch.setattr(ns.os, "fork", lambda: pytest.fail("spawn forked on bad input"))
     with pytest.raises(InvalidValue, match="command"):
         ns.spawn([], "uts")
+
+
+@pytest.mark.parametrize("seconds, line", [
+    (1.5, "monotonic 1 500000000"), (-1.5, "monotonic -2 500000000"), (-0.25, "monotonic -1 750000000"),
+    (3, "monotonic 3 0"), (-3, "monotonic -3 0"),
+])
+def test_time_offsets_keep_the_nanoseconds_between_0_and_a_second(seconds, line):
+    """timens_offsets refuses a negative nanosecond field: -1.5 s is -2 s + 0.5 s."""
+    assert ns._time_offset_lines({"monotonic": seconds}) == line
+
+
+def test_no_file_descriptor_is_left_open_when_the_guard_refuses(monkeypatch):
+    from labkit import host
+    from labkit.errors import NotPermitted
+
+    def refuse(action):
+        raise NotPermitted(f"to {action} labkit needs root")
+    monkeypatch.setattr(host, "require_lab_host", refuse)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(NotPermitted):
+        ns.spawn(["true"], None, join=(os.getpid(), "uts,ipc"))
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_exit_status_collected_elsewhere_is_an_error_not_a_zero():
+    child = subprocess.Popen(["sh", "-c", "exit 3"])
+    os.waitpid(child.pid, 0)                 # someone else reaps it (as SIGCHLD=SIG_IGN would)
+    child.returncode = 3                     # (so that Popen does not try again)
+    proc = ns.Process(["sh"], child.pid, child.pid, None, None, None)
+    with pytest.raises(ns.LabkitError, match=f"exit status of 'sh' .*lost.*pid {child.pid}"):
+        proc.wait()
+    assert proc.returncode is None
 
 
 def test_identity_of_self_matches_readlink():
