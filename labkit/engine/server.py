@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import socketserver
-import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +23,7 @@ from pathlib import Path
 
 from .. import cleanup, host
 from ..errors import Conflict, InvalidValue, LabkitError
-from . import api, images, registry
+from . import api, images, registry, wire
 from .state import Engine
 
 
@@ -36,7 +34,7 @@ class EngineServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, socket_path: str, engine: Engine, verbose: bool = False):
         self.socket_path = os.path.abspath(socket_path)
-        _clear_stale_socket(self.socket_path)
+        wire.clear_stale_socket(self.socket_path)
         os.makedirs(os.path.dirname(self.socket_path), exist_ok=True)
         handler = type("EngineHandler", (api.Handler,), {"engine": engine, "verbose": verbose})
         old_umask = os.umask(0o177)       # born 0600: no moment in which others could connect
@@ -53,23 +51,6 @@ class EngineServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             return
         super().handle_error(request, client_address)
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket nobody listens on; refuse to touch anything else."""
-    if not os.path.lexists(path):
-        return
-    if not stat.S_ISSOCK(os.lstat(path).st_mode):
-        raise InvalidValue("socket path", path, "a path that does not exist yet or is a stale socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)                 # nobody answers: left by a dead server
-        return
-    finally:
-        probe.close()
-    raise Conflict(f"something is already listening on {path}")
 
 
 def parse_image_options(values: list[str] | None) -> dict[str, str]:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from .. import cleanup
+from .. import cleanup, host
 from . import streams, wire
 
 KEEP = 64 * 1024            # body bytes kept per call for the summary (the rest is only counted)
@@ -148,14 +148,14 @@ class Tracer:
     def start(self) -> "Tracer":
         from . import registry
 
+        host.require_lab_host("run the Docker API tracer")
         if not os.path.exists(self.upstream):
             from ..errors import NotFound
             raise NotFound(f"upstream socket {self.upstream} does not exist: is the daemon running?")
+        wire.clear_stale_socket(self.socket_path)   # never a regular file, nor a live docker.sock
         registry.register(self.name, self.socket_path, role="trace")
         try:
             os.makedirs(os.path.dirname(self.socket_path), exist_ok=True)
-            if os.path.exists(self.socket_path):
-                os.unlink(self.socket_path)
             tracer = self
 
             class Handler(socketserver.BaseRequestHandler):

@@ -13,7 +13,11 @@ ways a body can end matter here:
 from __future__ import annotations
 
 import http.client
+import os
 import socket
+import stat
+
+from ..errors import Conflict, InvalidValue
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -143,3 +147,22 @@ def unchunk(raw: bytes, framing: str) -> bytes:
     except (ConnectionClosed, ValueError):
         pass
     return bytes(payload)
+
+
+def clear_stale_socket(path: str) -> None:
+    """Make room for a server's socket at `path`: remove a socket nobody listens on any more (left by
+    a dead server); refuse anything else - a regular file, a directory, a live socket such as
+    docker.sock - naming it. (labkit runs as root: a blind unlink would delete whatever is there.)"""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise InvalidValue("socket path", path, "a path that does not exist yet or is a stale socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)                 # nobody answers: left by a dead server
+        return
+    finally:
+        probe.close()
+    raise Conflict(f"something is already listening on {path}")

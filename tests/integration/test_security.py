@@ -56,7 +56,8 @@ def _off_lab_host_env() -> dict:
     [PY, "-c", "from labkit import container; container.run('busybox', ['true'])"],
     [LABKIT, "spawn", "--pids", "5", "--", "true"],
     [LABKIT, "run", "--", "true"],
-], ids=["Cgroup.create", "container.run", "labkit spawn", "labkit run"])
+    [LABKIT, "trace", "--socket", "/run/labkit/engine/labkit-guard-probe.sock", "--upstream", "/nonexistent"],
+], ids=["Cgroup.create", "container.run", "labkit spawn", "labkit run", "labkit trace"])
 def test_nothing_is_created_off_a_lab_host_without_the_opt_in(argv):
     before = ks.snapshot()
     refused = subprocess.run(argv, env=_off_lab_host_env(), capture_output=True, text=True, timeout=60)
@@ -194,6 +195,42 @@ def test_the_engine_socket_is_root_only_and_nobody_cannot_connect(engine, as_nob
     assert refused.stdout.strip() == "PermissionError", refused
     as_root = subprocess.run([PY, "-c", probe, engine.socket_path], capture_output=True, text=True, timeout=30)
     assert as_root.stdout.strip() == "connected"       # the probe itself works
+
+
+@pytest.mark.parametrize("what", ["a regular file", "a live socket"])
+def test_labkit_trace_never_unlinks_what_is_at_its_socket_path(what, tmp_path):
+    """As root, `labkit trace --socket PATH` used to unlink whatever PATH was - a file, docker.sock."""
+    import socket
+
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.bind(str(tmp_path / "upstream.sock"))
+    upstream.listen()
+    target = tmp_path / "target"
+    live = None
+    if what == "a regular file":
+        target.write_text("precious\n")
+    else:
+        live = socket.socket(socket.AF_UNIX)
+        live.bind(str(target))
+        live.listen()
+    try:
+        before = os.lstat(target)
+        refused = subprocess.run([LABKIT, "trace", "--socket", str(target), "--upstream", str(tmp_path / "upstream.sock")],
+                                 env=dict(os.environ, LABKIT_ALLOW_HOST="1"), capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode != 0 and str(target) in refused.stderr, refused
+        after = os.lstat(target)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)   # the same file, untouched
+        if live is None:
+            assert target.read_text() == "precious\n"
+        else:
+            probe = socket.socket(socket.AF_UNIX)
+            probe.connect(str(target))                    # still the live socket, still listening
+            probe.close()
+    finally:
+        upstream.close()
+        if live is not None:
+            live.close()
 
 
 # --- names and image references stay inside labkit's directories ---------------------------------------

@@ -394,14 +394,14 @@ def test_tracer_records_a_docker_run_including_the_hijacked_stream(engine, tmp_p
 # --- the socket path and the leftover records ---------------------------------------------------------
 
 def test_stale_socket_is_replaced_but_a_live_one_or_a_file_is_refused(tmp_path):
-    from labkit.engine.server import _clear_stale_socket
+    from labkit.engine.wire import clear_stale_socket
     from labkit.errors import Conflict, InvalidValue
 
     stale = tmp_path / "stale.sock"
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(str(stale))                      # bound, never listening: what a killed server leaves
     dead.close()
-    _clear_stale_socket(str(stale))
+    clear_stale_socket(str(stale))
     assert not stale.exists()
 
     live = tmp_path / "live.sock"
@@ -409,13 +409,13 @@ def test_stale_socket_is_replaced_but_a_live_one_or_a_file_is_refused(tmp_path):
     listener.bind(str(live))
     listener.listen()
     with pytest.raises(Conflict, match="already listening"):
-        _clear_stale_socket(str(live))
+        clear_stale_socket(str(live))
     listener.close()
 
     regular = tmp_path / "file"
     regular.write_text("not a socket")
     with pytest.raises(InvalidValue):
-        _clear_stale_socket(str(regular))
+        clear_stale_socket(str(regular))
     assert regular.exists()
 
 
