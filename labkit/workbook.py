@@ -42,6 +42,8 @@ NOTEBOOKS = (
     Notebook("14-io.ipynb", "2 cgroups", "io: throttled writes on a loop device", 15, "a loop device"),
     Notebook("15-cpuset.ipynb", "2 cgroups", "cpuset: pinned to a CPU", 10),
     Notebook("20-networking.ipynb", "3 networking", "Containers on a bridge", 35),
+    Notebook("21-nat-and-ports.ipynb", "3 networking", "NAT and published ports, inside the lab", 30,
+             "iptables (nftables) and conntrack"),
     Notebook("30-container-from-scratch.ipynb", "4 from scratch", "A container, one primitive at a time", 30,
              "busybox-static"),
     Notebook("31-image-layers.ipynb", "4 from scratch", "Image layers and copy-on-write", 15, "overlayfs"),

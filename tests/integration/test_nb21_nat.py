@@ -1,0 +1,97 @@
+"""Notebook 21-nat-and-ports and labkit.net.nat: each checked property broken on purpose fails its check;
+the exercise's checker accepts the solution and refuses wrong answers; and traffic through the lab's
+NAT never reaches the real host namespace (its interface counters are watched)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from labkit.container import Container
+from labkit.net import nat, probes
+
+from notebook_session import NotebookSession
+
+pytestmark = pytest.mark.root
+
+NOTEBOOK = "21-nat-and-ports.ipynb"
+
+BROKEN = {
+    "MASQUERADE lets the replies back": (
+        {"rule = lab.masquerade()": "rule = ['(no MASQUERADE rule)']"},
+        "assert attempt.returncode == 0 and received == \"hello-after\""),
+    "the host forwards": (
+        {"lab = nat.NatLab().create()":
+         "lab = nat.NatLab().create()\nnat.in_namespace(lab.host, ['sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward'])"},
+        "assert attempt.returncode == 0 and received == \"hello-after\""),
+    "the published port reaches the container": (
+        {"lab.publish(8080, web_endpoint.ip, 80)": "lab.publish(8079, web_endpoint.ip, 80)"},
+        'assert visit == "connected"'),
+}
+
+
+@pytest.mark.parametrize("prop", BROKEN)
+def test_a_broken_property_fails_its_check(prop):
+    replace, check = BROKEN[prop]
+    with NotebookSession(NOTEBOOK, replace=replace) as nb:
+        failure = nb.run_until_error()
+    assert failure is not None, f"{prop}: broken on purpose, yet every cell passed"
+    assert failure.ename == "AssertionError" and failure.cell_contains(check), \
+        f"{prop}: expected the check with {check!r} to fail, got {failure.ename}: {failure.evalue} in\n{failure.source}"
+
+
+SOLUTION = 'lab.publish(8081, web_endpoint.ip, 81); web.exec(["httpd", "-p", "81", "-h", "/tmp"])'
+WRONG = {
+    "the rule, but nothing listens": 'lab.publish(8082, web_endpoint.ip, 82)',
+    "a server, but no rule": 'web.exec(["httpd", "-p", "83", "-h", "/tmp"])',
+}
+
+
+def test_the_exercise_checker_accepts_the_solution_and_refuses_wrong_answers():
+    with NotebookSession(NOTEBOOK) as nb:
+        nb.run_until("SelfCheck(")
+        nb.execute(SOLUTION)
+        assert nb.execute("print(check_second_port('8081')[0])").strip() == "True"
+        assert nb.execute("print(check_second_port('8080')[0])").strip() == "False"
+        for name, setup in WRONG.items():
+            nb.execute(setup)
+        assert nb.execute("print(check_second_port('8082')[0])").strip() == "False", "rule without a server"
+        assert nb.execute("print(check_second_port('8083')[0])").strip() == "False", "server without a rule"
+        assert nb.run_until_error() is None          # the rest, cleanup included, still passes
+
+
+def _host_counters() -> dict[str, tuple[int, int]]:
+    """rx/tx bytes of every interface of the REAL host namespace (this test process lives there)."""
+    counters = {}
+    with open("/proc/net/dev") as f:
+        for line in f.readlines()[2:]:
+            name, data = line.split(":", 1)
+            fields = data.split()
+            counters[name.strip()] = (int(fields[0]), int(fields[8]))
+    return counters
+
+
+def _host_routes() -> str:
+    return subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+
+
+def test_traffic_through_the_lab_nat_never_reaches_the_real_host_namespace():
+    """64 MiB cross the NAT (container -> "host" -> "outside"); the real host's interfaces must not
+    carry it. Other engineers' traffic on this machine adds noise, so the bound is a quarter of it."""
+    routes_before, forward_before = _host_routes(), open("/proc/sys/net/ipv4/ip_forward").read()
+    sent = 64 << 20
+    with nat.NatLab() as lab, Container("busybox", ["sleep", "600"]) as box:
+        box.start()
+        endpoint = lab.connect(box.pid)
+        lab.masquerade()
+        before = _host_counters()
+        result = probes.measure_throughput(nat.container_namespace(box.pid), lab.outside, str(lab.server),
+                                           seconds=10, max_bytes=sent)
+        after = _host_counters()
+        assert result.bytes >= sent, result
+        flows = [f for f in lab.flows() if f.original[0] == endpoint.ip and f.source_nat]
+        assert flows, "the throughput test did not go through the MASQUERADE rule"
+    moved = sum(after[i][0] - before[i][0] + after[i][1] - before[i][1] for i in after if i in before)
+    assert moved < sent // 4, f"the real host's interfaces carried {moved} bytes while {sent} crossed the lab NAT"
+    assert not set(after) - set(before) or all(not n.startswith("labkit-") for n in set(after) - set(before))
+    assert _host_routes() == routes_before and open("/proc/sys/net/ipv4/ip_forward").read() == forward_before
