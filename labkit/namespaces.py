@@ -293,7 +293,8 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
           setup: Sequence[Callable[[], None]] = (), env: dict | None = None, cwd: str | None = None,
           stdin=None, stdout=None, stderr=None, uid_map: str | None = None,
           gid_map: str | None = None, time_offsets: dict | None = None,
-          join: tuple[int, Iterable[str]] | None = None, pass_fds: Sequence[int] = ()) -> Process:
+          join: tuple[int, Iterable[str]] | None = None, pass_fds: Sequence[int] = (),
+          detach: bool = False) -> Process:
     """Start `argv` in new namespaces of the given kinds, inside `cgroup`; return a Process.
 
     namespaces   kinds to create: "all", "pid,uts", ["net"], or None for none
@@ -306,6 +307,9 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
     time_offsets with a time namespace: {"monotonic": seconds, "boottime": seconds}
     join         (pid, kinds): enter those existing namespaces of `pid` instead of creating new ones
     pass_fds     extra file descriptors the child keeps (every other inherited one is closed)
+    detach       the waiter exits as soon as the command's process exists, instead of waiting for it:
+                 that process then belongs to the nearest subreaper (containerd's shim), as `runc
+                 create` leaves it. The returned Process can signal it but not wait for it.
     """
     argv = [str(a) for a in argv]
     if not argv:
@@ -346,7 +350,8 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
     if pid == 0:  # ---------------------------------------------------------------- the child
         status = 127
         try:
-            _die_with_parent(parent)
+            if needs_fork or not detach:   # (detached, the command itself outlives its caller)
+                _die_with_parent(parent)
             # Keep only what we need: another thread's spawn may have pipes open right now, and
             # holding their ends would make that parent wait for us.
             _close_fds_except({go_r, report_w, err_w, *child_fds, *join_fds.values(), *pass_fds,
@@ -360,11 +365,12 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
                 _await(go_r, GO_MAPPED)                   # parent has written uid_map/gid_map
                 if _maps_root(uid_map):
                     _become_root_inside()
-                _die_with_parent(parent)                  # a change of ids clears it: again
+                if needs_fork or not detach:
+                    _die_with_parent(parent)              # a change of ids clears it: again
             if time_lines:
                 syscalls.write_file("/proc/self/timens_offsets", time_lines)
             if needs_fork:
-                _become_waiter(report_w, err_w, go_r, stdio)   # returns only in the new process
+                _become_waiter(report_w, err_w, go_r, stdio, detach)   # returns only in the new process
             else:
                 os.write(report_w, struct.pack("i", os.getpid()))
             os.close(report_w)
@@ -458,7 +464,7 @@ def _await(fd: int, expected: bytes) -> None:
         os._exit(1)
 
 
-def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
+def _become_waiter(report_w: int, err_w: int, go_r: int, stdio, detach: bool = False) -> None:
     """In the child: fork the real process into the new pid/time namespace, then wait for it.
 
     Returns only in the new process. The waiter itself stays outside the container's cgroup (so it is
@@ -469,9 +475,10 @@ def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
     exec_r, exec_w = os.pipe()            # close-on-exec: end-of-file once the command exec'd
     final = os.fork()
     if final == 0:
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if _readable(waiter, 0):          # the waiter died before we asked to die with it
-            os._exit(1)
+        if not detach:    # detached, it must outlive the waiter, which exits at once
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if _readable(waiter, 0):      # the waiter died before we asked to die with it
+                os._exit(1)
         os.close(waiter)
         os.close(exec_r)
         return
@@ -480,6 +487,8 @@ def _become_waiter(report_w: int, err_w: int, go_r: int, stdio) -> None:
     for fd in (report_w, go_r, exec_w, *(entry[0] for entry in stdio if entry)):
         if fd > 2:
             os.close(fd)
+    if detach:      # orphan it: the kernel hands it to the nearest subreaper (containerd's shim)
+        os._exit(0)
     # Hold err_w until the command has exec'd (or died): spawn returns only then, so the thread that
     # forked us - the one our PR_SET_PDEATHSIG watches - is still there until we clear it.
     os.read(exec_r, 1)

@@ -419,20 +419,27 @@ def make_dev(root: str) -> None:
     """A minimal /dev on tmpfs: the six character devices programs expect, /dev/pts, fd links."""
     dev = f"{root}/dev"
     syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=64k")
-    old = os.umask(0)
-    try:
-        for node, (major, minor) in _DEVICES.items():
-            os.mknod(f"{dev}/{node}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    finally:
-        os.umask(old)
-    for link, target in _DEV_LINKS.items():
-        os.symlink(target, f"{dev}/{link}")
+    populate_dev(dev)
     os.mkdir(f"{dev}/pts")
     syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620")
     os.mkdir(f"{dev}/shm")
     syscalls.mount("shm", f"{dev}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV
                    | syscalls.MS_NOEXEC, "mode=1777,size=64m")
+
+
+def populate_dev(dev: str) -> None:
+    """The six character devices programs expect, and the fd/stdio/ptmx links, in a fresh /dev."""
+    old = os.umask(0)
+    try:
+        for node, (major, minor) in _DEVICES.items():
+            if not os.path.lexists(f"{dev}/{node}"):
+                os.mknod(f"{dev}/{node}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    finally:
+        os.umask(old)
+    for link, target in _DEV_LINKS.items():
+        if not os.path.lexists(f"{dev}/{link}"):
+            os.symlink(target, f"{dev}/{link}")
 
 
 def pivot(root: str) -> None:
@@ -458,7 +465,7 @@ def mask_paths(paths: Sequence[str]) -> None:
             syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
 
 
-def _readonly_paths(paths: Sequence[str]) -> None:
+def readonly_paths(paths: Sequence[str]) -> None:
     """After pivot_root: make each path read-only (a bind mount on itself, remounted read-only)."""
     for path in paths:
         if os.path.lexists(path):
@@ -495,7 +502,7 @@ def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool =
     if masked:
         steps.append(functools.partial(mask_paths, list(masked)))
     if readonly_paths:
-        steps.append(functools.partial(_readonly_paths, list(readonly_paths)))
+        steps.append(functools.partial(readonly_paths, list(readonly_paths)))
     if readonly:
         steps.append(remount_readonly)
     return steps

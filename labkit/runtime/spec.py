@@ -1,0 +1,259 @@
+"""config.json as the runtime reads it: every field checked, and what labkit cannot apply refused by name.
+
+This is the wider reader behind `labkit-runtime create`: it accepts what containerd writes for a real
+`docker run` (mounts of any type, hooks, seccomp, sysctl, device cgroup rules, cgroupsPath), where
+labkit.oci's reader (behind `labkit run --bundle`) takes only what a container from scratch needs.
+Both walk the document with the same `_Reader`, so an unknown or unsupported field is refused the same
+way: `UnsupportedField` naming its dotted path, before anything is created.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InvalidValue, NotFound
+from ..oci import NAMESPACES, UnsupportedField, _empty, _Reader
+
+HOOK_KINDS = ("prestart", "createRuntime", "poststart", "poststop")   # run by the runtime itself
+# Sysctls that belong to a namespace the container has (the kernel refuses the others, and they would
+# change the whole host): net.* with a network namespace, IPC ones with an ipc namespace.
+NAMESPACED_SYSCTLS = {"net.": "net", "kernel.shm": "ipc", "kernel.msg": "ipc", "kernel.sem": "ipc",
+                      "fs.mqueue.": "ipc"}
+DEFAULT_CPU_PERIOD = 100_000
+
+
+@dataclass
+class Mount:
+    destination: str
+    type: str
+    source: str
+    options: list[str]
+
+
+@dataclass
+class Process:
+    """config.json's process object (or `exec --process FILE`)."""
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    terminal: bool = False
+    console_size: tuple[int, int] | None = None     # (rows, columns)
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
+    umask: int | None = None
+    capabilities: list[str] | None = None           # the bounding set; None: keep Docker's default
+    rlimits: dict = field(default_factory=dict)
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    apparmor: str | None = None
+
+
+@dataclass
+class Spec:
+    bundle: Path
+    process: Process
+    root: Path
+    readonly: bool
+    hostname: str | None
+    namespaces: list[str]                           # labkit's names: pid, net, mnt ...
+    mounts: list[Mount] = field(default_factory=list)
+    hooks: dict = field(default_factory=dict)       # kind -> [{"path", "args", "env", "timeout"}]
+    cgroups_path: str | None = None
+    limits: dict = field(default_factory=dict)      # labkit.cgroups.limits names: memory, swap, cpu ...
+    devices: list[str] = field(default_factory=list)  # v1 device cgroup rules: "allow c 1:3 rwm"
+    oom_kill_disable: bool = False
+    sysctl: dict = field(default_factory=dict)
+    masked_paths: list[str] = field(default_factory=list)
+    readonly_paths: list[str] = field(default_factory=list)
+    seccomp: dict | None = None
+    annotations: dict = field(default_factory=dict)
+
+
+def load(bundle: str | os.PathLike) -> Spec:
+    path = Path(bundle).resolve()
+    config = path / "config.json"
+    try:
+        document = json.loads(config.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{config}: no config.json in the bundle") from None
+    except ValueError as exc:
+        raise InvalidValue(str(config), "", f"valid JSON ({exc})") from None
+    return parse(document, path, config)
+
+
+def parse_process(proc, r: _Reader, where: str = "process") -> Process:
+    if not proc:
+        r.bad(where, proc, "an object with args")
+    r.only(proc, where, {"terminal", "consoleSize", "user", "args", "env", "cwd", "capabilities",
+                         "rlimits", "noNewPrivileges", "oomScoreAdj", "apparmorProfile"})
+    args = proc.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        r.bad(f"{where}.args", args, "a non-empty list of strings")
+    env = {}
+    for item in proc.get("env") or []:
+        if not isinstance(item, str) or "=" not in item:
+            r.bad(f"{where}.env", item, "strings of the form NAME=value")
+        key, value = item.split("=", 1)
+        env[key] = value
+    cwd = proc.get("cwd") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        r.bad(f"{where}.cwd", cwd, "an absolute path")
+    size = r.only(proc.get("consoleSize"), f"{where}.consoleSize", {"height", "width"})
+    user = r.only(proc.get("user"), f"{where}.user", {"uid", "gid", "additionalGids", "umask"})
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    for key, value in (("uid", uid), ("gid", gid)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            r.bad(f"{where}.user.{key}", value, "a non-negative integer")
+    capabilities = None
+    if proc.get("capabilities"):
+        capabilities = _capabilities(proc["capabilities"], r, f"{where}.capabilities")
+    rlimits = {}
+    for i, item in enumerate(proc.get("rlimits") or []):
+        r.only(item, f"{where}.rlimits[{i}]", {"type", "hard", "soft"})
+        kind = getattr(resource, str(item.get("type")), None)
+        if not str(item.get("type")).startswith("RLIMIT_") or kind is None:
+            r.bad(f"{where}.rlimits[{i}].type", item.get("type"), "an RLIMIT_* name, e.g. RLIMIT_NOFILE")
+        rlimits[kind] = (int(item.get("soft", 0)), int(item.get("hard", 0)))
+    oom = proc.get("oomScoreAdj")
+    if oom is not None and not (isinstance(oom, int) and -1000 <= oom <= 1000):
+        r.bad(f"{where}.oomScoreAdj", oom, "an integer from -1000 to 1000")
+    return Process(args=args, env=env, cwd=cwd, terminal=bool(proc.get("terminal")),
+                   console_size=(size["height"], size["width"]) if size else None, uid=uid, gid=gid,
+                   groups=[g for g in user.get("additionalGids") or [] if g != gid],
+                   umask=user.get("umask"), capabilities=capabilities, rlimits=rlimits,
+                   no_new_privileges=bool(proc.get("noNewPrivileges")), oom_score_adj=oom,
+                   apparmor=proc.get("apparmorProfile") or None)
+
+
+def _capabilities(caps: dict, r: _Reader, where: str) -> list[str]:
+    """The bounding set is what labkit applies (capabilities.drop_step); for root the effective and
+    permitted sets then follow from it at exec, as runc sets them, so those may only repeat it."""
+    from .. import capabilities
+
+    r.only(caps, where, {"bounding", "effective", "permitted", "inheritable", "ambient"})
+    try:
+        sets = {k: {capabilities.canonical(c) for c in caps.get(k) or []} for k in caps}
+    except InvalidValue as exc:
+        r.bad(where, exc.value, exc.accepted)
+    bounding = sets.get("bounding", set())
+    for kind in ("effective", "permitted"):
+        if sets.get(kind) and sets[kind] != bounding:
+            r.refuse(f"{where}.{kind}", "labkit applies the bounding set; effective and permitted "
+                                        "follow from it, so they must list the same capabilities")
+    if sets.get("inheritable") or sets.get("ambient"):
+        r.refuse(f"{where}.{'inheritable' if sets.get('inheritable') else 'ambient'}",
+                 "labkit clears the inheritable and ambient sets")
+    return sorted(bounding)
+
+
+def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
+    config = config or path / "config.json"
+    r = _Reader(config)
+    top = r.only(document, "", {"ociVersion", "process", "root", "hostname", "mounts", "hooks",
+                                "linux", "annotations"})
+    version = str(top.get("ociVersion", ""))
+    if not version.startswith("1."):
+        r.bad("ociVersion", version, "a 1.x version of the runtime spec")
+    process = parse_process(top.get("process"), r)
+
+    root_obj = r.only(top.get("root"), "root", {"path", "readonly"})
+    if not root_obj.get("path"):
+        r.bad("root.path", root_obj.get("path"), "the root filesystem directory")
+    root = (path / root_obj["path"]).resolve()
+    if not root.is_dir():
+        raise NotFound(f"{config}: root.path {str(root)!r} is not a directory")
+
+    linux = r.only(top.get("linux"), "linux", {"namespaces", "resources", "cgroupsPath", "sysctl",
+                                              "seccomp", "maskedPaths", "readonlyPaths"})
+    kinds = []
+    for i, ns in enumerate(linux.get("namespaces") or []):
+        r.only(ns, f"linux.namespaces[{i}]", {"type"})
+        if ns.get("type") not in NAMESPACES:
+            r.refuse(f"linux.namespaces[{i}].type={ns.get('type')!r}",
+                     "labkit creates " + ", ".join(NAMESPACES) + " namespaces")
+        kinds.append(NAMESPACES[ns["type"]])
+    if "mnt" not in kinds:
+        r.bad("linux.namespaces", kinds, "a list that includes {'type': 'mount'}")
+    hostname = top.get("hostname") or None
+    if hostname and "uts" not in kinds:
+        r.bad("hostname", hostname, "a uts namespace in linux.namespaces too")
+
+    spec = Spec(bundle=path, process=process, root=root, readonly=bool(root_obj.get("readonly")),
+                hostname=hostname, namespaces=kinds, cgroups_path=linux.get("cgroupsPath") or None,
+                masked_paths=list(linux.get("maskedPaths") or []),
+                readonly_paths=list(linux.get("readonlyPaths") or []),
+                seccomp=linux.get("seccomp") or None, annotations=dict(top.get("annotations") or {}))
+    _resources(linux.get("resources"), r, spec)
+    for key, value in (linux.get("sysctl") or {}).items():
+        owner = next((ns for prefix, ns in NAMESPACED_SYSCTLS.items() if key.startswith(prefix)), None)
+        if owner is None or owner not in kinds:
+            r.refuse(f"linux.sysctl[{key!r}]", "only sysctls of a namespace the container has "
+                                               "(net.* with a network namespace, kernel.shm*/msg*/sem "
+                                               "and fs.mqueue.* with an ipc namespace)")
+        spec.sysctl[key] = str(value)
+    if spec.seccomp:
+        r.only(spec.seccomp, "linux.seccomp", {"defaultAction", "defaultErrnoRet", "architectures",
+                                               "syscalls"})
+    for i, m in enumerate(top.get("mounts") or []):
+        r.only(m, f"mounts[{i}]", {"destination", "type", "source", "options"})
+        dest = m.get("destination")
+        if not isinstance(dest, str) or not dest.startswith("/") or ".." in dest.split("/"):
+            r.bad(f"mounts[{i}].destination", dest, "an absolute path inside the container without '..'")
+        options = list(m.get("options") or [])
+        kind = m.get("type") or ("bind" if {"bind", "rbind"} & set(options) else "")
+        if not kind:
+            r.bad(f"mounts[{i}].type", kind, "a filesystem type (or 'bind')")
+        spec.mounts.append(Mount(dest, kind, m.get("source") or kind, options))
+    hooks = r.only(top.get("hooks"), "hooks", set(HOOK_KINDS))
+    for kind in HOOK_KINDS:
+        for i, hook in enumerate(hooks.get(kind) or []):
+            r.only(hook, f"hooks.{kind}[{i}]", {"path", "args", "env", "timeout"})
+            if not str(hook.get("path", "")).startswith("/"):
+                r.bad(f"hooks.{kind}[{i}].path", hook.get("path"), "an absolute path")
+            spec.hooks.setdefault(kind, []).append(hook)
+    return spec
+
+
+def _resources(res, r: _Reader, spec: Spec) -> None:
+    """linux.resources -> labkit's limits (cgroups.limits names) and v1 device rules."""
+    res = r.only(res, "linux.resources", {"devices", "memory", "cpu", "pids", "blockIO"})
+    mem = r.only(res.get("memory"), "linux.resources.memory", {"limit", "swap", "disableOOMKiller"})
+    limit, swap = mem.get("limit"), mem.get("swap")
+    if limit not in (None, -1, 0):
+        spec.limits["memory"] = limit
+        if swap not in (None, 0):        # OCI's swap is memory + swap; labkit's is the swap alone
+            spec.limits["swap"] = "max" if swap == -1 else swap - limit
+    elif swap not in (None, 0, -1):
+        r.bad("linux.resources.memory.swap", swap, "a swap limit only together with memory.limit")
+    spec.oom_kill_disable = bool(mem.get("disableOOMKiller"))
+    cpu = r.only(res.get("cpu"), "linux.resources.cpu", {"quota", "period", "cpus"})
+    quota, period = cpu.get("quota"), cpu.get("period")
+    if quota not in (None, -1, 0):
+        if period not in (None, 0, DEFAULT_CPU_PERIOD):
+            r.refuse("linux.resources.cpu.period", f"labkit writes quotas against a {DEFAULT_CPU_PERIOD} "
+                                                  "us period (what `docker run --cpus` uses)")
+        spec.limits["cpu"] = quota / DEFAULT_CPU_PERIOD
+    elif period not in (None, 0, DEFAULT_CPU_PERIOD):
+        r.refuse("linux.resources.cpu.period", "a period only together with a quota")
+    if cpu.get("cpus"):
+        spec.limits["cpuset"] = cpu["cpus"]
+    pids = r.only(res.get("pids"), "linux.resources.pids", {"limit"})
+    if pids.get("limit") not in (None, -1, 0):
+        spec.limits["pids"] = pids["limit"]
+    r.only(res.get("blockIO"), "linux.resources.blockIO", set())
+    for i, rule in enumerate(res.get("devices") or []):
+        r.only(rule, f"linux.resources.devices[{i}]", {"allow", "type", "major", "minor", "access"})
+        kind = rule.get("type") or "a"
+        if kind not in ("a", "b", "c"):
+            r.bad(f"linux.resources.devices[{i}].type", kind, "a, b or c")
+        major = "*" if rule.get("major") in (None, -1) else rule["major"]
+        minor = "*" if rule.get("minor") in (None, -1) else rule["minor"]
+        spec.devices.append(f"{'allow' if rule.get('allow') else 'deny'} {kind} {major}:{minor} "
+                            f"{rule.get('access') or 'rwm'}")
+
+
+__all__ = ["Spec", "Process", "Mount", "load", "parse", "parse_process", "UnsupportedField", "_empty"]
