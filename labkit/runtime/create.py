@@ -22,7 +22,7 @@ import time
 from .. import namespaces
 from ..cgroups.limits import parse as parse_limits
 from ..errors import Conflict, LabkitError
-from . import hooks, setup, spec as specs, state as states
+from . import hooks, seccomp, setup, spec as specs, state as states
 from .cgroup import RuntimeCgroup
 
 
@@ -32,7 +32,7 @@ def create(opts, log) -> int:
         raise Conflict(f"container with id exists: {opts.id}")
     spec = specs.load(opts.bundle or ".")
     limits = parse_limits(spec.limits)
-    seccomp = setup.seccomp_filter(spec.seccomp) if spec.seccomp else None
+    syscall_filter = seccomp.build(spec.seccomp) if spec.seccomp else None
     group = RuntimeCgroup(spec.cgroups_path or opts.id)
     steps = setup.mount_steps(spec, group.relpath, group.version) + setup.path_steps(spec)
 
@@ -51,7 +51,7 @@ def create(opts, log) -> int:
             steps.append(setup.console_step(console, spec.process.console_size))
         elif spec.process.terminal:
             raise LabkitError("process.terminal is true but no --console-socket was given")
-        steps += setup.process_steps(spec.process, seccomp=seccomp)
+        steps += setup.process_steps(spec.process, seccomp=syscall_filter)
         group.create(limits, spec.devices, spec.oom_kill_disable)
         try:
             pid = start_held(spec, group, steps, fifo, console)

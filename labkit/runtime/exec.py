@@ -16,7 +16,7 @@ import os
 from .. import namespaces
 from ..errors import Conflict, LabkitError, NotFound
 from ..oci import _Reader
-from . import setup, spec as specs, state as states
+from . import seccomp, setup, spec as specs, state as states
 from .cgroup import RuntimeCgroup
 from .create import write_pid_file
 
@@ -45,7 +45,7 @@ def exec_(opts, log) -> int:
         raise Conflict(f"cannot exec in a {box.status()} container")
     container_spec = specs.load(box.data["bundle"])
     proc = _process(opts, container_spec)
-    seccomp = setup.seccomp_filter(container_spec.seccomp) if container_spec.seccomp else None
+    syscall_filter = seccomp.build(container_spec.seccomp) if container_spec.seccomp else None
     steps = []
     console = None
     try:
@@ -54,7 +54,7 @@ def exec_(opts, log) -> int:
             steps.append(setup.console_step(console, proc.console_size))
         elif proc.terminal and opts.get("process"):
             raise LabkitError("process.terminal is true but no --console-socket was given")
-        steps += setup.process_steps(proc, seccomp=seccomp)
+        steps += setup.process_steps(proc, seccomp=syscall_filter)
         child = namespaces.spawn(proc.args, None, join=(box.pid, box.data["namespaces"]),
                                  cgroup=RuntimeCgroup(box.data["cgroup"]), env=proc.env, cwd=proc.cwd,
                                  setup=steps, detach=bool(opts.get("detach")),

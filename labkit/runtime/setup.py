@@ -11,7 +11,7 @@ it runs these steps in the new process, in this order, and execs:
     console     with process.terminal: a pty from the container's own devpts; its master travels to
                 the caller over --console-socket (SCM_RIGHTS), its slave becomes stdin/out/err
     process     oomScoreAdj, umask, rlimits, AppArmor profile, noNewPrivileges, the capability
-                bounding set (labkit.capabilities), seccomp, then the user and groups
+                bounding set (labkit.capabilities), seccomp (labkit.runtime.seccomp), then the user
     check       the program must exist, or create fails now (as `runc create` does), not after start
 
 Each step runs in a forked copy of the runtime: syscalls only, nothing imported there.
@@ -209,7 +209,7 @@ def path_steps(spec) -> list:
     if spec.masked_paths:
         steps.append(partial(rootfs.mask_paths, list(spec.masked_paths)))
     if spec.readonly_paths:
-        steps.append(partial(rootfs.readonly_paths, list(spec.readonly_paths)))
+        steps.append(partial(rootfs._readonly_paths, list(spec.readonly_paths)))
     if spec.readonly:
         steps.append(rootfs.remount_readonly)
     return steps
@@ -248,60 +248,6 @@ def connect_console(path: str) -> int:
         sock.close()
         raise NotFound(f"--console-socket {path}: {exc.strerror}") from None
     return sock.detach()
-
-
-def seccomp_filter(profile: dict):
-    """linux.seccomp (Docker's profile format) compiled with libseccomp; `.load()` installs it."""
-    try:
-        import pyseccomp as sc
-    except ImportError:
-        raise Unsupported("linux.seccomp needs the pyseccomp package (pip install pyseccomp) and "
-                          "libseccomp2") from None
-    actions = {"SCMP_ACT_ALLOW": sc.ALLOW, "SCMP_ACT_KILL": sc.KILL, "SCMP_ACT_KILL_THREAD": sc.KILL_THREAD,
-               "SCMP_ACT_KILL_PROCESS": sc.KILL_PROCESS, "SCMP_ACT_TRAP": sc.TRAP, "SCMP_ACT_LOG": sc.LOG}
-    ops = {"SCMP_CMP_NE": sc.NE, "SCMP_CMP_LT": sc.LT, "SCMP_CMP_LE": sc.LE, "SCMP_CMP_EQ": sc.EQ,
-           "SCMP_CMP_GE": sc.GE, "SCMP_CMP_GT": sc.GT, "SCMP_CMP_MASKED_EQ": sc.MASKED_EQ}
-    import errno as errnos
-
-    def action(name, errno_ret, where):
-        if name == "SCMP_ACT_ERRNO":
-            return sc.ERRNO(errnos.EPERM if errno_ret is None else errno_ret)
-        if name not in actions:
-            raise Unsupported(f"{where}={name!r} is not supported by labkit "
-                              f"(accepted: SCMP_ACT_ERRNO, {', '.join(actions)})")
-        return actions[name]
-
-    default = action(profile.get("defaultAction"), profile.get("defaultErrnoRet"),
-                     "linux.seccomp.defaultAction")
-    f = sc.SyscallFilter(default)
-    f.set_attr(sc.Attr.CTL_NNP, 0)          # no_new_privs only when process.noNewPrivileges says so
-    for arch in profile.get("architectures") or []:
-        value = getattr(sc.Arch, arch.replace("SCMP_ARCH_", ""), None)
-        if value is None:
-            raise Unsupported(f"linux.seccomp.architectures: {arch!r} is not known to libseccomp here")
-        if not f.exist_arch(value):
-            f.add_arch(value)
-    for i, rule in enumerate(profile.get("syscalls") or []):
-        where = f"linux.seccomp.syscalls[{i}]"
-        act = action(rule.get("action"), rule.get("errnoRet"), f"{where}.action")
-        if act == default:
-            continue                            # libseccomp refuses a rule that changes nothing
-        args = []
-        for j, a in enumerate(rule.get("args") or []):
-            if a.get("op") not in ops:
-                raise Unsupported(f"{where}.args[{j}].op={a.get('op')!r} is not supported")
-            args.append(sc.Arg(a["index"], ops[a["op"]], a.get("value", 0), a.get("valueTwo", 0)))
-        indexes = [a["index"] for a in rule.get("args") or []]
-        # libseccomp ANDs the comparisons of one rule; two on the same argument mean "either" in
-        # Docker's profiles, so those become one rule each (as runc does)
-        groups = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
-        for name in rule.get("names") or []:
-            for group in groups:
-                try:
-                    f.add_rule(act, name, *group)
-                except (ValueError, OSError):
-                    pass                        # a syscall this libseccomp or architecture lacks
-    return f
 
 
 def process_steps(proc, *, seccomp=None) -> list:
