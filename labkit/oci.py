@@ -93,7 +93,7 @@ def _empty(value) -> bool:
     return value is None or value == "" or value == [] or value == {} or value is False or value == 0
 
 
-class _Reader:
+class Reader:
     """Walks config.json; every key read is 'used'; anything left over is refused by name."""
 
     def __init__(self, config: Path):
@@ -132,7 +132,7 @@ def load(bundle: str | os.PathLike) -> Bundle:
 def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
     """Check a config.json document (already decoded) for a bundle at `path`."""
     config = config or path / "config.json"
-    r = _Reader(config)
+    r = Reader(config)
     top = r.only(spec, "", {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"})
     version = str(top.get("ociVersion", ""))
     if not version.startswith("1."):

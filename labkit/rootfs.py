@@ -465,7 +465,7 @@ def mask_paths(paths: Sequence[str]) -> None:
             syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
 
 
-def _readonly_paths(paths: Sequence[str]) -> None:
+def make_paths_readonly(paths: Sequence[str]) -> None:
     """After pivot_root: make each path read-only (a bind mount on itself, remounted read-only)."""
     for path in paths:
         if os.path.lexists(path):
@@ -502,7 +502,7 @@ def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool =
     if masked:
         steps.append(functools.partial(mask_paths, list(masked)))
     if readonly_paths:
-        steps.append(functools.partial(_readonly_paths, list(readonly_paths)))
+        steps.append(functools.partial(make_paths_readonly, list(readonly_paths)))
     if readonly:
         steps.append(remount_readonly)
     return steps

@@ -205,6 +205,49 @@ case "$VENV" in
         fi ;;
 esac
 
+# Bytecode compiled once: with PYTHONDONTWRITEBYTECODE set (some CI images set it) every `labkit` and
+# `labkit-runtime` call would otherwise recompile what it imports. Not a change: the sources rule.
+"$VENV/bin/python" -m compileall -q "$REPO/labkit" >/dev/null || say "compileall: some modules did not compile"
+
+# labkit as a runtime for the real Docker (`docker run --runtime labkit`, notebook 41): merged into
+# /etc/docker/daemon.json as runtimes.labkit.path, keeping every other setting; a file that is not
+# valid JSON is left alone (an error, not a guess). dockerd reads `runtimes` again on SIGHUP, so a
+# running daemon (its pid file) is reloaded, and only when something changed.
+DAEMON_JSON=/etc/docker/daemon.json
+if command -v dockerd >/dev/null 2>&1; then
+    rc=0
+    "$VENV/bin/python" - "$DAEMON_JSON" "$VENV/bin/labkit-runtime" <<'PY' || rc=$?
+import json, os, sys
+path, runtime = sys.argv[1:]
+try:
+    with open(path) as f:
+        config = json.load(f)
+except FileNotFoundError:
+    config = {}
+except ValueError as exc:
+    sys.exit(f"{path} is not valid JSON ({exc}): fix it, then provision again")
+if not isinstance(config, dict) or not isinstance(config.get("runtimes", {}), dict):
+    sys.exit(f"{path}: expected an object with an object 'runtimes'")
+if config.get("runtimes", {}).get("labkit") == {"path": runtime}:
+    sys.exit(3)                                  # already registered: nothing to do
+config.setdefault("runtimes", {})["labkit"] = {"path": runtime}
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".labkit-tmp", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".labkit-tmp", path)
+PY
+    case $rc in
+        0)  changed "registered labkit-runtime as Docker's runtime 'labkit' in $DAEMON_JSON"
+            if [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+                kill -HUP "$(cat /var/run/docker.pid)"
+                changed "reloaded the running dockerd (pid $(cat /var/run/docker.pid)) to read its runtimes"
+            fi ;;
+        3)  say "docker: runtime 'labkit' registered in $DAEMON_JSON" ;;
+        *)  die "could not register the labkit runtime in $DAEMON_JSON" ;;
+    esac
+fi
+
 # --- 4. the lab-host marker ------------------------------------------------------------------------
 if [ -f "$MARKER" ]; then
     say "lab host: $MARKER present (labkit may create kernel objects here)"

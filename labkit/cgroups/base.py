@@ -150,7 +150,7 @@ class BaseCgroup(abc.ABC):
     def remove(self) -> None:
         """rmdir every directory of this cgroup, sub-cgroups first, retrying on EBUSY (kills again)."""
         for d in self.dirs():
-            files.rmdir_tree(d, on_busy=self._signal_all)
+            files.rmdir_tree(d, on_busy=self.signal_all)
 
     # -- killing -----------------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ class BaseCgroup(abc.ABC):
         finally:
             os.close(fd)
 
-    def _signal_all(self, sig: int = signal.SIGKILL) -> None:
+    def signal_all(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to every process inside (each through a pidfd, checked to be still inside)."""
         for pid in self.procs():
             self._signal(pid, sig)
 

@@ -247,7 +247,7 @@ class V1Cgroup(BaseCgroup):
                 # a task in uninterruptible sleep keeps it FREEZING; we kill anyway after 1 s
                 while files.read(state).strip() != "FROZEN" and time.monotonic() < deadline:
                     time.sleep(0.005)
-                self._signal_all()
+                self.signal_all()
             finally:
                 files.write(state, "THAWED")
         self._kill_until_empty()

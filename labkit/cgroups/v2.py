@@ -138,7 +138,7 @@ class V2Cgroup(BaseCgroup):
                 while time.monotonic() < deadline and \
                         files.parse_flat_keyed(files.read(self._file("cgroup.events"))).get("frozen") != 1:
                     time.sleep(0.005)
-                self._signal_all()
+                self.signal_all()
             finally:
                 self._write("cgroup.freeze", 0)
         self._kill_until_empty()

@@ -15,7 +15,7 @@ import os
 
 from .. import namespaces
 from ..errors import Conflict, LabkitError, NotFound
-from ..oci import _Reader
+from ..oci import Reader
 from . import seccomp, setup, spec as specs, state as states
 from .cgroup import RuntimeCgroup
 from .create import write_pid_file
@@ -24,7 +24,7 @@ from .create import write_pid_file
 def _process(opts, container_spec) -> specs.Process:
     if opts.get("process"):
         with open(opts["process"]) as f:
-            return specs.parse_process(json.load(f), _Reader(opts["process"]))
+            return specs.parse_process(json.load(f), Reader(opts["process"]))
     if not opts.get("command"):
         raise LabkitError("exec: give --process FILE or a COMMAND")
     proc = container_spec.process

@@ -10,9 +10,9 @@ import sys
 import time
 
 from . import state as states
-from .spec import Spec, _resources
+from .spec import Spec, parse_resources
 from ..errors import NotFound
-from ..oci import _Reader
+from ..oci import Reader
 
 
 def update(opts, log) -> int:
@@ -24,7 +24,7 @@ def update(opts, log) -> int:
     source = opts.get("resources") or "-"
     text = sys.stdin.read() if source == "-" else open(source).read()
     wanted = Spec(bundle=None, process=None, root=None, readonly=False, hostname=None, namespaces=[])
-    _resources(json.loads(text or "{}"), _Reader(f"update --resources {source}"), wanted)
+    parse_resources(json.loads(text or "{}"), Reader(f"update --resources {source}"), wanted)
     if wanted.devices or wanted.oom_kill_disable:
         from ..errors import Unsupported
         raise Unsupported("update: device rules and disableOOMKiller can only be set at create")

@@ -209,7 +209,7 @@ def path_steps(spec) -> list:
     if spec.masked_paths:
         steps.append(partial(rootfs.mask_paths, list(spec.masked_paths)))
     if spec.readonly_paths:
-        steps.append(partial(rootfs._readonly_paths, list(spec.readonly_paths)))
+        steps.append(partial(rootfs.make_paths_readonly, list(spec.readonly_paths)))
     if spec.readonly:
         steps.append(rootfs.remount_readonly)
     return steps

@@ -3,7 +3,7 @@
 This is the wider reader behind `labkit-runtime create`: it accepts what containerd writes for a real
 `docker run` (mounts of any type, hooks, seccomp, sysctl, device cgroup rules, cgroupsPath), where
 labkit.oci's reader (behind `labkit run --bundle`) takes only what a container from scratch needs.
-Both walk the document with the same `_Reader`, so an unknown or unsupported field is refused the same
+Both walk the document with the same `Reader`, so an unknown or unsupported field is refused the same
 way: `UnsupportedField` naming its dotted path, before anything is created.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidValue, NotFound
-from ..oci import NAMESPACES, UnsupportedField, _empty, _Reader
+from ..oci import NAMESPACES, Reader, UnsupportedField
 
 HOOK_KINDS = ("prestart", "createRuntime", "poststart", "poststop")   # run by the runtime itself
 # Sysctls that belong to a namespace the container has (the kernel refuses the others, and they would
@@ -85,7 +85,7 @@ def load(bundle: str | os.PathLike) -> Spec:
     return parse(document, path, config)
 
 
-def parse_process(proc, r: _Reader, where: str = "process") -> Process:
+def parse_process(proc, r: Reader, where: str = "process") -> Process:
     if not proc:
         r.bad(where, proc, "an object with args")
     r.only(proc, where, {"terminal", "consoleSize", "user", "args", "env", "cwd", "capabilities",
@@ -129,7 +129,7 @@ def parse_process(proc, r: _Reader, where: str = "process") -> Process:
                    apparmor=proc.get("apparmorProfile") or None)
 
 
-def _capabilities(caps: dict, r: _Reader, where: str) -> list[str]:
+def _capabilities(caps: dict, r: Reader, where: str) -> list[str]:
     """The bounding set is what labkit applies (capabilities.drop_step); for root the effective and
     permitted sets then follow from it at exec, as runc sets them, so those may only repeat it."""
     from .. import capabilities
@@ -152,7 +152,7 @@ def _capabilities(caps: dict, r: _Reader, where: str) -> list[str]:
 
 def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
     config = config or path / "config.json"
-    r = _Reader(config)
+    r = Reader(config)
     top = r.only(document, "", {"ociVersion", "process", "root", "hostname", "mounts", "hooks",
                                 "linux", "annotations"})
     version = str(top.get("ociVersion", ""))
@@ -187,7 +187,7 @@ def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
                 masked_paths=list(linux.get("maskedPaths") or []),
                 readonly_paths=list(linux.get("readonlyPaths") or []),
                 seccomp=linux.get("seccomp") or None, annotations=dict(top.get("annotations") or {}))
-    _resources(linux.get("resources"), r, spec)
+    parse_resources(linux.get("resources"), r, spec)
     for key, value in (linux.get("sysctl") or {}).items():
         owner = next((ns for prefix, ns in NAMESPACED_SYSCTLS.items() if key.startswith(prefix)), None)
         if owner is None or owner not in kinds:
@@ -218,7 +218,7 @@ def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
     return spec
 
 
-def _resources(res, r: _Reader, spec: Spec) -> None:
+def parse_resources(res, r: Reader, spec: Spec) -> None:
     """linux.resources -> labkit's limits (cgroups.limits names) and v1 device rules."""
     res = r.only(res, "linux.resources", {"devices", "memory", "cpu", "pids", "blockIO"})
     mem = r.only(res.get("memory"), "linux.resources.memory", {"limit", "swap", "disableOOMKiller"})
@@ -256,4 +256,4 @@ def _resources(res, r: _Reader, spec: Spec) -> None:
                             f"{rule.get('access') or 'rwm'}")
 
 
-__all__ = ["Spec", "Process", "Mount", "load", "parse", "parse_process", "UnsupportedField", "_empty"]
+__all__ = ["Spec", "Process", "Mount", "load", "parse", "parse_process", "UnsupportedField"]

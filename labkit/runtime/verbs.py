@@ -9,6 +9,7 @@ import json
 import os
 import select
 import signal
+import sys
 import time
 
 from ..errors import Conflict, LabkitError, NotFound
@@ -23,14 +24,20 @@ def _existing(opts) -> states.Container:
 
 
 def start(opts, log) -> int:
-    """Open exec.fifo for reading: the process blocked opening it for writing goes on and execs."""
+    """Open exec.fifo for reading: the process blocked opening it for writing goes on and execs.
+
+    That open is the release, so it is the last thing done: containerd's shim starts watching the
+    cgroup for OOM kills only when `start` has returned, and a program that hits its memory limit
+    within milliseconds must not be faster than that (runc's start is a few ms too)."""
     box = _existing(opts)
     status = box.status()
     if status != "created":
         raise Conflict("cannot start a container that has stopped" if status == "stopped" else
                        f"cannot start an already {status} container")
+    poststart = (box.data.get("hooks") or {}).get("poststart")
     fd = os.open(box.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        box.fifo.unlink()                # the container is "running" from here on
         deadline = time.monotonic() + 10
         while not select.select([fd], [], [], 0.05)[0] or not os.read(fd, 1):
             if not box.alive():
@@ -39,10 +46,11 @@ def start(opts, log) -> int:
                 raise LabkitError("the container's process did not take the start signal within 10 s")
     finally:
         os.close(fd)
-    box.fifo.unlink()
-    from . import hooks
-    hooks.run(box.data.get("hooks") or {}, "poststart", box.oci_state())
-    return 0
+    if poststart:
+        from . import hooks
+        hooks.run(box.data["hooks"], "poststart", box.oci_state())
+    sys.stdout.flush()
+    os._exit(0)                          # no interpreter teardown: the shim is waiting
 
 
 def state(opts, log) -> int:
@@ -66,9 +74,7 @@ def kill(opts, log) -> int:
     box = _existing(opts)
     sig = _signal_number(opts.get("signal"))
     if opts.get("all"):
-        group = box.cgroup()
-        for pid in group.procs():
-            group._signal(pid, sig)     # through a pidfd, and only if still in this cgroup
+        box.cgroup().signal_all(sig)
         return 0
     if box.status() == "stopped":
         raise LabkitError("container not running")

@@ -59,4 +59,4 @@ def test_pivot_steps_order():
     assert names[0] == "bind_root" and names.index("pivot") > names.index("make_dev")
     # masking and read-only paths act on the container's own /proc after the pivot; the root goes
     # read-only last, once nothing needs to be created in it any more
-    assert names[names.index("pivot") + 1:] == ["mask_paths", "_readonly_paths", "remount_readonly"]
+    assert names[names.index("pivot") + 1:] == ["mask_paths", "make_paths_readonly", "remount_readonly"]
