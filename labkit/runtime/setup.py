@@ -24,7 +24,7 @@ import socket
 import struct
 from functools import partial
 
-from .. import capabilities, rootfs, syscalls
+from .. import capabilities, mountinfo, rootfs, syscalls
 from ..errors import InvalidValue, NotFound, Unsupported
 
 # mount(8) options that are flags: name -> (flag, set?)
@@ -147,7 +147,7 @@ def _mount_cgroup_v1(target: str, flags: int, hierarchies: list[tuple[str, str]]
 def _v1_hierarchies() -> list[tuple[str, str]]:
     """(directory name, mountpoint) of every v1 hierarchy with controllers, from mountinfo."""
     found = []
-    for m in rootfs.read_mountinfo():
+    for m in mountinfo.read():
         if m["fstype"] == "cgroup" and m["mountpoint"].startswith("/sys/fs/cgroup/"):
             found.append((os.path.basename(m["mountpoint"]), m["mountpoint"]))
     return found
