@@ -38,7 +38,7 @@ FLAGS = {"ro": (syscalls.MS_RDONLY, True), "rw": (syscalls.MS_RDONLY, False),
          "norelatime": (1 << 21, False), "strictatime": (1 << 24, True), "nostrictatime": (1 << 24, False),
          "bind": (syscalls.MS_BIND, True), "rbind": (syscalls.MS_BIND | syscalls.MS_REC, True)}
 PROPAGATION = {"private": syscalls.MS_PRIVATE, "shared": syscalls.MS_SHARED, "slave": syscalls.MS_SLAVE,
-               "unbindable": 1 << 17}
+               "unbindable": syscalls.MS_UNBINDABLE}
 PROPAGATION.update({"r" + k: v | syscalls.MS_REC for k, v in list(PROPAGATION.items())})
 _REMOUNTABLE = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC | 1024 | 2048
 
