@@ -67,7 +67,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("ipc", syscalls.CLONE_NEWIPC, "System V IPC objects and POSIX message queues", "2.6.19", "--ipc"),
     Kind("mnt", syscalls.CLONE_NEWNS, "the mount table: what is mounted where", "2.4.19", "--mount"),
     Kind("net", syscalls.CLONE_NEWNET, "network devices, addresses, routes, ports, firewall", "2.6.29", "--net"),
-    Kind("pid", syscalls.CLONE_NEWPID, "process ids: the first process inside is pid 1", "3.8", "--pid"),
+    Kind("pid", syscalls.CLONE_NEWPID, "process ids: the first process inside is pid 1", "2.6.24", "--pid"),
     Kind("time", syscalls.CLONE_NEWTIME, "the monotonic and boot-time clocks' offsets", "5.6", "--time"),
     Kind("user", syscalls.CLONE_NEWUSER, "user and group ids, and so capabilities", "3.8", "--user"),
     Kind("uts", syscalls.CLONE_NEWUTS, "hostname and NIS domain name", "2.6.19", "--uts"),
