@@ -75,7 +75,7 @@ def test_cancelling_the_task_stops_sampling_a_live_cgroup():
 
 
 def test_live_plot_builds_and_updates_headless_with_ipympl_without_warnings():
-    pytest.importorskip("ipympl")
+    import ipympl  # noqa: F401 - a declared dependency: its absence is a failure, not a skip
     import matplotlib
 
     import matplotlib.pyplot as plt

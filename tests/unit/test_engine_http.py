@@ -341,7 +341,7 @@ def test_images_list_and_inspect(engine):
 # --- real clients: the docker SDK for Python and the docker CLI -------------------------------------
 
 def test_docker_sdk_create_start_wait_remove(engine):
-    docker = pytest.importorskip("docker")
+    import docker
     client = docker.DockerClient(base_url=f"unix://{engine.socket_path}")
     container = client.containers.create(IMAGE, ["echo", "from sdk", ";", "exit", "2"], name="labkit-sdk")
     assert container.status == "created"

@@ -80,7 +80,7 @@ def test_snapshot_is_a_png():
 
 
 def test_slider_writes_the_limit_through_cgroup_set():
-    pytest.importorskip("ipywidgets")
+    import ipywidgets  # noqa: F401 - a declared dependency: its absence is a failure, not a skip
     cg = FakeCgroup()
     plot = LivePlot(recorded(cg), panels=("memory",))
     slider = plot.slider(cg, "memory", 16, 128, 8, 64)
