@@ -36,8 +36,11 @@ the job (its init wants an inittab and runs forever). `init=False` makes the com
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import struct
+import termios     # imported here: a setup step cannot import once inside the container's root
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,6 +53,7 @@ from .interrupts import hold_interrupts
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT = "/sbin/tini"
+_TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431     # linux/tty: the pty's number; (un)lock it
 _INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init", "systemd"}
 OCI_VERSION = "1.0.2"
 
@@ -397,6 +401,44 @@ class Container:
                                 setup=[*([self.seccomp.install] if self.seccomp else []),
                                        _caps.drop_step(self.capabilities)])   # as Docker: same filter
 
+    def exec_process(self, command: str | Sequence[str], *, environment=None, working_dir: str | None = None,
+                     user: tuple | None = None, stdin=None, stdout=None, stderr=None, tty: int | None = None):
+        """Start another command in the running container and return it running (like `runc exec`):
+        it joins the container's namespaces (setns) and cgroup, and gets what pid 1 got - the
+        capability bounding set, no_new_privs, rlimits, the user (or `user`: (uid, gid, groups)).
+
+        stdin/stdout/stderr: PIPE, DEVNULL or a file descriptor. tty: the slave side of a pty
+        (os.openpty()) to give the command as its controlling terminal, instead of the three."""
+        from . import namespaces
+
+        if self.state()["status"] != "running":
+            raise Conflict(f"container {self.name} is {self.status}: exec needs a running container")
+        env = dict(self.environment)
+        env.update(_environment(environment, self.hostname or "", defaults=False))
+        steps = self._process_steps(user=user)
+        if tty is not None:
+            stdin = stdout = stderr = tty
+            steps.append(_take_terminal)
+        return starter.spawn(_command(command), None, join=(self.pid, self.kinds), cgroup=self.cgroup,
+                             env=env, cwd=working_dir or self.working_dir, setup=steps,
+                             stdin=namespaces.DEVNULL if stdin is None else stdin,
+                             stdout=namespaces.DEVNULL if stdout is None else stdout,
+                             stderr=namespaces.DEVNULL if stderr is None else stderr)
+
+    def open_pty(self) -> tuple[int, int]:
+        """A pty (master, slave) from the container's own devpts (its /dev/pts, reached through
+        /proc/PID/root): inside, ttyname() finds the terminal as /dev/pts/N, as under Docker."""
+        pts = f"/proc/{self.pid}/root/dev/pts"
+        master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))            # unlockpt
+            number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+            slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(master)
+            raise
+        return master, slave
+
     def state(self) -> dict:
         """The OCI runtime state of this container."""
         if self.status == "running" and self.process.poll() is not None:
@@ -528,7 +570,7 @@ class Container:
         inside.append(partial(os.makedirs, self.working_dir, 0o755, True))
         return before, inside
 
-    def _process_steps(self) -> list:
+    def _process_steps(self, user: tuple | None = None) -> list:
         """Setup steps after pivot_root: rlimits, no_new_privs, the user to run as.
 
         Steps travel to labkit.starter pickled, so each is a module-level function or a
@@ -547,8 +589,9 @@ class Container:
         if self.seccomp is not None and not self.no_new_privileges:
             steps.append(self.seccomp.install)
         steps.append(_caps.drop_step(self.capabilities))   # needs CAP_SETPCAP: before a user switch
-        if self.user:
-            uid, gid, *groups = self.user
+        user = user or self.user
+        if user:
+            uid, gid, *groups = user
             steps.append(partial(_switch_user, uid, gid, list(groups[0]) if groups else []))
         if self.seccomp is not None and self.no_new_privileges:
             steps.append(self.seccomp.install)
@@ -604,6 +647,21 @@ def _default_signals() -> None:
         except (OSError, ValueError):       # signals the C library reserves for itself
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _take_terminal() -> None:
+    """Become a session leader whose controlling terminal is the pty slave we were given (the only
+    terminal among our descriptors, before it becomes 0, 1 and 2): then ^C, job control and
+    SIGWINCH reach the command as they would on a real terminal."""
+    os.setsid()
+    for fd in range(3, 1024):
+        try:
+            if os.isatty(fd):
+                fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+                return
+        except OSError:
+            continue
+    raise LabkitError("no terminal among the descriptors to make the controlling one")
 
 
 def _set_rlimits(limits: dict) -> None:

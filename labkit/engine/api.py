@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler
@@ -27,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import docker_api, spec as spec_mod, state, streams, wire
+from . import docker_api, execs, hijack, spec as spec_mod, state, streams, wire
 from .state import Engine, Record, human_duration, rfc3339
 
 API_VERSION = "1.41"
@@ -336,6 +337,58 @@ def attach(h, m, q):
             pass
 
 
+def exec_create(h, m, q):
+    record = h.engine.exec_create(m["id"], parse_json_body(h.body))
+    h.send_json(201, {"Id": record.id})
+
+
+def exec_start(h, m, q):
+    """Output (and input) on the hijacked connection until the process exits; the exit status is
+    recorded before the stream ends, so the CLI's inspect right after sees it. A command that
+    cannot start is reported in the stream (the connection is upgraded already), exit status
+    127 when it does not exist, 126 otherwise - as a shell says it."""
+    body = parse_json_body(h.body)
+    record = h.engine.execs.get(m["id"])                       # 404 before the upgrade
+    h.engine.get(record.container_id)
+    if body.get("Detach"):
+        record, process, stdin_fd, outputs, master = h.engine.exec_start(m["id"])
+        for fd in set(outputs) | ({stdin_fd} if stdin_fd is not None else set()):
+            execs.close_quietly(fd)
+        threading.Thread(target=h.engine.exec_finish, args=(record, process), daemon=True).start()
+        h.send_empty(200)
+        return
+    hijack.upgrade(h)
+    try:
+        record, process, stdin_fd, outputs, master = h.engine.exec_start(m["id"])
+    except Exception as exc:  # noqa: BLE001 - after the upgrade, errors travel in the stream
+        hijack.send_error(h.connection, f"labkit engine: exec failed: {exc}", record.tty)
+        hijack.end(h.connection)
+        return
+    try:
+        hijack.pump(h, outputs, stdin_fd if record.stdin else None, tty=record.tty)
+    finally:
+        for fd in set(outputs) | ({stdin_fd} if stdin_fd is not None and not record.stdin else set()):
+            execs.close_quietly(fd)
+        h.engine.exec_finish(record, process)
+        hijack.end(h.connection)
+
+
+def exec_inspect(h, m, q):
+    h.send_json(200, execs.inspect(h.engine.execs.get(m["id"])))
+
+
+def _size(q) -> tuple[int, int]:
+    rows, columns = q.get("h", ""), q.get("w", "")
+    if not (rows.isdigit() and columns.isdigit()) or not 0 < int(rows) < 65536 or not 0 < int(columns) < 65536:
+        raise InvalidValue("terminal size", f"h={rows}&w={columns}", "h and w: numbers from 1 to 65535")
+    return int(rows), int(columns)
+
+
+def exec_resize(h, m, q):
+    h.engine.exec_resize(m["id"], *_size(q))
+    h.send_empty(200)
+
+
 def kill(h, m, q):
     h.engine.kill(m["id"], q.get("signal") or None)
     h.send_empty(204)
@@ -382,6 +435,10 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("POST", rf"/containers/{_ID}/kill", kill),
     ("POST", rf"/containers/{_ID}/stop", stop),
     ("DELETE", rf"/containers/{_ID}", remove),
+    ("POST", rf"/containers/{_ID}/exec", exec_create),
+    ("POST", rf"/exec/{_ID}/start", exec_start),
+    ("GET", rf"/exec/{_ID}/json", exec_inspect),
+    ("POST", rf"/exec/{_ID}/resize", exec_resize),
     ("GET", r"/images/json", list_images),
     ("GET", r"/images/(?P<name>.+)/json", inspect_image),
     ("POST", r"/images/create", pull),

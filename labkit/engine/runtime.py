@@ -19,6 +19,7 @@ driver writes files); the engine follows them while the container runs.
 """
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -44,6 +45,32 @@ class Running:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.container.kill(sig)
+
+    def exec(self, argv, *, env, working_dir, user, stdin: bool, tty: bool):
+        """Start `argv` inside (docker exec): (process, stdin fd or None, {fd: stream}, pty master or None)."""
+        from .. import namespaces
+        from .streams import STDERR, STDOUT
+
+        if tty:
+            master, slave = self.container.open_pty()
+            try:
+                process = self.container.exec_process(argv, environment=env, working_dir=working_dir,
+                                                      user=user, tty=slave)
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return process, master, {master: STDOUT}, master
+        process = self.container.exec_process(argv, environment=env, working_dir=working_dir, user=user,
+                                              stdin=namespaces.PIPE if stdin else None,
+                                              stdout=namespaces.PIPE, stderr=namespaces.PIPE)
+        stdin_fd = os.dup(process.stdin.fileno()) if process.stdin else None
+        outputs = {os.dup(process.stdout.fileno()): STDOUT, os.dup(process.stderr.fileno()): STDERR}
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream:
+                stream.close()
+        return process, stdin_fd, outputs, None
 
     def oom_killed(self) -> bool:
         try:

@@ -258,7 +258,7 @@ def refuse_unapplied(body: dict, host: dict) -> None:
                            "it empty - labkit's engine attaches containers to no network")
 
 
-def _user(text: str, group_add: list[str], image) -> tuple | None:
+def parse_user(text: str, group_add: list[str], image) -> tuple | None:
     """'uid[:gid]' or 'name[:group]' (looked up in the image's files) + --group-add -> ids."""
     if not text and not group_add:
         return None
@@ -411,7 +411,7 @@ def parse_create(body, image_config) -> ContainerSpec:
     working_dir = body.get("WorkingDir") or image.working_dir or ""
     if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
         raise InvalidValue("WorkingDir", working_dir, "an absolute path inside the container")
-    user = _user(body.get("User") or "", _strings(host.get("GroupAdd"), "HostConfig.GroupAdd"), image)
+    user = parse_user(body.get("User") or "", _strings(host.get("GroupAdd"), "HostConfig.GroupAdd"), image)
 
     memory = _int(host.get("Memory") or 0, "HostConfig.Memory (--memory)") or None
     if memory is not None and memory < 6 * 1024 * 1024:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .. import cleanup
 from ..errors import Conflict, InvalidValue, NotFound
-from . import images as images_mod
+from . import execs, images as images_mod
 from .spec import ContainerSpec, check_name, parse_create, parse_signal
 from .streams import STDERR, STDOUT
 
@@ -110,6 +110,7 @@ class Engine:
         self.images = image_store
         self.runtime = runtime
         self._records: dict[str, Record] = {}
+        self.execs = execs.Execs()
         self._changed = threading.Condition()
         self._closing = False
 
@@ -355,8 +356,55 @@ class Engine:
                 self._changed.wait(1.0)
             record.status = "removing"
             self._records.pop(record.id, None)
+            self.execs.forget_container(record.id)
             record.removed = True
             self._changed.notify_all()
+
+    # --- exec --------------------------------------------------------------------------------------
+
+    def exec_create(self, ref: str, body) -> execs.ExecRecord:
+        with self._changed:
+            record = self._find(ref)
+            if not record.running:
+                raise Conflict(f"Container {record.id} is not running")
+        fields = execs.parse(body, record.spec, self.images.find(record.image_id))
+        return self.execs.add(record.id, **fields)
+
+    def exec_start(self, exec_id: str):
+        """Start an exec instance: (record, process, stdin fd, {fd: stream}, pty master)."""
+        record = self.execs.get(exec_id)
+        with self._changed:
+            container = self._find(record.container_id)
+            running = container.process
+            if not container.running or running is None:
+                raise Conflict(f"Container {container.id} is not running")
+        self.execs.claim_start(record)
+        try:
+            process, stdin_fd, outputs, master = running.exec(
+                record.argv, env=record.env, working_dir=record.working_dir or None, user=record.user,
+                stdin=record.stdin, tty=record.tty)
+        except BaseException as exc:
+            record.running, record.exit_code = False, 127 if isinstance(exc, NotFound) else 126
+            record.done.set()
+            raise
+        record.pid, record.master = process.pid, master
+        if master is not None and record.size:
+            execs.resize(master, *record.size)
+        return record, process, stdin_fd, outputs, master
+
+    def exec_finish(self, record: execs.ExecRecord, process) -> None:
+        """Collect the exit status (before the CLI asks for it)."""
+        returncode = process.wait()
+        record.exit_code = 128 - returncode if returncode < 0 else returncode
+        record.running, record.master = False, None
+        record.done.set()
+
+    def exec_resize(self, exec_id: str, rows: int, columns: int) -> None:
+        record = self.execs.get(exec_id)
+        if record.master is not None:
+            execs.resize(record.master, rows, columns)
+        else:
+            record.size = (rows, columns)           # before it started: applied at start
 
     # --- output ---------------------------------------------------------------------------------
 
