@@ -575,7 +575,7 @@ class Container:
 
         Steps travel to labkit.starter pickled, so each is a module-level function or a
         functools.partial of one - never a lambda or a nested function."""
-        steps = [_default_signals]
+        steps = []
         if self.oom_score_adj is not None:
             steps.append(partial(syscalls.write_file, "/proc/self/oom_score_adj", str(self.oom_score_adj)))
         if self.umask is not None:
@@ -635,18 +635,6 @@ class Container:
         self.status = "deleted" if self.status != "new" else "new"
         if errors:
             raise errors[0]
-
-
-def _default_signals() -> None:
-    """Dispositions and the signal mask survive exec: reset them, so that pid 1 does not inherit
-    what its starter ignored or blocked (nohup's SIGHUP, Python's SIGPIPE/SIGXFSZ) - a shell could
-    not trap those - as Docker's containers start with all defaults."""
-    for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):       # signals the C library reserves for itself
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _take_terminal() -> None:

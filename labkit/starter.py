@@ -502,10 +502,12 @@ def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -
     cgroup = options.get("cgroup")
     kinds = {kind.name for kind in namespaces.parse_kinds(request["namespaces"])}
     tasks = getattr(cgroup, "self_join_files", lambda: None)()
-    if tasks and not kinds & {"user", "cgroup"}:
+    if tasks and not kinds & {"user", "cgroup"} and not options.get("join"):
         # v1: the process moves itself, first thing in its setup, still long before exec (not
         # with a user namespace - its writes would be checked against host-owned files - nor a
-        # cgroup namespace, which spawn unshares right after the parent placed the process).
+        # cgroup namespace, which spawn unshares right after the parent placed the process, nor
+        # when it joins a container's namespaces: after setns(mnt) the host's /sys/fs/cgroup is
+        # out of its reach).
         setup.insert(0, functools.partial(_join_itself, tasks, page))
         options["cgroup"] = None
     elif cgroup is not None:
