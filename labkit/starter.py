@@ -13,19 +13,21 @@ runs one small shim per container. labkit does the same at Python's scale: on fi
 starts `python -m labkit.starter`, a fresh interpreter that imports only what a start needs and
 never starts a thread. Every container start goes through it:
 
-    owner (notebook kernel)            starter (one per owner)          shim (one per container)
-    socketpair, exec -------------->   waits for requests
+    owner (notebook kernel)                    starter (one per owner)
+    socketpair, exec ---------------------->   waits for requests and for its containers' ends
     request: the spec, pickled,
-    + fds (channel, stdio) -------->   fork -------------------------->  namespaces.spawn(...): fork,
-                                                                         unshare, cgroup, pivot_root,
-                                                                         exec - as without a starter
-               <-------------------------------------------------------  "started": pid, + a pidfd
-               <-------------------------------------------------------  "exited": its status
+    + fds (channel, stdio) ---------------->   namespaces.spawn(...): fork, unshare, cgroup,
+                                               pivot_root, exec - as without a starter
+               <------------------------------ "started": pid, + a pidfd
+               <------------------------------ "exited": its status (a pidfd tells it when)
+
+A container *created* but not yet started (`Container.create()`, runc's `create`) waits just before
+exec for a "start" message on its channel - and spawn waits with it. So such a start is done by a
+shim, a fork of the starter for that one container, and the starter goes on serving the others.
 
 The sockets are SOCK_SEQPACKET: the kernel keeps message boundaries (one sendmsg, one recvmsg), so
 the protocol needs no framing of its own; file descriptors travel beside a message (SCM_RIGHTS).
-Each message is a pickled tuple; each start gets its own channel, so a container waiting between
-create and start holds up nothing else.
+Each message is a pickled tuple; each start gets its own channel.
 
 What the starter does not do: own anything. Cgroups, mounts and work directories are made and
 claimed by the owner (labkit.cleanup: its watchdog removes them when the owner dies); the starter
@@ -49,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 from .errors import LabkitError
 
@@ -422,62 +425,84 @@ def main(args: list[str]) -> int:
         return 0
     owner_fd = os.pidfd_open(owner)     # readable once the owner has exited, thread or no thread
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C in the owner's terminal is not for us
-    # A shim that ends is reaped here (so its CPU time, and its children's, adds up in ours, where
-    # the owner can read it): SIGCHLD only wakes the poll below, through a pipe.
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
     control = socket.socket(fileno=control_fd)
     from . import namespaces  # noqa: F401 - what every start imports: once, here, not in every shim
     poller = select.poll()
-    for fd in (control_fd, owner_fd, wake_r):
+    poller.register(control_fd, select.POLLIN)
+    poller.register(owner_fd, select.POLLIN)
+    ended: dict[int, Callable[[], None]] = {}    # pidfd of a process -> what to do once it has ended
+
+    def watch(pid: int, then: Callable[[], None]) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:      # ended already
+            then()
+            return
+        ended[fd] = then
         poller.register(fd, select.POLLIN)
+
     while True:
-        ready = {fd for fd, _ in poller.poll()}
-        if owner_fd in ready:
-            return 0
-        if wake_r in ready:
-            while os.read(wake_r, 512) == 512:
-                pass
-            _reap_shims()
-        if control_fd not in ready:
-            continue
-        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, MAX_FDS)
-        if not data:
-            return 0                    # the owner closed its end: it is done with us
-        received = time.monotonic()
-        for fd in fds:
-            os.set_inheritable(fd, False)
-        channel = socket.socket(fileno=fds[0])
-        try:
-            request = pickle.loads(data)   # imports the setup steps' modules, once, here
-        except BaseException as exc:  # noqa: BLE001 - reported to the owner, the starter goes on
-            _send(channel, "failed", LabkitError(f"starter: cannot read the request: {exc!r}"), {})
-            request = None
-        if request is not None and os.fork() == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for fd in (control_fd, owner_fd, wake_r, wake_w):
-                    os.close(fd)
-                _shim(request, channel, fds[1:], {"received": received, "forked": time.monotonic()})
-            except BaseException as exc:  # noqa: BLE001 - a bug in the shim: tell the owner
-                _send(channel, "failed", LabkitError(f"starter: {exc!r}"), {})
-            finally:
-                os._exit(0)
+        for fd, _ in poller.poll():
+            if fd == owner_fd:
+                return 0
+            if fd in ended:
+                poller.unregister(fd)
+                os.close(fd)
+                ended.pop(fd)()
+            elif fd == control_fd and not _serve(control, watch):
+                return 0                # the owner closed its end: it is done with us
+
+
+def _serve(control: socket.socket, watch) -> bool:
+    """One request: start the process (False when the owner has closed the connection)."""
+    data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, MAX_FDS)
+    if not data:
+        return False
+    stamps = {"received": time.monotonic()}
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    channel = socket.socket(fileno=fds[0])
+    try:
+        request = pickle.loads(data)   # imports the setup steps' modules, once, here
+    except BaseException as exc:  # noqa: BLE001 - reported to the owner, the starter goes on
+        _send(channel, "failed", LabkitError(f"starter: cannot read the request: {exc!r}"), {})
         channel.close()
-        for fd in fds[1:]:
-            os.close(fd)
-
-
-def _reap_shims() -> None:
-    while True:
+        return True
+    if not request["gate"]:         # spawn returns at exec: here, and report the exit when it comes
+        process = _start(request, channel, fds[1:], stamps)
+        if process is None:
+            channel.close()
+        else:
+            watch(process.pid, functools.partial(_finish, process, channel))
+        return True
+    # A created process waits before exec for "start" - and spawn with it: so a shim (a fork of
+    # this process, one per created container) does that one, and we go on serving.
+    shim = os.fork()
+    if shim == 0:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            _close_all_but({channel.fileno(), *fds[1:]})   # our socket, other containers' channels
+            stamps["forked"] = time.monotonic()
+            process = _start(request, channel, fds[1:], stamps)
+            if process is not None:
+                _finish(process, channel)
+        except BaseException as exc:  # noqa: BLE001 - a bug in the shim: tell the owner
+            _send(channel, "failed", LabkitError(f"starter: {exc!r}"), {})
+        finally:
+            os._exit(0)
+    watch(shim, functools.partial(os.waitpid, shim, 0))
+    channel.close()
+    for fd in fds[1:]:
+        os.close(fd)
+    return True
+
+
+def _close_all_but(wanted: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2 and int(name) not in wanted:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass                    # the directory listdir read: closed already
 
 
 def _send(channel: socket.socket, kind: str, value, stamps: dict, fds=()) -> None:
@@ -488,8 +513,8 @@ def _send(channel: socket.socket, kind: str, value, stamps: dict, fds=()) -> Non
         pass                            # the owner stopped listening (deleted, or died)
 
 
-def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -> None:
-    """In the shim: spawn the process, report it started, wait for it, report its status."""
+def _start(request: dict, channel: socket.socket, fds: list[int], stamps: dict):
+    """namespaces.spawn as the request says; report "started" (or "failed": then None)."""
     from . import namespaces
 
     page = mmap.mmap(-1, 8 * len(_SHARED_STAMPS))     # shared with the forked children
@@ -517,7 +542,9 @@ def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -
                                    stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], **options)
     except BaseException as exc:  # noqa: BLE001 - the owner raises it
         _send(channel, "failed", exc, {**stamps, **_read_stamps(page)})
-        return
+        for fd in set(stdio) - {None, DEVNULL}:
+            os.close(fd)
+        return None
     stamps["execd"] = time.monotonic()
     stamps.update(_read_stamps(page))
     for fd in set(stdio) - {None, DEVNULL}:
@@ -529,8 +556,14 @@ def _shim(request: dict, channel: socket.socket, fds: list[int], stamps: dict) -
     _send(channel, "started", process.pid, stamps, pidfd)
     for fd in pidfd:
         os.close(fd)
+    return process
+
+
+def _finish(process, channel: socket.socket) -> None:
+    """The process has ended (or is about to: its waiter reports right after): report its status."""
     returncode = process.wait()
     _send(channel, "exited", returncode, {"exited": time.monotonic()})
+    channel.close()
 
 
 def _failure(exc: BaseException, stamps: dict) -> bytes:
