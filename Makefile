@@ -2,6 +2,7 @@
 #   make lab    install what is missing, start JupyterLab on 127.0.0.1:8888, print its URL with the token
 #   make test   install what is missing (plus the test tools), run the whole suite
 #   make handouts   execute every notebook and export it to HTML with its plots, plus an index (handouts/)
+#   (make lock      rewrite constraints.txt, the exact Python package versions every machine installs)
 # All three call vagrant/provision.sh, the same script the Vagrant VM and cloud-init run, and it skips
 # everything that is already in place. `make clean` stops the lab and removes test output and caches;
 # `make distclean` also removes the venv.
@@ -13,7 +14,7 @@ LAB_PORT ?= 8888
 LAB_IP ?= 127.0.0.1
 HANDOUTS ?= handouts
 
-.PHONY: lab test handouts provision clean distclean
+.PHONY: lab test handouts provision lock clean distclean
 
 lab:
 	bash vagrant/provision.sh --lab --ip $(LAB_IP) --port $(LAB_PORT)
@@ -28,6 +29,11 @@ handouts:
 
 provision:
 	bash vagrant/provision.sh
+
+# constraints.txt pins every Python package provisioning installs; regenerate it after changing the
+# dependencies in pyproject.toml (needs the network; see vagrant/lock.sh), then commit it.
+lock:
+	bash vagrant/lock.sh
 
 clean:
 	-[ -x $(VENV)/bin/labkit ] && $(VENV)/bin/labkit lab stop

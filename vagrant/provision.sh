@@ -5,7 +5,8 @@
 #
 #   vagrant/provision.sh [--test-tools] [--lab] [--ip ADDR] [--port N]
 #
-#   --test-tools   also install what `make test` needs (packages tagged `test` in packages.txt)
+#   --test-tools   also install what `make test` needs (packages tagged `test` in packages.txt, and
+#                  pyproject.toml's `test` extra: pytest, nbval, playwright, the docker SDK)
 #   --lab          start JupyterLab (a systemd service where PID 1 is systemd, else a background
 #                  process) and print its URL with the token
 #   --ip, --port   where JupyterLab listens (default 127.0.0.1:8888; the Vagrant VM uses 0.0.0.0 so
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
         --ip|--port)
             [ $# -ge 2 ] || { echo "provision: $1 needs a value" >&2; exit 2; }
             LAB_ARGS+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "provision: unknown option '$1' (accepted: --test-tools --lab --ip ADDR --port N)" >&2
            exit 2 ;;
     esac
@@ -141,7 +142,10 @@ else
 fi
 
 # --- 3. the Python venv with labkit ---------------------------------------------------------------
-# Rebuilt only when pyproject.toml or the base Python changed: the stamp records both.
+# Every package at the version constraints.txt pins (`make lock` writes it), so that machines built
+# a month apart install the same ones; `--test-tools` adds pyproject.toml's `test` extra. Reinstalled
+# only when pyproject.toml, constraints.txt or the base Python changed, or the test tools are wanted
+# and missing: the stamp records the first three and whether the extra is in.
 pick_python() {
     local py real
     for py in "${LABKIT_PYTHON:-}" python3 /usr/bin/python3; do
@@ -168,14 +172,25 @@ else
     "$BASE_PY" -m venv "$VENV"
     changed "created venv $VENV"
 fi
-WANT_STAMP="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
-if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ] && "$VENV/bin/python" -c 'import labkit' 2>/dev/null; then
-    say "venv: up to date with pyproject.toml ($VENV)"
+LOCK=$REPO/constraints.txt
+[ -f "$LOCK" ] || die "missing $LOCK (make lock writes it)"
+WANT_STAMP="$(cat "$REPO/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+HAVE_HASH='' HAVE_PY='' HAVE_EXTRA=''
+[ -f "$STAMP" ] && read -r HAVE_HASH HAVE_PY HAVE_EXTRA < "$STAMP"
+EXTRA=lab
+if [ "$TEST_TOOLS" = 1 ] || [ "$HAVE_EXTRA" = test ]; then
+    EXTRA=test     # once installed, the test tools stay: `make lab` after `make test` changes nothing
+fi
+if [ "$HAVE_HASH $HAVE_PY" = "$WANT_STAMP" ] && [ "$HAVE_EXTRA" = "$EXTRA" ] \
+        && "$VENV/bin/python" -c 'import labkit' 2>/dev/null; then
+    say "venv: up to date with pyproject.toml and constraints.txt ($VENV)"
 else
-    say "pip install -e $REPO (labkit and its dependencies) ..."
-    "$VENV/bin/python" -m pip install --progress-bar off -e "$REPO"
-    printf '%s\n' "$WANT_STAMP" > "$STAMP"
-    changed "installed labkit and its Python dependencies into $VENV"
+    TARGET=$REPO
+    [ "$EXTRA" = test ] && TARGET="$REPO[test]"
+    say "pip install -c constraints.txt -e $TARGET (labkit and its dependencies) ..."
+    "$VENV/bin/python" -m pip install --progress-bar off -c "$LOCK" -e "$TARGET"
+    printf '%s %s\n' "$WANT_STAMP" "$EXTRA" > "$STAMP"
+    changed "installed labkit and its Python dependencies ($EXTRA) into $VENV"
 fi
 
 # JupyterLab defaults for the lab (no "fetch news?" prompt, no update check: the lab is offline),

@@ -39,6 +39,29 @@ def test_same_packages_as_pyproject():
     assert not extra, f"in environment.yml but not in pyproject.toml: {sorted(extra)}"
 
 
+def _specifiers(requirements) -> dict[str, str]:
+    """{name: 'version bounds'}: 'pyroute2>=0.9,<0.10' -> {'pyroute2': '>=0.9,<0.10'}."""
+    found = {}
+    for r in requirements:
+        r = r.split("#")[0].replace(" ", "")
+        name = _name(r)
+        found[CONDA_NAME.get(name, name)] = r[len(re.split(r"[<>=!~;\[]", r, maxsplit=1)[0]):]
+    return found
+
+
+def test_same_version_bounds_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = _specifiers(d for d in _environment()["dependencies"] if isinstance(d, str))
+    for name, bounds in _specifiers(project["dependencies"]).items():
+        assert conda[name] == bounds, f"{name}: pyproject.toml says {bounds!r}, environment.yml {conda[name]!r}"
+
+
+def test_test_tools_stay_out_of_the_learners_environment():
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert {"pytest", "nbval", "playwright", "docker-py"} <= {CONDA_NAME.get(_name(r), _name(r)) for r in extra}
+    assert not {"pytest", "nbval", "playwright", "docker-py"} & _conda_names()
+
+
 def test_conda_forge_python_and_editable_labkit():
     env = _environment()
     assert env["channels"][0] == "conda-forge"
