@@ -231,7 +231,8 @@ class Container:
                  cpu_shares: int | None = None, memswap_limit=None, cpuset_cpus: str | None = None,
                  tmpfs: Mapping[str, str] | None = None, extra_hosts: Mapping[str, str] | None = None,
                  shm_size: int | None = None, sysctls: Mapping[str, str] | None = None,
-                 domainname: str | None = None, cgroupns: bool = False, seccomp=None):
+                 domainname: str | None = None, cgroupns: bool = False, seccomp=None,
+                 stdin_open: bool = False, tty: bool = False):
         from .namespaces import parse_kinds
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
@@ -291,6 +292,10 @@ class Container:
         self.oom_score_adj, self.umask = oom_score_adj, umask
         self.attach = attach
         self.bundle = bundle
+        if (stdin_open or tty) and attach:
+            raise InvalidValue("stdin_open/tty", True, "attach=False (with attach the command uses this terminal)")
+        self.stdin_open, self.tty = bool(stdin_open), bool(tty)
+        self.tty_master: int | None = None      # with tty: the pty's master side, ours to read and write
         self.tmpfs = _tmpfs_mounts(tmpfs or {})
         self.extra_hosts = dict(extra_hosts or {})
         if shm_size is not None and (isinstance(shm_size, bool) or not isinstance(shm_size, int)
@@ -425,6 +430,12 @@ class Container:
                              stdout=namespaces.DEVNULL if stdout is None else stdout,
                              stderr=namespaces.DEVNULL if stderr is None else stderr)
 
+    @property
+    def stdin(self):
+        """With stdin_open: the write end of the command's stdin (a pipe); closing it is its EOF."""
+        process = self.process or self._gate
+        return process.stdin if process is not None else None
+
     def open_pty(self) -> tuple[int, int]:
         """A pty (master, slave) from the container's own devpts (its /dev/pts, reached through
         /proc/PID/root): inside, ttyname() finds the terminal as /dev/pts/N, as under Docker."""
@@ -512,20 +523,28 @@ class Container:
         self.status = "creating"
         try:
             self.cgroup = Cgroup.create(name=self.name, **self.limits)
-            stdout = stderr = None
-            if not self.attach:
+            stdin, stdout = (None, None) if self.attach else (namespaces.DEVNULL, None)
+            stderr = slave = None
+            if self.tty:    # a terminal for pid 1 (docker run -t): its 0, 1, 2 and controlling tty
+                self.tty_master, slave = os.openpty()
+                stdin = stdout = stderr = slave
+            elif not self.attach:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                 stdout = os.open(self.rootfs.dir / "stdout", flags, 0o600)
                 stderr = os.open(self.rootfs.dir / "stderr", flags, 0o600)
+                if self.stdin_open:                 # docker run -i: a pipe, its write end ours
+                    stdin = namespaces.PIPE
             before, inside = self._inside_steps()
             steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only,
                                         masked=self.masked_paths, readonly_paths=self.readonly_paths,
                                         inside=inside)
             steps[1:1] = before             # after the root is bind-mounted, while the host is visible
             steps += self._process_steps()
+            if self.tty:
+                steps.append(_take_terminal)
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
-                           stdin=None if self.attach else namespaces.DEVNULL, stdout=stdout, stderr=stderr)
+                           stdin=stdin, stdout=stdout, stderr=stderr)
             argv = self.process_argv()
             try:
                 process = starter.spawn(argv, self.kinds, setup=steps, gate=gate, **options)
@@ -535,9 +554,8 @@ class Container:
                 else:
                     self.process, self.status = process, "running"
             finally:
-                for fd in (stdout, stderr):
-                    if fd is not None:
-                        os.close(fd)
+                for fd in {stdout, stderr} - {None}:
+                    os.close(fd)
             if self.network is not None:
                 self._connect_network()
         except BaseException:
@@ -619,6 +637,9 @@ class Container:
 
     def _teardown(self) -> None:
         errors = []
+        if self.tty_master is not None:
+            os.close(self.tty_master)
+            self.tty_master = None
         if self._netns is not None:
             try:
                 self._netns.close()

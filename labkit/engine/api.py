@@ -150,8 +150,9 @@ def inspect(record: Record) -> dict:
         "Mounts": [],
         "Config": {**{k: v for k, v in spec.config.items() if k not in spec_mod.TOP_LEVEL},
                    "Hostname": hostname, "Domainname": spec.domainname, "User": spec.config.get("User") or "",
-                   "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Tty": False,
-                   "OpenStdin": False, "StdinOnce": False, "Env": spec.env, "Cmd": spec.cmd,
+                   "AttachStdin": bool(spec.config.get("AttachStdin")), "AttachStdout": True,
+                   "AttachStderr": True, "Tty": spec.tty, "OpenStdin": spec.open_stdin,
+                   "StdinOnce": spec.stdin_once, "Env": spec.env, "Cmd": spec.cmd,
                    "Image": spec.image, "Volumes": None, "WorkingDir": spec.working_dir,
                    "Entrypoint": spec.entrypoint, "OnBuild": None, "Labels": spec.labels,
                    "StopSignal": spec.stop_signal, "StopTimeout": spec.stop_timeout},
@@ -282,8 +283,22 @@ def wait(h, m, q):
     h.end_stream()
 
 
+def _time(q, name: str) -> float | None:
+    """--since / --until as the CLI sends them: seconds since the epoch, with a fraction."""
+    value = q.get(name) or ""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidValue(name, value, "seconds since the epoch, e.g. 1700000000.5") from None
+
+
 def logs(h, m, q):
-    if h.engine.get(m["id"]).spec.log_driver == "none":
+    """The stored output, one frame per line (raw for a -t container); --tail N lines, --since and
+    --until times, --timestamps (each line's time), -f to follow while it runs."""
+    record = h.engine.get(m["id"])
+    if record.spec.log_driver == "none":
         raise HTTPError(501, "configured logging driver does not support reading")   # Docker's words
     out, err = flag(q, "stdout"), flag(q, "stderr")
     if not (out or err):
@@ -291,50 +306,65 @@ def logs(h, m, q):
     tail = q.get("tail", "all")
     if tail not in ("all", "") and not tail.isdigit():
         raise InvalidValue("tail", tail, "'all' or a number of lines")
-    since = float(q.get("since") or 0)
     timestamps = flag(q, "timestamps")
     entries = h.engine.output(m["id"], stdout=out, stderr=err, follow=flag(q, "follow"),
-                              tail=int(tail) if tail.isdigit() else None, since=since,
-                              is_gone=lambda: state.client_gone(h.connection))
-    h.start_stream(200, streams.MULTIPLEXED)
+                              tail=int(tail) if tail.isdigit() else None, since=_time(q, "since") or 0,
+                              until=_time(q, "until"), is_gone=lambda: state.client_gone(h.connection))
+    h.start_stream(200, streams.RAW if record.spec.tty else streams.MULTIPLEXED)
     for when, stream, data in entries:
         if timestamps:
-            data = b"".join(rfc3339(when).encode() + b" " + line for line in data.splitlines(True))
-        h.write_chunk(streams.frame(stream, data))
+            data = rfc3339(when).encode() + b" " + data
+        h.write_chunk(data if record.spec.tty else streams.frame(stream, data))
     h.end_stream()
 
 
 def attach(h, m, q):
-    """The connection is hijacked: after '101 UPGRADED' it carries the container's frames, raw.
+    """The connection is hijacked: after '101 UPGRADED' it carries the container's output - frames,
+    or raw bytes with a terminal - and, with stdin=1, the client's input the other way.
 
     The CLI attaches BEFORE it starts the container, so nothing the container writes is lost;
     the stream ends when the container exits.
     """
-    if flag(q, "stdin"):
-        raise InvalidValue("attach stdin", "stdin=1", "stdin=0: labkit's engine has no container stdin")
+    record = h.engine.get(m["id"])
+    if flag(q, "stdin") and not record.spec.open_stdin:
+        raise InvalidValue("attach stdin", "stdin=1", "a container created with -i (OpenStdin)")
     entries = h.engine.output(m["id"], stdout=flag(q, "stdout"), stderr=flag(q, "stderr"),
                               until_exit=flag(q, "stream"), replay=flag(q, "logs"))
-    upgrade = "upgrade" in wire.header(list(h.headers.items()), "Connection").lower()
-    h.close_connection = True
-    if upgrade:
-        h.send_response(101, "UPGRADED")
-        h.send_header("Content-Type", streams.RAW)   # what dockerd 20.10 says; the CLI decides by Tty
-        h.send_header("Connection", "Upgrade")
-        h.send_header("Upgrade", "tcp")
-    else:
-        h.send_response(200)
-        h.send_header("Content-Type", streams.RAW)
-        h.send_header("Connection", "close")
-    h.end_headers()
-    h.wfile.flush()
+    hijack.upgrade(h)
+    if flag(q, "stdin"):
+        first = hijack.pending_input(h)          # before the output starts: it toggles blocking mode
+        threading.Thread(target=_feed_stdin, args=(h.engine, record, h.connection, first),
+                         name=f"{record.name}-stdin", daemon=True).start()
     try:
         for _, stream, data in entries:
-            h.wfile.write(streams.frame(stream, data))
+            h.wfile.write(data if record.spec.tty else streams.frame(stream, data))
     finally:
+        hijack.end(h.connection)
+
+
+def _feed_stdin(engine, record, sock, first: bytes | None) -> None:
+    """The client's bytes into the container until it half-closes; then, with StdinOnce (docker run
+    -i sets it), the container's stdin gets end-of-file."""
+    data = first
+    try:
+        while True:
+            if data:
+                engine.write_stdin(record.id, data)
+            data = sock.recv(65536)
+            if not data:
+                break
+    except (OSError, NotFound):
+        return
+    if record.spec.stdin_once:
         try:
-            h.connection.shutdown(socket.SHUT_WR)       # end of stream: the CLI's copy loop sees EOF
-        except OSError:
+            engine.close_stdin(record.id)
+        except NotFound:
             pass
+
+
+def resize(h, m, q):
+    h.engine.resize(m["id"], *_size(q))
+    h.send_empty(200)
 
 
 def exec_create(h, m, q):
@@ -435,6 +465,7 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("POST", rf"/containers/{_ID}/kill", kill),
     ("POST", rf"/containers/{_ID}/stop", stop),
     ("DELETE", rf"/containers/{_ID}", remove),
+    ("POST", rf"/containers/{_ID}/resize", resize),
     ("POST", rf"/containers/{_ID}/exec", exec_create),
     ("POST", rf"/exec/{_ID}/start", exec_start),
     ("GET", rf"/exec/{_ID}/json", exec_inspect),

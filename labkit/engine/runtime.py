@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 from .spec import ContainerSpec
@@ -35,6 +36,36 @@ class Running:
         self._details = self._read_details()
         self.stdout_path = Path(container.rootfs.dir, "stdout")
         self.stderr_path = Path(container.rootfs.dir, "stderr")
+        if container.tty_master is not None:
+            # With a terminal there is one stream: what the pty's master reads goes to the same
+            # file the engine follows for stdout (Docker's logs of a -t container are raw too).
+            self._copier = threading.Thread(target=_copy_terminal, name=f"{container.name}-tty", daemon=True,
+                                            args=(os.dup(container.tty_master), self.stdout_path))
+            self._copier.start()
+
+    def write_stdin(self, data: bytes) -> None:
+        """The client's input (attach with stdin=1): into the pty, or the stdin pipe (-i)."""
+        fd = self.container.tty_master
+        if fd is None and self.container.stdin is not None and not self.container.stdin.closed:
+            fd = self.container.stdin.fileno()
+        if fd is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except (BrokenPipeError, OSError):      # it stopped reading (exited): the rest is dropped
+            pass
+
+    def close_stdin(self) -> None:
+        """End-of-file on the command's stdin (the client half-closed, and StdinOnce is set)."""
+        if self.container.stdin is not None and not self.container.stdin.closed:
+            self.container.stdin.close()
+
+    def resize(self, rows: int, columns: int) -> None:
+        from .execs import resize
+        if self.container.tty_master is not None:
+            resize(self.container.tty_master, rows, columns)
 
     def poll(self) -> int | None:
         return self.container.process.poll()
@@ -103,6 +134,22 @@ class Running:
                 "RootFS": str(container.rootfs.path), "Init": container.process_argv()[0]}
 
 
+def _copy_terminal(master: int, path: Path) -> None:
+    """Until the terminal's last holder closes it (EIO): master -> the stdout file."""
+    with open(path, "ab", buffering=0) as out:
+        try:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out.write(data)
+        finally:
+            os.close(master)
+
+
 def options(spec: ContainerSpec, hostname: str = "") -> dict:
     """The labkit Container keyword arguments for a create request (docker SDK names)."""
     opts = dict(hostname=spec.hostname or hostname or None, environment=spec.env,
@@ -110,7 +157,7 @@ def options(spec: ContainerSpec, hostname: str = "") -> dict:
                 cap_add=spec.cap_add, cap_drop=spec.cap_drop, no_new_privileges=spec.no_new_privileges,
                 rlimits=spec.ulimits, tmpfs=spec.tmpfs, extra_hosts=spec.extra_hosts,
                 sysctls=spec.sysctls, masked_paths=spec.masked_paths, readonly_paths=spec.readonly_paths,
-                cgroupns=spec.cgroupns, user=spec.user)
+                cgroupns=spec.cgroupns, user=spec.user, tty=spec.tty, stdin_open=spec.open_stdin)
     for key, value in (("mem_limit", spec.memory), ("cpu", spec.cpu), ("pids_limit", spec.pids),
                        ("memswap_limit", spec.memory_swap), ("cpu_shares", spec.cpu_shares),
                        ("cpuset_cpus", spec.cpuset), ("shm_size", spec.shm_size),

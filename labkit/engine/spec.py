@@ -25,6 +25,10 @@ APPLIED = {
     "Config.Hostname": "uts namespace: /proc/sys/kernel/hostname",
     "Config.Domainname": "uts namespace: /proc/sys/kernel/domainname",
     "Config.User": "/proc/PID/status Uid/Gid (names looked up in the image's /etc/passwd, /etc/group)",
+    "Config.Tty": "pid 1's stdin/stdout/stderr are a pty (/proc/PID/fd/0 -> /dev/pts/N), its controlling tty",
+    "Config.OpenStdin": "pid 1's stdin is a pipe the engine holds (/proc/PID/fd/0 -> pipe:[...])",
+    "Config.AttachStdin": "the attach connection carries the client's input to pid 1's stdin",
+    "Config.StdinOnce": "pid 1's stdin is closed when the attached client half-closes",
     "Config.AttachStdout": "which output streams the attach connection carries",
     "Config.AttachStderr": "which output streams the attach connection carries",
     "Config.Env": "/proc/PID/environ",
@@ -72,10 +76,6 @@ APPLIED = {
 
 # field -> (docker flag, why the engine refuses it); fields in neither table are refused too.
 REFUSED = {
-    "Config.Tty": ("-t", "no terminals: output is always the multiplexed stdout/stderr stream"),
-    "Config.OpenStdin": ("-i", "no stdin: containers read nothing"),
-    "Config.AttachStdin": ("-i", "no stdin: containers read nothing"),
-    "Config.StdinOnce": ("-i", "no stdin: containers read nothing"),
     "Config.ExposedPorts": ("--expose", "containers have no network beyond loopback"),
     "Config.Healthcheck": ("--health-cmd", "no health checks"),
     "Config.Volumes": ("-v", "no volumes"),
@@ -168,6 +168,9 @@ class ContainerSpec:
     masked_paths: list = field(default_factory=list)
     readonly_paths: list = field(default_factory=list)
     cgroupns: bool = False
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
     stop_signal: str = "SIGTERM"
     stop_timeout: int | None = None
     log_driver: str = "json-file"
@@ -504,6 +507,7 @@ def parse_create(body, image_config) -> ContainerSpec:
         extra_hosts=_extra_hosts(host.get("ExtraHosts")), sysctls=dict(sysctls), oom_score_adj=oom,
         masked_paths=_strings(host.get("MaskedPaths"), "HostConfig.MaskedPaths"),
         readonly_paths=_strings(host.get("ReadonlyPaths"), "HostConfig.ReadonlyPaths"),
-        cgroupns=cgroupns, stop_signal=stop_signal, stop_timeout=stop_timeout, log_driver=log_driver,
+        cgroupns=cgroupns, tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
+        stdin_once=bool(body.get("StdinOnce")), stop_signal=stop_signal, stop_timeout=stop_timeout, log_driver=log_driver,
         network_mode=network or "none", auto_remove=bool(host.get("AutoRemove")), labels=labels,
         config=body, host_config=host)

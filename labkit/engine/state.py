@@ -252,8 +252,13 @@ class Engine:
                 pass
 
     def _append(self, record: Record, stream: int, data: bytes) -> None:
+        """Store output line by line, each with its time (as Docker's json-file driver does), so
+        that --tail counts lines and --timestamps stamps each; a line's unfinished end is stored
+        at once too (an interactive prompt must reach an attached terminal now)."""
+        now = time.time()
         with self._changed:
-            record.log.append((time.time(), stream, data))
+            for line in data.splitlines(keepends=True):
+                record.log.append((now, stream, line))
             record.log_bytes += len(data)
             limit = LOG_LIMIT if record.spec.log_driver != "none" else ATTACH_BUFFER
             while record.log_bytes > limit and len(record.log) > 1:
@@ -360,6 +365,36 @@ class Engine:
             record.removed = True
             self._changed.notify_all()
 
+    # --- input --------------------------------------------------------------------------------------
+
+    def _running_process(self, ref: str, wait: bool):
+        """The runtime's handle once the container runs (waiting for a start when `wait`); None
+        if it is not running (any more)."""
+        with self._changed:
+            record = self._find(ref)
+            exits = record.exits
+            while wait and not record.running and record.exits == exits and not record.removed \
+                    and not self._closing:
+                self._changed.wait(1.0)
+            return record.process if record.running else None
+
+    def write_stdin(self, ref: str, data: bytes) -> None:
+        """Input from an attached client: to pid 1's stdin pipe or terminal (after its start)."""
+        process = self._running_process(ref, wait=True)
+        if process is not None:
+            process.write_stdin(data)
+
+    def close_stdin(self, ref: str) -> None:
+        process = self._running_process(ref, wait=True)
+        if process is not None:
+            process.close_stdin()
+
+    def resize(self, ref: str, rows: int, columns: int) -> None:
+        process = self._running_process(ref, wait=False)
+        if process is None:
+            raise Conflict(f"Container {ref} is not running")
+        process.resize(rows, columns)
+
     # --- exec --------------------------------------------------------------------------------------
 
     def exec_create(self, ref: str, body) -> execs.ExecRecord:
@@ -409,8 +444,8 @@ class Engine:
     # --- output ---------------------------------------------------------------------------------
 
     def output(self, ref: str, *, stdout: bool = True, stderr: bool = True, follow: bool = False,
-               tail: int | None = None, since: float = 0, until_exit: bool = False, replay: bool = True,
-               is_gone=lambda: False):
+               tail: int | None = None, since: float = 0, until: float | None = None,
+               until_exit: bool = False, replay: bool = True, is_gone=lambda: False):
         """An iterator of (time, stream, bytes) of the container's output.
 
         follow: keep going until the container is not running; until_exit (attach): keep going
@@ -430,9 +465,9 @@ class Engine:
             position = record.log_dropped if replay else record.log_dropped + len(record.log)
             if tail is not None and replay:
                 position = max(position, record.log_dropped + len(record.log) - tail)
-        return self._output(record, wanted, position, exits_before, follow, since, until_exit, is_gone)
+        return self._output(record, wanted, position, exits_before, follow, since, until, until_exit, is_gone)
 
-    def _output(self, record, wanted, position, exits_before, follow, since, until_exit, is_gone):
+    def _output(self, record, wanted, position, exits_before, follow, since, until, until_exit, is_gone):
         while True:
             with self._changed:
                 while True:
@@ -451,6 +486,8 @@ class Engine:
                 entries = record.log[max(index, 0):]
                 position = record.log_dropped + len(record.log)
             for entry in entries:
+                if until is not None and entry[0] > until:
+                    return
                 if entry[1] in wanted and entry[0] >= since:
                     yield entry
 

@@ -173,3 +173,20 @@ def test_exec_it_gives_an_interactive_shell_on_a_pty(engine, box):
             process.kill()
             process.wait()
         os.close(master)
+
+
+def test_docker_run_it_sh_is_usable_interactively(engine):
+    process, master = _interactive(engine, "run", "-it", "--rm", IMAGE, "sh")
+    try:
+        _talk(master, b"echo $((6*7))\n", b"42")
+        _talk(master, b"stty size\n", b"33 101")                 # the CLI's window size, via resize
+        _talk(master, b"echo ready; cat\n", b"ready\r\n")      # the shell runs the line, then cat reads
+        _talk(master, b"from the keyboard\n", b"from the keyboard\r\nfrom the keyboard")
+        _talk(master, b"\x03", b"#")                              # ^C ends cat, the shell stays
+        _talk(master, b"exit 6\n", b"exit 6")
+        assert process.wait(timeout=30) == 6
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)

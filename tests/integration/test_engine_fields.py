@@ -52,7 +52,6 @@ ALL_FIELDS = [f"Config.{f}" for f in CONFIG_FIELDS] + [f"HostConfig.{f}" for f i
 
 # A value that asks for something, for each field the engine must refuse.
 REFUSED_SAMPLES = {
-    "Config.Tty": True, "Config.OpenStdin": True, "Config.AttachStdin": True, "Config.StdinOnce": True,
     "Config.ExposedPorts": {"80/tcp": {}}, "Config.Healthcheck": {"Test": ["CMD", "true"]},
     "Config.ArgsEscaped": True, "Config.Volumes": {"/data": {}}, "Config.MacAddress": "02:42:ac:11:00:02",
     "Config.OnBuild": ["RUN true"], "Config.Shell": ["/bin/sh", "-c"],
@@ -192,6 +191,26 @@ def check_attach_streams(engine):
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"err\n")
     result = docker(engine, "run", "--rm", "-a", "stdout", IMAGE, "sh", "-c", "echo out; echo err >&2")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"out\n", b"")
+
+
+def check_tty(engine):
+    with running(engine, "-t") as pid:
+        assert all(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/pts/") for fd in (0, 1, 2))
+        assert status_line(pid, "NSsid").split()[-1] == "1"           # session leader: its own terminal
+    assert out(engine, "-t", IMAGE, "sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty") == "on-a-tty\r\n"
+
+
+def check_open_stdin(engine):
+    with running(engine, "-i") as pid:
+        assert os.readlink(f"/proc/{pid}/fd/0").startswith("pipe:")
+    with running(engine) as pid:
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+
+
+def check_attach_stdin(engine):
+    """-i: the client's input reaches pid 1's stdin through attach, and its end (StdinOnce) ends it."""
+    result = docker(engine, "run", "--rm", "-i", IMAGE, "sh", "-c", "cat; echo eof", input=b"one\ntwo\n")
+    assert (result.returncode, result.stdout) == (0, b"one\ntwo\neof\n"), result.stderr
 
 
 def check_env(engine):
@@ -500,7 +519,8 @@ def _wait_for(condition, timeout=20.0) -> bool:
 APPLIED = {
     "Config.Hostname": check_hostname, "Config.Domainname": check_domainname, "Config.User": check_user,
     "Config.AttachStdout": check_attach_streams, "Config.AttachStderr": check_attach_streams,
-    "Config.Env": check_env, "Config.Cmd": check_cmd, "Config.Entrypoint": check_entrypoint,
+    "Config.Env": check_env, "Config.Tty": check_tty, "Config.OpenStdin": check_open_stdin,
+    "Config.AttachStdin": check_attach_stdin, "Config.StdinOnce": check_attach_stdin, "Config.Cmd": check_cmd, "Config.Entrypoint": check_entrypoint,
     "Config.Image": check_image, "Config.WorkingDir": check_working_dir,
     "Config.NetworkDisabled": check_network_disabled, "Config.Labels": check_labels,
     "Config.StopSignal": check_stop_signal, "Config.StopTimeout": check_stop_timeout,

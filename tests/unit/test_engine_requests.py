@@ -124,8 +124,8 @@ def test_the_docker_clis_zero_values_are_accepted():
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(Tty=True), "-t"),
-    (dict(OpenStdin=True), "-i"),
+    (dict(HostConfig__ConsoleSize=[24, 80]), "--console-size"),
+    (dict(Healthcheck={"Test": ["CMD", "true"]}), "--health-cmd"),
     (dict(HostConfig__Binds=["/:/host"]), "-v"),
     (dict(HostConfig__PortBindings={"80/tcp": [{"HostPort": "8080"}]}), "-p"),
     (dict(HostConfig__Privileged=True), "--privileged"),
