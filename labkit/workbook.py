@@ -51,6 +51,8 @@ NOTEBOOKS = (
              "uidmap and the labkit-learner user (provisioning); docker.io for the Docker comparison"),
     Notebook("40-docker-engine.ipynb", "5 the engine", "docker run, traced on the wire", 25,
              "docker.io for the real-Docker half"),
+    Notebook("41-swap-the-runtime.ipynb", "5 the engine", "Swap the runtime: labkit behind the real Docker", 25,
+             "docker.io, runc and strace; labkit-runtime registered in daemon.json (provisioning)"),
     Notebook("50-containers-vs-hypervisors.ipynb", "6 VMs", "A VM booted beside a container", 15,
              "qemu and a guest kernel"),
 )

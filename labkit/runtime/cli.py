@@ -18,6 +18,7 @@ VERBS = {
     "create": ("create", "create", {"bundle": True, "pid-file": True, "console-socket": True,
                                     "no-pivot": False, "no-new-keyring": False, "preserve-fds": True},
                {"b": "bundle"}, ["id"]),
+    "run": ("create", "run", {"bundle": True, "pid-file": True, "no-pivot": False}, {"b": "bundle"}, ["id"]),
     "start": ("verbs", "start", {}, {}, ["id"]),
     "state": ("verbs", "state", {}, {}, ["id"]),
     "kill": ("verbs", "kill", {"all": False}, {"a": "all"}, ["id", "signal?"]),
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                               stop_at_positional=verb in ("exec", "ps")))
         opts["root"] = glob.get("root") or "/run/labkit-runtime"
         opts["verb"] = verb
-        log.write("info" if verb in ("create", "start", "delete", "exec") else "debug",
+        log.write("info" if verb in ("create", "start", "delete", "exec", "run") else "debug",
                   f"{verb} {opts.get('id', '')}".strip())
         import importlib
         handler = getattr(importlib.import_module(f"labkit.runtime.{module}"), function)

@@ -27,6 +27,29 @@ from .cgroup import RuntimeCgroup
 
 
 def create(opts, log) -> int:
+    make(opts, log, detach=True)
+    # spawn's thread still waits for the exec that `start` will allow; nothing here needs it
+    os._exit(0)
+
+
+def run(opts, log) -> int:
+    """`run` = create + start + wait + delete in one process, like `runc run`: this process stays
+    the container's parent (no shim needed), and exits with the program's status."""
+    from .verbs import delete, release
+    box, outcome = make(opts, log, detach=False)
+    try:
+        release(box)
+        outcome["thread"].join()
+        if "error" in outcome:
+            raise outcome["error"]
+        returncode = outcome["process"].wait()
+    finally:
+        delete(opts, log, force=True)
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def make(opts, log, detach: bool):
+    """The container in the "created" state; (its state directory, the spawn thread's outcome)."""
     box = states.Container(opts.root, opts.id)
     if box.dir.exists():
         raise Conflict(f"container with id exists: {opts.id}")
@@ -54,7 +77,7 @@ def create(opts, log) -> int:
         steps += setup.process_steps(spec.process, seccomp=syscall_filter)
         group.create(limits, spec.devices, spec.oom_kill_disable)
         try:
-            pid = start_held(spec, group, steps, fifo, console)
+            pid, outcome = start_held(spec, group, steps, fifo, console, detach)
             box.save({"id": opts.id, "pid": pid, "pid_start": states.start_time(pid),
                       "bundle": str(spec.bundle), "rootfs": str(spec.root), "cgroup": group.relpath,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
@@ -76,12 +99,11 @@ def create(opts, log) -> int:
             if fd is not None:
                 os.close(fd)
     log.write("info", f"created {opts.id}: pid {pid}, cgroup /{group.relpath}")
-    # spawn's thread still waits for the exec that `start` will allow; nothing here needs it
-    os._exit(0)
+    return box, outcome
 
 
-def start_held(spec, group, steps, fifo: int, console: int | None) -> int:
-    """spawn the container's pid 1 and return its host pid once it waits on exec.fifo.
+def start_held(spec, group, steps, fifo: int, console: int | None, detach: bool = True):
+    """spawn the container's pid 1; (its host pid, the spawn thread's outcome) once it waits on exec.fifo.
 
     spawn itself returns only when the program has exec'd (it reads the child's error pipe until
     exec closes it), so it runs in a thread while this one waits for the "ready" byte - the same
@@ -99,16 +121,16 @@ def start_held(spec, group, steps, fifo: int, console: int | None) -> int:
         os.write(fd, b"0")
         os.close(fd)
 
-    def run():
+    def spawn():
         try:
-            namespaces.spawn(spec.process.args, spec.namespaces, cgroup=group, hostname=spec.hostname,
+            outcome["process"] = namespaces.spawn(spec.process.args, spec.namespaces, cgroup=group, hostname=spec.hostname,
                              mount_proc=False, env=spec.process.env, cwd=spec.process.cwd,
-                             setup=[note_pid, *setup.explained(steps), hold], detach=True,
+                             setup=[note_pid, *setup.explained(steps), hold], detach=detach,
                              pass_fds=[fd for fd in (ready_w, fifo, console) if fd is not None])
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True, name="spawn")
+    thread = outcome["thread"] = threading.Thread(target=spawn, daemon=True, name="spawn")
     thread.start()
     data = b""
     try:
@@ -124,7 +146,7 @@ def start_held(spec, group, steps, fifo: int, console: int | None) -> int:
     finally:
         os.close(ready_r)
         os.close(ready_w)
-    return int(data.split(b"\n")[0])
+    return int(data.split(b"\n")[0]), outcome
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -18,6 +18,7 @@ Each step runs in a forked copy of the runtime: syscalls only, nothing imported 
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
@@ -266,11 +267,43 @@ def process_steps(proc, *, seccomp=None) -> list:
         steps.append(partial(syscalls.prctl, PR_SET_NO_NEW_PRIVS, 1))
     keep = capabilities.DOCKER_DEFAULT if proc.capabilities is None else proc.capabilities
     steps.append(capabilities.drop_step(keep))          # needs CAP_SETPCAP: before the user switch
+    if proc.inheritable or proc.ambient:
+        steps.append(partial(_inheritable_and_ambient, [capabilities.NAMES.index(c) for c in proc.inheritable],
+                             [capabilities.NAMES.index(c) for c in proc.ambient]))
     if seccomp is not None:
         steps.append(seccomp.load)                       # needs CAP_SYS_ADMIN: before the user switch
     steps.append(partial(_switch_user, proc.uid, proc.gid, list(proc.groups)))
     steps.append(partial(_check_program, proc.args[0], proc.env.get("PATH", "")))
     return steps
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+
+
+def _inheritable_and_ambient(inheritable: list[int], ambient: list[int]) -> None:
+    """capset(2) with the inheritable set given, then each ambient capability raised (it must be
+    permitted and inheritable): what /proc/PID/status shows as CapInh and CapAmb."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()      # _LINUX_CAPABILITY_VERSION_3
+    if _libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    mask = sum(1 << n for n in inheritable)
+    data[0].inheritable, data[1].inheritable = mask & 0xFFFFFFFF, mask >> 32
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset (inheritable)")
+    for number in ambient:
+        if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, ctypes.c_ulong(number), 0, 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"raise ambient capability {capabilities.NAMES[number]}: {os.strerror(code)}")
 
 
 def _apparmor(profile: str) -> None:

@@ -46,6 +46,8 @@ class Process:
     groups: list[int] = field(default_factory=list)
     umask: int | None = None
     capabilities: list[str] | None = None           # the bounding set; None: keep Docker's default
+    inheritable: list[str] = field(default_factory=list)
+    ambient: list[str] = field(default_factory=list)
     rlimits: dict = field(default_factory=dict)
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
@@ -108,9 +110,11 @@ def parse_process(proc, r: Reader, where: str = "process") -> Process:
     for key, value in (("uid", uid), ("gid", gid)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             r.bad(f"{where}.user.{key}", value, "a non-negative integer")
-    capabilities = None
+    capabilities, inheritable, ambient = None, [], []
     if proc.get("capabilities"):
-        capabilities = _capabilities(proc["capabilities"], r, f"{where}.capabilities")
+        capabilities, inheritable, ambient = _capabilities(proc["capabilities"], r, f"{where}.capabilities")
+        if ambient and uid != 0:
+            r.refuse(f"{where}.capabilities.ambient", "labkit raises ambient capabilities for root only")
     rlimits = {}
     for i, item in enumerate(proc.get("rlimits") or []):
         r.only(item, f"{where}.rlimits[{i}]", {"type", "hard", "soft"})
@@ -124,14 +128,16 @@ def parse_process(proc, r: Reader, where: str = "process") -> Process:
     return Process(args=args, env=env, cwd=cwd, terminal=bool(proc.get("terminal")),
                    console_size=(size["height"], size["width"]) if size else None, uid=uid, gid=gid,
                    groups=[g for g in user.get("additionalGids") or [] if g != gid],
-                   umask=user.get("umask"), capabilities=capabilities, rlimits=rlimits,
+                   umask=user.get("umask"), capabilities=capabilities, inheritable=inheritable,
+                   ambient=ambient, rlimits=rlimits,
                    no_new_privileges=bool(proc.get("noNewPrivileges")), oom_score_adj=oom,
                    apparmor=proc.get("apparmorProfile") or None)
 
 
-def _capabilities(caps: dict, r: Reader, where: str) -> list[str]:
-    """The bounding set is what labkit applies (capabilities.drop_step); for root the effective and
-    permitted sets then follow from it at exec, as runc sets them, so those may only repeat it."""
+def _capabilities(caps: dict, r: Reader, where: str) -> tuple[list[str], list[str], list[str]]:
+    """(bounding, inheritable, ambient). The bounding set is what labkit.capabilities applies; for
+    root the effective and permitted sets then follow from it at exec, as runc sets them, so those
+    may only repeat it. Inheritable and ambient are set as given (labkit.runtime.setup)."""
     from .. import capabilities
 
     r.only(caps, where, {"bounding", "effective", "permitted", "inheritable", "ambient"})
@@ -140,14 +146,16 @@ def _capabilities(caps: dict, r: Reader, where: str) -> list[str]:
     except InvalidValue as exc:
         r.bad(where, exc.value, exc.accepted)
     bounding = sets.get("bounding", set())
-    for kind in ("effective", "permitted"):
-        if sets.get(kind) and sets[kind] != bounding:
+    for kind in ("effective", "permitted", "inheritable", "ambient"):
+        if kind in ("effective", "permitted") and sets.get(kind) and sets[kind] != bounding:
             r.refuse(f"{where}.{kind}", "labkit applies the bounding set; effective and permitted "
                                         "follow from it, so they must list the same capabilities")
-    if sets.get("inheritable") or sets.get("ambient"):
-        r.refuse(f"{where}.{'inheritable' if sets.get('inheritable') else 'ambient'}",
-                 "labkit clears the inheritable and ambient sets")
-    return sorted(bounding)
+        if not sets.get(kind, set()) <= bounding:
+            r.bad(f"{where}.{kind}", sorted(sets[kind] - bounding), "capabilities of the bounding set")
+    if not sets.get("ambient", set()) <= sets.get("inheritable", set()):
+        r.refuse(f"{where}.ambient", "the kernel raises an ambient capability only if it is also "
+                                     "inheritable (runc drops such ones silently; labkit says so)")
+    return sorted(bounding), sorted(sets.get("inheritable", ())), sorted(sets.get("ambient", ()))
 
 
 def parse(document: dict, path: Path, config: Path | None = None) -> Spec:

@@ -34,6 +34,12 @@ def start(opts, log) -> int:
     if status != "created":
         raise Conflict("cannot start a container that has stopped" if status == "stopped" else
                        f"cannot start an already {status} container")
+    release(box)
+    sys.stdout.flush()
+    os._exit(0)                          # no interpreter teardown: the shim is waiting
+
+
+def release(box: states.Container) -> None:
     poststart = (box.data.get("hooks") or {}).get("poststart")
     fd = os.open(box.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -49,8 +55,6 @@ def start(opts, log) -> int:
     if poststart:
         from . import hooks
         hooks.run(box.data["hooks"], "poststart", box.oci_state())
-    sys.stdout.flush()
-    os._exit(0)                          # no interpreter teardown: the shim is waiting
 
 
 def state(opts, log) -> int:
@@ -93,7 +97,7 @@ def kill(opts, log) -> int:
     return 0
 
 
-def delete(opts, log) -> int:
+def delete(opts, log, force: bool = False) -> int:
     box = states.Container(opts.root, opts.id)
     if not box.exists():
         if box.dir.exists():            # a create that died half-way
@@ -102,7 +106,7 @@ def delete(opts, log) -> int:
             return 0
         raise NotFound("container does not exist")
     status = box.status()
-    if status in ("running", "paused") and not opts.get("force"):
+    if status in ("running", "paused") and not (force or opts.get("force")):
         raise Conflict(f"cannot delete container {opts.id} that is not stopped: {status}")
     from .cgroup import RuntimeCgroup
     group = RuntimeCgroup(box.data["cgroup"])

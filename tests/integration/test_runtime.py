@@ -222,3 +222,19 @@ def test_unsupported_field_is_refused_by_name(image, names):
     assert result.returncode != 0
     assert b"linux.resources.cpu.shares" in result.stderr
     assert run("runc", image, "true", name=names("runc"), options=("--cpu-shares", "512")).returncode == 0
+
+
+def test_exercise_checker_of_notebook_41(image, names):
+    """observe.check_pid_one: right for the container's pid 1, wrong for its parent, for another
+    process inside it, and for something that is not a pid."""
+    from labkit.runtime import observe
+
+    cid, pid = started("labkit", image, names)
+    docker("exec", "-d", cid, "sleep", "30")
+    inside = wait_for(lambda: [p for p in map(int, Path(f"/sys/fs/cgroup/pids/docker/{cid}/cgroup.procs")
+                                              .read_text().split()) if p != pid], "the exec'd process")
+    assert observe.check_pid_one(cid, str(pid))[0]
+    assert not observe.check_pid_one(cid, str(int(status_field(pid, "PPid"))))[0]
+    correct, why = observe.check_pid_one(cid, str(inside[0]))
+    assert not correct and "not 1" in why
+    assert not observe.check_pid_one(cid, "pid one")[0]
