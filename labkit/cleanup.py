@@ -21,6 +21,8 @@ before namespaces before directories):
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import importlib.util
 import os
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import InvalidValue, LabkitError, NotFound
+from .errors import Conflict, InvalidValue, LabkitError, NotFound
 
 PREFIX = "labkit-"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
@@ -125,21 +127,43 @@ def _owner_file(kind: str, name: str) -> Path:
     return OWNERS_DIR / kind / name
 
 
+@contextlib.contextmanager
+def _records_locked(kind: str):
+    """Hold the owner records of `kind` still: look at a record and change it as one step (flock on
+    their directory), so that two claimers - or a claimer and a sweeper - never both act on what
+    they read before the other wrote."""
+    directory = OWNERS_DIR / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)          # releases the lock
+
+
 def claim(kind: str, name: str, pid: int | None = None) -> None:
     """Record that process `pid` (default: this one) owns object `name` of `kind`.
 
+    Exclusive: if another live process holds the claim, Conflict - its object is not ours to make,
+    nor (on failure) to remove. A record of a dead owner is replaced (its object, if it is still
+    there, stays a leftover: making ours will then fail, and the sweep removes the old one).
     The first claim a process makes for itself starts its watchdog (see `ensure_watchdog`).
     """
     if pid is None or pid == os.getpid():
         ensure_watchdog()
     pid = pid or os.getpid()
     path = _owner_file(kind, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write a whole new file and rename it into place: a sweeper reading at the same moment must see
-    # the old record or the new one, never an empty file that looks like "no owner".
-    partial = path.with_name(f".{path.name}.{pid}.tmp")
-    partial.write_text(f"{pid} {start_time(pid)}\n")
-    os.replace(partial, path)
+    record = f"{pid} {start_time(pid)}\n"
+    with _records_locked(kind):
+        holder, alive = owner(kind, name)
+        if alive and holder not in (pid, os.getpid()):    # ours we may hand on (to a child)
+            raise Conflict(f"{kind} {name} belongs to another live process (pid {holder})")
+        # Write a whole new file and rename it into place: a sweeper reading at the same moment must
+        # see the old record or the new one, never an empty file that looks like "no owner".
+        partial = path.with_name(f".{path.name}.{pid}.tmp")
+        partial.write_text(record)
+        os.replace(partial, path)
 
 
 _watched_pid: int | None = None      # the process whose watchdog was started (a fork needs its own)
@@ -165,11 +189,13 @@ def ensure_watchdog() -> None:
 
 
 def release(kind: str, name: str) -> None:
-    """Forget the owner record of an object that has been removed."""
-    try:
-        _owner_file(kind, name).unlink()
-    except FileNotFoundError:
-        pass
+    """Forget the owner record of an object that has been removed - unless another live process
+    holds it now (it made an object of that name since: its record must stay)."""
+    with _records_locked(kind):
+        holder, alive = owner(kind, name)
+        if alive and holder != os.getpid():
+            return
+        _owner_file(kind, name).unlink(missing_ok=True)
 
 
 def owner(kind: str, name: str) -> tuple[int | None, bool]:
@@ -223,12 +249,13 @@ def _stale_owner_records(still_there: set[tuple[str, str]] = frozenset()) -> Non
     if not OWNERS_DIR.is_dir():
         return
     for kind_dir in OWNERS_DIR.iterdir():
-        for record in kind_dir.iterdir():
-            if record.name.startswith("."):
-                continue  # a claim being written right now (see claim)
-            _, alive = owner(kind_dir.name, record.name)
-            if not alive and (kind_dir.name, record.name) not in still_there:
-                record.unlink(missing_ok=True)
+        with _records_locked(kind_dir.name):      # a claim may replace a dead owner's record now
+            for record in kind_dir.iterdir():
+                if record.name.startswith("."):
+                    continue  # a claim being written right now (see claim)
+                _, alive = owner(kind_dir.name, record.name)
+                if not alive and (kind_dir.name, record.name) not in still_there:
+                    record.unlink(missing_ok=True)
 
 
 # --- the sweep ----------------------------------------------------------------------------------

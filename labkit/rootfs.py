@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,9 @@ IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"
 LAYERS = IMAGE_STORE / "layers"
 BASE = "busybox"
 _LAYER_NAME = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+# Root filesystems this process has mounted or is mounting, by name (claims tell processes apart).
+_NAMES_HERE: set[str] = set()
+_NAMES_LOCK = threading.Lock()
 
 # The files every root needs besides the binaries (what a distribution's base-files package ships).
 _ETC = {
@@ -294,24 +298,25 @@ class RootFS:
     def mount(self) -> "RootFS":
         host.require_lab_host("mount a container root filesystem")
         cleanup.WORK_DIR.mkdir(parents=True, exist_ok=True)
-        if self._random_name:
-            # Nobody else can pick this name: claim first, so that a sweep running right now never
-            # sees the directory without an owner.
-            cleanup.claim("dir", self.name)
-            cleanup.claim("mount", self.name)
-        elif cleanup.owner("dir", self.name)[1]:
-            raise Conflict(f"a container named {self.name!r} exists already ({self.dir}); "
-                           "choose another name or delete it")
+        taken = Conflict(f"a container named {self.name!r} exists already ({self.dir}); "
+                         "choose another name or delete it")
+        with _NAMES_LOCK:               # two threads of this process: their claims would both be ours
+            if self.name in _NAMES_HERE:
+                raise taken
+            _NAMES_HERE.add(self.name)
+        # Claim first, a chosen name too: a claim is exclusive (of two processes at once with the same
+        # name, one gets Conflict, and its clean-up leaves the other's records alone), and a sweep
+        # running right now never sees the directory without an owner.
         try:
-            os.mkdir(self.dir, 0o700)   # atomic: of two at once with the same name, one gets EEXIST
-        except FileExistsError:
-            if self._random_name:
-                self._release_claims()
-            raise Conflict(f"a container named {self.name!r} exists already "
-                           f"({self.dir}); choose another name or delete it") from None
-        if not self._random_name:
             cleanup.claim("dir", self.name)
             cleanup.claim("mount", self.name)
+            os.mkdir(self.dir, 0o700)   # atomic: a leftover of a dead owner, or a creator that did not claim
+        except (Conflict, FileExistsError):
+            self._release_claims()
+            raise taken from None
+        except BaseException:
+            self._release_claims()
+            raise
         try:
             syscalls.mount("tmpfs", str(self.dir), "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
                            f"mode=0700,size={self.size}")
@@ -356,6 +361,8 @@ class RootFS:
     def _release_claims(self) -> None:
         cleanup.release("mount", self.name)
         cleanup.release("dir", self.name)
+        with _NAMES_LOCK:
+            _NAMES_HERE.discard(self.name)
 
     def __enter__(self) -> "RootFS":
         return self.mount() if not self.mounted else self

@@ -98,14 +98,14 @@ class Cgroup:
         impl.check_supported(wanted)
         if impl.exists():
             raise Conflict(f"cgroup {full} exists already ({', '.join(impl.dirs())})")
-        cleanup.claim(KIND, full)
+        cleanup.claim(KIND, full)          # exclusive: Conflict while another live process holds it
         try:
             impl.create(wanted)
         except BaseException:
-            # half-made (an error, or Ctrl-C mid-way): take it all down again
+            # half-made (an error, a lost race for the name, Ctrl-C mid-way): take down what THIS
+            # call made - never a directory that was there before, the winner's or a leftover
             try:
-                impl.kill()
-                impl.remove()
+                impl.undo_create()
             finally:
                 cleanup.release(KIND, full)
             raise

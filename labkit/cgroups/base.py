@@ -65,6 +65,7 @@ class BaseCgroup(abc.ABC):
 
     def __init__(self, relpath: str, root: str | None = None):
         self.relpath = relpath.strip("/")
+        self.made: list[str] = []     # directories create() made (not found): all a rollback may remove
         self.root = root or self.DEFAULT_ROOT
 
     def __repr__(self) -> str:
@@ -146,6 +147,13 @@ class BaseCgroup(abc.ABC):
     def _available(self) -> list[str]:
         """Controllers this cgroup can use (v2: what its parent offers)."""
         return self.available_controllers(self.root)
+
+    def undo_create(self) -> None:
+        """Take down what a failed create() made - only that: a directory that was there before (the
+        winner of a race for the name, a leftover) is someone else's."""
+        for directory in reversed(self.made):
+            files.rmdir_tree(directory)     # nothing was put inside yet: no process to kill
+        self.made.clear()
 
     def remove(self) -> None:
         """rmdir every directory of this cgroup, sub-cgroups first, retrying on EBUSY (kills again)."""

@@ -137,6 +137,7 @@ class V1Cgroup(BaseCgroup):
         for controller, mountpoint in self._hierarchies():
             directory = os.path.join(mountpoint, self.relpath)
             files.mkdir(directory)
+            self.made.append(directory)
             if controller == "cpuset":
                 # A fresh cpuset cgroup has empty cpus/mems; attaching would fail with ENOSPC.
                 for name in ("cpuset.cpus", "cpuset.mems"):

@@ -89,6 +89,7 @@ class V2Cgroup(BaseCgroup):
                            "existing cgroup)")
         enable_controllers(parent)
         files.mkdir(self.dir)
+        self.made.append(self.dir)
         self.apply(limits)
 
     def add(self, pid: int) -> None:

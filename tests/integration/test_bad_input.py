@@ -239,7 +239,9 @@ CASES = [
          http("POST", "/v1.41/containers/nosuchid/start"), 404, "nosuchid"),
     Case("engine-unknown-id-delete", "engine", "DELETE /containers/nosuchid", http("DELETE", "/v1.41/containers/nosuchid"),
          404, "nosuchid"),
-    Case("engine-unknown-endpoint", "engine", "GET /plugins", http("GET", "/v1.41/plugins"), 404, "/plugins"),
+    Case("engine-unimplemented-route", "engine", "GET /plugins", http("GET", "/v1.41/plugins"), 501, "/plugins"),
+    Case("engine-unknown-endpoint", "engine", "GET /no-such-route", http("GET", "/v1.41/no-such-route"), 404,
+         "/no-such-route"),
     Case("engine-huge-body", "engine", f"a {len(HUGE) >> 20} MiB create body", http("POST", CREATE, raw=HUGE), 413,
          f"{len(HUGE)} bytes"),
 ]

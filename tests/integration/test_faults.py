@@ -600,6 +600,43 @@ def test_a_cgroup_with_sub_cgroups_and_orphaned_grandchildren_is_deleted():
 
 # --- races ------------------------------------------------------------------------------------------------
 
+WINNER = """
+import json, sys
+from labkit.cgroups import Cgroup
+from labkit.namespaces import spawn
+group = Cgroup.create(name=NAME, pids=10)
+sleeper = spawn(["sleep", "1000"], None, cgroup=group)
+print("READY", json.dumps({"pid": sleeper.pid}), flush=True)
+sys.stdin.read()
+sleeper.kill(); sleeper.wait(); group.delete()
+"""
+
+
+@pytest.mark.parametrize("lost_at", ["the claim", "mkdir"])
+def test_losing_a_race_for_a_cgroup_name_never_touches_the_winners_group(lost_at, monkeypatch):
+    """Two processes create cgroup NAME at once; the loser checked "not there yet" just before the
+    winner's mkdir. Its rollback used to kill the winner's processes and remove its group."""
+    import labkit.cgroups as cgroups
+
+    name = cleanup.unique_name("race")
+    winner, report = start_experiment(f"NAME = {name!r}\n" + WINNER)
+    try:
+        monkeypatch.setattr(cgroups.backend(), "exists", lambda self: False)
+        if lost_at == "mkdir":          # as if the claim had passed (a race with a creator that does not claim)
+            monkeypatch.setattr(cleanup, "claim", lambda *args, **kwargs: None)
+        with pytest.raises(Conflict):
+            Cgroup.create(name=name, pids=5)
+        monkeypatch.undo()
+        # the kernel: the winner's process lives on, in the winner's group; its record still names it
+        assert ks.alive([report["pid"]]) == [report["pid"]]
+        assert any(line.endswith(f"/{name}") for line in Path(f"/proc/{report['pid']}/cgroup").read_text().split())
+        assert cleanup.owner("cgroup", name) == (winner.pid, True)
+    finally:
+        _, err = winner.communicate("", timeout=60)
+    assert winner.returncode == 0, err
+    ks.assert_gone([name], [report["pid"]], timeout=10)
+
+
 def test_two_containers_started_with_the_same_name_at_the_same_time():
     before = ks.snapshot()
     for _ in range(5):

@@ -47,6 +47,27 @@ def test_owner_records_tell_live_owners_from_dead_ones(tmp_path, monkeypatch):
     assert cleanup.owner("cgroup", "labkit-mine") == (None, False)
 
 
+def test_a_claim_is_exclusive_and_a_release_never_drops_another_live_owners_record(tmp_path, monkeypatch):
+    """Two processes racing for one name: the loser's claim fails, and its clean-up (release) leaves
+    the winner's record alone. A dead owner's record is simply taken over."""
+    monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
+    monkeypatch.setenv("LABKIT_NO_WATCHDOG", "1")
+    winner = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        cleanup.claim("cgroup", "labkit-race", pid=winner.pid)
+        with pytest.raises(errors.Conflict, match=f"pid {winner.pid}"):
+            cleanup.claim("cgroup", "labkit-race")
+        cleanup.release("cgroup", "labkit-race")
+        assert cleanup.owner("cgroup", "labkit-race") == (winner.pid, True)
+    finally:
+        winner.communicate(b"")
+    cleanup.claim("cgroup", "labkit-race")                  # its owner is dead now: ours to take
+    assert cleanup.owner("cgroup", "labkit-race") == (os.getpid(), True)
+    cleanup.claim("cgroup", "labkit-race")                  # claiming again what is ours: fine
+    cleanup.release("cgroup", "labkit-race")
+    assert cleanup.owner("cgroup", "labkit-race") == (None, False)
+
+
 def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, monkeypatch):
     monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
     monkeypatch.setattr(cleanup, "_watched_pid", None)
@@ -109,7 +130,19 @@ def test_probe_reports_all_eight_kinds_with_minimum_kernels():
     kinds = {n["kind"]: n for n in report.namespaces}
     assert set(kinds) == {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
     assert all(n["min_kernel"] for n in kinds.values())
-    assert report.cgroup_mode in ("v1", "hybrid", "v2")
+    for kind, entry in kinds.items():            # what the kernel offers this process
+        assert entry["available"] == os.path.exists(f"/proc/self/ns/{kind}"), kind
+    assert report.cgroup_mode == _cgroup_mode_by_stat()
+
+
+def _cgroup_mode_by_stat() -> str:
+    """The mode from coreutils' `stat -f` (statfs, as runc checks it) - not through labkit."""
+    def fstype(path):
+        return subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True).stdout.strip()
+    if fstype("/sys/fs/cgroup") == "cgroup2fs":
+        return "v2"
+    return "hybrid" if os.path.isdir("/sys/fs/cgroup/unified") and \
+        fstype("/sys/fs/cgroup/unified") == "cgroup2fs" else "v1"
 
 
 def test_spawn_refuses_bad_namespace_kinds_on_the_command_line(capsys):
