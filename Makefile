@@ -3,6 +3,9 @@
 #   make test   install what is missing (plus the test tools), run the whole suite
 #   make handouts   execute every notebook and export it to HTML with its plots, plus an index (handouts/)
 #   (make lock      rewrite constraints.txt, the exact Python package versions every machine installs)
+#   make test-guest the suite and every notebook inside a fresh Debian 13 guest (systemd, cgroup v2)
+#                   under qemu, as a learner's VM runs them (tests/guest/); UPDATE_OUTPUTS=1 instead
+#                   executes every notebook there and writes its outputs back to notebooks/
 # All three call vagrant/provision.sh, the same script the Vagrant VM and cloud-init run, and it skips
 # everything that is already in place. `make clean` stops the lab and removes test output and caches;
 # `make distclean` also removes the venv.
@@ -14,7 +17,7 @@ LAB_PORT ?= 8888
 LAB_IP ?= 127.0.0.1
 HANDOUTS ?= handouts
 
-.PHONY: lab test handouts provision lock clean distclean
+.PHONY: lab test test-guest handouts provision lock clean distclean
 
 lab:
 	bash vagrant/provision.sh --lab --ip $(LAB_IP) --port $(LAB_PORT)
@@ -22,6 +25,10 @@ lab:
 test:
 	bash vagrant/provision.sh --test-tools
 	bash tests/run_suite.sh
+
+test-guest:
+	bash vagrant/provision.sh --test-tools
+	$(VENV)/bin/python tests/guest/run.py $(if $(UPDATE_OUTPUTS),--update-outputs)
 
 handouts:
 	bash vagrant/provision.sh

@@ -189,9 +189,17 @@ def running_settings(settings: LabSettings) -> dict | None:
         return None
 
 
+def served_by_systemd(settings: LabSettings) -> bool:
+    """True when these settings are the service's: PID 1 is systemd and the unit serves this config
+    directory. A lab with a config directory of its own (a test's) runs directly, beside the service."""
+    if not (uses_systemd() and UNIT_PATH.exists()):
+        return False
+    return f"--config-dir {settings.config_dir} " in UNIT_PATH.read_text()
+
+
 def status(settings: LabSettings) -> dict:
     """What is running: mode, pid, whether it answers, and whether it runs with these settings."""
-    if uses_systemd() and UNIT_PATH.exists():
+    if served_by_systemd(settings):
         active = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE]).returncode == 0
         active = active and UNIT_PATH.read_text() == render_unit(settings)   # else: rewrite, restart
         mode, pid = "systemd", None
@@ -310,7 +318,7 @@ def _start_systemd(settings: LabSettings) -> None:
 
 def stop(settings: LabSettings, timeout: float = 20.0) -> bool:
     """Stop the server and everything it started (kernels). True if something was running."""
-    if uses_systemd() and UNIT_PATH.exists():
+    if served_by_systemd(settings):
         was = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE]).returncode == 0
         subprocess.run(["systemctl", "stop", SERVICE], check=True)
         return was

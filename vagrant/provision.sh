@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provision a Docker Deep Dive Lab host: the ONE script behind `make lab`, `make test`, `vagrant up`
-# and cloud-init. Debian 12 and Ubuntu 24.04, amd64 and arm64. Idempotent: every step first checks
+# and cloud-init. Debian 12 and 13, Ubuntu 24.04, amd64 and arm64. Idempotent: every step first checks
 # whether it is already right, and a second run ends with "nothing changed".
 #
 #   vagrant/provision.sh [--test-tools] [--lab] [--ip ADDR] [--port N]
@@ -56,8 +56,8 @@ die()     { printf '[provision] ERROR: %s\n' "$*" >&2; exit 1; }
 DISTRO=${ID:-unknown}
 ARCH=$(dpkg --print-architecture)
 case "$DISTRO $VERSION_ID" in
-    "debian 12"|"ubuntu 24.04") ;;
-    *) say "warning: tested on Debian 12 and Ubuntu 24.04, this is $DISTRO $VERSION_ID: trying anyway" ;;
+    "debian 12"|"debian 13"|"ubuntu 24.04") ;;
+    *) say "warning: tested on Debian 12, Debian 13 and Ubuntu 24.04, this is $DISTRO $VERSION_ID: trying anyway" ;;
 esac
 case "$ARCH" in
     amd64|arm64) ;;
