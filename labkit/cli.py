@@ -25,6 +25,14 @@ def _cmd_doctor(args) -> int:
         return 0 if not report.problems else 1
     print(f"kernel       {report.kernel} ({report.arch})")
     print(f"cgroup mode  {report.cgroup_mode}")
+    lab_runs = "the service deep-dive-lab" if report.init == "systemd" else "a background process"
+    print(f"init         {report.init} (PID 1): the lab runs as {lab_runs}")
+    parent = report.cgroup_parent
+    if parent:
+        delegated = (f"delegated by systemd at {parent['delegated_by']}" if parent["delegated_by"]
+                     else "not delegated by systemd")
+        print(f"cgroups in   {parent['path']} ({parent['source']}; {delegated}); "
+              f"controllers there: {' '.join(parent['controllers']) or 'none'}")
     print(f"root         {'yes' if report.root else 'no'}")
     print(f"lab host     {'yes' if report.lab_host else 'no'}")
     print("\ncontrollers  version  mounted at")

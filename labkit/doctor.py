@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import host, vm
 from .host import Controller
+from .cgroups.base import PARENT_ENV, parent_from_env
 from .namespaces import KINDS, kind_available
 
 
@@ -36,6 +37,8 @@ class HostReport:
     lab_host: bool
     tools: dict
     kvm: dict = field(default_factory=dict)
+    init: str = ""                                    # "systemd" or the name of PID 1
+    cgroup_parent: dict = field(default_factory=dict)  # v2: where labkit's cgroups go (cgroup_parent())
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -52,6 +55,7 @@ def probe(check_kvm: bool = False) -> HostReport:
         controllers=host.controllers(), namespaces=namespaces, root=host.is_root(),
         lab_host=host.is_lab_host(), tools=tools(),
         kvm={"device": os.path.exists("/dev/kvm"), "usable": None},
+        init=init_system(), cgroup_parent=cgroup_parent(),
     )
     if check_kvm and report.kvm["device"] and report.tools["qemu"]:
         report.kvm["usable"] = vm.kvm_usable()
@@ -74,6 +78,68 @@ def _problems(report: HostReport) -> list[str]:
     missing_ns = [n["kind"] for n in report.namespaces if not n["available"]]
     if missing_ns:
         problems.append("namespace kinds missing from this kernel: " + ", ".join(missing_ns))
+    parent = report.cgroup_parent
+    if parent and not parent["exists"]:
+        problems.append(f"{parent['source']} names {parent['path']}, which does not exist")
+    elif parent:
+        lacking = [c for c in ("memory", "cpu", "pids") if c not in parent["controllers"]]
+        if lacking:
+            problems.append(f"the cgroup parent {parent['path']} cannot give labkit's cgroups "
+                            f"{', '.join(lacking)}: its parent has not enabled them for it")
+        if parent["processes"] and parent["path"] != "/":
+            problems.append(f"the cgroup parent {parent['path']} holds processes: cgroup v2 gives "
+                            "controllers only to the children of a cgroup without processes; "
+                            f"point {PARENT_ENV} at an empty cgroup")
     if not report.tools.get("busybox"):
         problems.append("busybox is missing: `apt-get install busybox-static` (chapter 4 rootfs)")
     return problems
+
+
+def init_system() -> str:
+    """'systemd' when PID 1 is systemd (its own test, sd_booted(): /run/systemd/system exists), else
+    the name of PID 1 - on the build machine something else, and then the lab runs without a unit."""
+    if os.path.isdir("/run/systemd/system"):
+        return "systemd"
+    try:
+        with open("/proc/1/comm") as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _delegated_by(path: str) -> str:
+    """The cgroup (relative to the root) systemd delegated `path` from, or "" (systemd marks a cgroup
+    it hands over with Delegate=yes by the extended attribute trusted.delegate)."""
+    root = os.path.realpath(host.CGROUP_ROOT)
+    current = os.path.realpath(path)
+    while current.startswith(root) and current != root:
+        for name in ("trusted.delegate", "user.delegate"):
+            try:
+                if os.getxattr(current, name) == b"1":
+                    return "/" + os.path.relpath(current, root)
+            except OSError:
+                pass
+        current = os.path.dirname(current)
+    return ""
+
+
+def cgroup_parent() -> dict:
+    """cgroup v2: where labkit will make its cgroups (LABKIT_CGROUP_PARENT, else the root), which
+    controllers its cgroups can get there, whether a systemd unit delegated it, and its processes."""
+    if host.cgroup_mode() != "v2":
+        return {}
+    rel = parent_from_env()
+    path = os.path.join(host.CGROUP_ROOT, rel)
+    info = {"path": "/" + rel, "source": PARENT_ENV if rel else "the root of the hierarchy",
+            "exists": os.path.isdir(path), "controllers": [], "processes": 0, "delegated_by": ""}
+    if not info["exists"]:
+        return info
+    try:
+        with open(os.path.join(path, "cgroup.controllers")) as f:
+            info["controllers"] = f.read().split()
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            info["processes"] = len(f.read().split())
+    except OSError:
+        pass
+    info["delegated_by"] = _delegated_by(path)
+    return info

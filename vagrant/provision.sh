@@ -80,8 +80,8 @@ wanted_packages() {
                 amd64|arm64) [ "$tag" = "$ARCH" ] || ok=0 ;;
                 debian|ubuntu) [ "$tag" = "$DISTRO" ] || ok=0 ;;
                 test) [ "$TEST_TOOLS" = 1 ] || ok=0 ;;
-                kernel) ;;   # handled below: any installed kernel will do
-                *) die "packages.txt: unknown tag '$tag' on '$pkg' (accepted: amd64 arm64 debian ubuntu test kernel)" ;;
+                kernel|if-shipped) ;;   # handled below
+                *) die "packages.txt: unknown tag '$tag' on '$pkg' (accepted: amd64 arm64 debian ubuntu test kernel if-shipped)" ;;
             esac
         done
         if [ "$ok" = 1 ]; then printf '%s %s\n' "$pkg" "$tags"; fi
@@ -93,10 +93,21 @@ is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 
+has_candidate() {   # the configured archives offer the package
+    local candidate
+    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
 MISSING=()
 KERNEL_PKGS=()
+IF_SHIPPED=()    # not offered by the archives as they are now: looked at again after an apt-get update
 while read -r pkg tags; do
     is_installed "$pkg" && continue
+    if [[ " $tags " == *" if-shipped "* ]] && ! has_candidate "$pkg"; then
+        IF_SHIPPED+=("$pkg")
+        continue
+    fi
     if [[ " $tags " == *" kernel "* ]]; then
         have_kernel && continue
         KERNEL_PKGS+=("$pkg")
@@ -123,9 +134,11 @@ else
     # Test-only tools a distribution does not ship (Ubuntu has no chromium .deb) are skipped with a
     # note; a missing lab package is an error.
     INSTALL=()
+    for pkg in "${IF_SHIPPED[@]}"; do
+        if has_candidate "$pkg"; then INSTALL+=("$pkg"); else say "$pkg: not shipped by $DISTRO $VERSION_ID (not needed there)"; fi
+    done
     for pkg in "${MISSING[@]}"; do
-        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        if [ -n "$candidate" ] && [ "$candidate" != "(none)" ]; then
+        if has_candidate "$pkg"; then
             INSTALL+=("$pkg")
         elif grep -Eq "^${pkg}[[:space:]].*\btest\b" "$PACKAGES_FILE"; then
             say "warning: $pkg is not available on $DISTRO $VERSION_ID: skipped (its tests will skip)"

@@ -8,7 +8,8 @@
 #   inside.sh test        facts, `labkit doctor`, then the test stages named in request.json
 #
 # Talks to the host in labkit.vm's console protocol: lines `@@LABKIT:KIND@@ text`. The checkout is
-# /vagrant (read-only); the host's writable share `labkit-out` receives JUnit files and notebooks.
+# /vagrant (the share is read-only; a tmpfs overlay makes it writable inside); the host's writable share
+# `labkit-out` receives JUnit files and executed notebooks.
 set -uo pipefail
 exec </dev/null >/dev/console 2>&1      # the serial console is what the host reads
 
@@ -18,7 +19,7 @@ VENV=/opt/deep-dive-lab/venv
 OUT=/run/labkit-out
 UNIT=deep-dive-lab.service
 export PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
+export PYTHONUNBUFFERED=1 LANG=C.UTF-8
 
 M='@@LABKIT:'
 mark() { local kind=$1; shift; printf '%s%s@@ %s\n' "$M" "$kind" "$*"; }
@@ -40,6 +41,17 @@ if [ "$MODE" = provision ]; then
     fact unit-enabled "$(systemctl is-enabled $UNIT 2>&1)"
     finish "$rc"
 fi
+
+# --- the synced folder, writable as a learner's is: a tmpfs overlay on the read-only share ---------
+# Bytecode caches, pytest's temporary files and whatever a notebook writes beside itself land in the
+# guest's RAM; the host's checkout is never written. (Without it, every Python process in the guest
+# would compile labkit and the tests from source again: no __pycache__ could be written.)
+overlay_repo() {
+    mkdir -p /run/vagrant-rw
+    mount -t tmpfs -o mode=0755 tmpfs /run/vagrant-rw && mkdir /run/vagrant-rw/upper /run/vagrant-rw/work &&
+        mount -t overlay overlay -o "lowerdir=$REPO,upperdir=/run/vagrant-rw/upper,workdir=/run/vagrant-rw/work" "$REPO"
+}
+overlay_repo || { mark FAIL "could not lay a writable overlay on $REPO"; finish 1; }
 
 # --- shell: a debugging aid (tests/guest/boot.py shell 'COMMAND') -----------------------------------
 if [ "$MODE" = shell ]; then
