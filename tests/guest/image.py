@@ -46,7 +46,7 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "initramfs-tools", "
 REPO_IN_GUEST = "/vagrant"                       # Vagrant's synced folder
 VENV_IN_GUEST = "/opt/deep-dive-lab/venv"        # the Vagrantfile's LABKIT_VENV
 # A change in any of these makes the cached image stale (globs: the lock file's name may vary).
-KEY_FILES = ("vagrant/packages.txt", "pyproject.toml", "*.lock", "requirements*.txt", "pylock*.toml",
+KEY_FILES = ("vagrant/packages.txt", "pyproject.toml", "constraints.txt", "*.lock", "requirements*.txt",
              "vagrant/provision.sh", "vagrant/jupyterlab-settings/overrides.json",
              "tests/guest/image.py")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -19,7 +19,7 @@ def test_image_key_follows_the_package_list_and_pyproject(tmp_path, monkeypatch)
         (tmp_path / name).write_text("two\n")
         assert image.image_key() != first, f"{name} changed but the image key did not"
         first = image.image_key()
-    (tmp_path / "requirements.lock").write_text("pinned\n")      # a lock file appears
+    (tmp_path / "constraints.txt").write_text("pinned==1\n")     # the lock file appears
     assert image.image_key() != first
     first = image.image_key()
     (tmp_path / "README.md").write_text("prose\n")               # not a key file

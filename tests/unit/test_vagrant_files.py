@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_TAGS = {"amd64", "arm64", "debian", "ubuntu", "test", "kernel"}
+KNOWN_TAGS = {"amd64", "arm64", "debian", "ubuntu", "test", "kernel", "if-shipped"}
 
 
 def _packages() -> list[tuple[str, set[str]]]:
