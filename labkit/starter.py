@@ -53,6 +53,7 @@ import threading
 import time
 from typing import Callable
 
+from . import namespaces
 from .errors import LabkitError
 
 MAX_MESSAGE = 1 << 20           # a request (argv, environment, setup steps) is a few kB
@@ -206,9 +207,10 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-class StartedProcess:
-    """The owner's handle on a process the starter started. Shaped like namespaces.Process
-    (wait, poll, send_signal, kill; pid, args, returncode, stdin/stdout/stderr).
+class StartedProcess(namespaces.Process):
+    """The owner's handle on a process the starter started: a namespaces.Process (send_signal,
+    kill, communicate... through the pidfd taken at start) whose status comes over the channel,
+    since the process is not this one's child.
 
     `stamps` holds time.monotonic() values of the steps of the start, for
     benchmarks/start_latency.py: request, received, forked, placing, placed, ready, execd,
@@ -223,10 +225,6 @@ class StartedProcess:
         self.stamps = stamps
         self._pidfd: int | None = None
         self._lock = threading.Lock()       # poll() in one thread, wait() in another (the engine)
-
-    def __repr__(self):
-        state = "running" if self.returncode is None else f"returncode={self.returncode}"
-        return f"<StartedProcess pid={self.pid} {self.args!r} {state}>"
 
     def _receive(self, timeout: float | None) -> str | None:
         """Take the shim's next message: its kind, or None when `timeout` passed first.
@@ -290,42 +288,18 @@ class StartedProcess:
                 self._lock.release()
         return self.returncode
 
-    def send_signal(self, sig: int) -> None:
-        """Signal through the pidfd taken at start: never another process that got the pid later."""
-        if self.returncode is None and self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        self.send_signal(sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
     def close(self) -> None:
         """Stop listening. A process created with gate=True and never released sees end-of-file
         and exits without running its command."""
         self._close()
 
     def _close(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._close_pidfd()
         self._channel.close()
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, *exc):
-        if self.poll() is None:
-            self.kill()
-            self.wait()
+        super().__exit__(*exc)
         self._close()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            if stream:
-                stream.close()
 
 
 def _is_open(fd: int) -> bool:
@@ -426,7 +400,6 @@ def main(args: list[str]) -> int:
     owner_fd = os.pidfd_open(owner)     # readable once the owner has exited, thread or no thread
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C in the owner's terminal is not for us
     control = socket.socket(fileno=control_fd)
-    from . import namespaces  # noqa: F401 - what every start imports: once, here, not in every shim
     poller = select.poll()
     poller.register(control_fd, select.POLLIN)
     poller.register(owner_fd, select.POLLIN)
@@ -515,7 +488,6 @@ def _send(channel: socket.socket, kind: str, value, stamps: dict, fds=()) -> Non
 
 def _start(request: dict, channel: socket.socket, fds: list[int], stamps: dict):
     """namespaces.spawn as the request says; report "started" (or "failed": then None)."""
-    from . import namespaces
 
     page = mmap.mmap(-1, 8 * len(_SHARED_STAMPS))     # shared with the forked children
     stdio = [fds[entry - 1] if isinstance(entry, int) and entry > 0 else entry for entry in request["stdio"]]
