@@ -24,6 +24,7 @@ def build(out_dir: str | Path = "handouts", timeout: int = 600, only: list[str] 
     """Execute and export each notebook; write out_dir/index.html; return one row per notebook."""
     import nbformat
     from nbconvert import HTMLExporter
+    from nbclient.exceptions import CellTimeoutError
     from nbconvert.preprocessors import CellExecutionError, ExecutePreprocessor
 
     # accept notebooks/03-uts.ipynb, 03-uts.ipynb or 03-uts; a name the map does not know is an error
@@ -45,6 +46,8 @@ def build(out_dir: str | Path = "handouts", timeout: int = 600, only: list[str] 
         try:
             executor.preprocess(notebook, {"metadata": {"path": str(entry.path.parent)}})
         except CellExecutionError as exc:  # keep going: the page shows where it stopped
+            error = str(exc).strip().splitlines()[-1][:200]
+        except CellTimeoutError as exc:    # a cell that hangs fails its notebook, not the whole run
             error = str(exc).strip().splitlines()[-1][:200]
         seconds = time.monotonic() - started
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
