@@ -430,6 +430,42 @@ class Container:
                              stdout=namespaces.DEVNULL if stdout is None else stdout,
                              stderr=namespaces.DEVNULL if stderr is None else stderr)
 
+    def pause(self, timeout: float = 10.0) -> None:
+        """Freeze every process of the container (docker pause): the freezer cgroup - v1's
+        freezer.state = FROZEN, v2's cgroup.freeze = 1 - stops them where they are, off the CPU,
+        until unpause(). Returns once the kernel reports the whole cgroup frozen."""
+        self._freeze(True, timeout)
+
+    def unpause(self, timeout: float = 10.0) -> None:
+        """Thaw the container's processes (docker unpause)."""
+        self._freeze(False, timeout)
+
+    def frozen(self) -> bool:
+        """Is the container's cgroup frozen, as the kernel reports it?"""
+        if self.cgroup is None:
+            return False
+        if self.cgroup.version == "v1":
+            return Path(self.cgroup.path("freezer"), "freezer.state").read_text().strip() == "FROZEN"
+        events = Path(self.cgroup.path("cgroup"), "cgroup.events").read_text().split()
+        return events[events.index("frozen") + 1] == "1"
+
+    def _freeze(self, freeze: bool, timeout: float) -> None:
+        import time
+        if self.status != "running" or self.cgroup is None:
+            raise Conflict(f"container {self.name} is {self.status}: only a running container "
+                           f"{'pauses' if freeze else 'unpauses'}")
+        if self.cgroup.version == "v1":
+            syscalls.write_file(str(Path(self.cgroup.path("freezer"), "freezer.state")),
+                                "FROZEN" if freeze else "THAWED")
+        else:
+            syscalls.write_file(str(Path(self.cgroup.path("cgroup"), "cgroup.freeze")), "1" if freeze else "0")
+        deadline = time.monotonic() + timeout
+        while self.frozen() != freeze:          # FREEZING -> FROZEN once every task has stopped
+            if time.monotonic() > deadline:
+                raise LabkitError(f"container {self.name}: the freezer did not "
+                                  f"{'freeze' if freeze else 'thaw'} it within {timeout} s")
+            time.sleep(0.001)
+
     @property
     def stdin(self):
         """With stdin_open: the write end of the command's stdin (a pipe); closing it is its EOF."""

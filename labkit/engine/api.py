@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import docker_api, execs, hijack, spec as spec_mod, state, streams, wire
+from . import docker_api, execs, hijack, observe, spec as spec_mod, state, streams, wire
 from .state import Engine, Record, human_duration, rfc3339
 
 API_VERSION = "1.41"
@@ -105,7 +105,9 @@ def parse_json_body(raw: bytes):
 def status_text(record: Record) -> str:
     """The STATUS column of `docker ps`."""
     if record.status == "running" and record.started_at:
-        return "Up " + human_duration(time.time() - record.started_at)
+        return "Up " + human_duration(time.time() - record.started_at) + (" (Paused)" if record.paused else "")
+    if record.restarting:
+        return f"Restarting ({record.exit_code}) {human_duration(time.time() - (record.finished_at or 0))} ago"
     if record.status == "exited" and record.finished_at:
         return f"Exited ({record.exit_code}) {human_duration(time.time() - record.finished_at)} ago"
     return record.status.capitalize()
@@ -117,7 +119,7 @@ def summary(record: Record) -> dict:
     return {
         "Id": record.id, "Names": ["/" + record.name], "Image": spec.image, "ImageID": record.image_id,
         "Command": " ".join(spec.argv), "Created": int(record.created), "Ports": [],
-        "Labels": spec.labels, "State": record.status, "Status": status_text(record),
+        "Labels": spec.labels, "State": "paused" if record.paused else record.status, "Status": status_text(record),
         "HostConfig": {"NetworkMode": spec.network_mode}, "NetworkSettings": {"Networks": {}},
         "Mounts": [],
     }
@@ -131,19 +133,20 @@ def inspect(record: Record) -> dict:
     return {
         "Id": record.id, "Created": rfc3339(record.created),
         "Path": spec.argv[0], "Args": spec.argv[1:],
-        "State": {"Status": record.status, "Running": record.running, "Paused": False,
-                  "Restarting": False, "OOMKilled": record.oom_killed, "Dead": False,
+        "State": {"Status": "paused" if record.paused else "restarting" if record.restarting else record.status,
+                  "Running": record.running, "Paused": record.paused, "Restarting": record.restarting, "OOMKilled": record.oom_killed, "Dead": False,
                   "Pid": record.pid, "ExitCode": record.exit_code, "Error": record.error,
                   "StartedAt": rfc3339(record.started_at), "FinishedAt": rfc3339(record.finished_at)},
         "Image": record.image_id, "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
-        "LogPath": "", "Name": "/" + record.name, "RestartCount": 0, "Driver": "overlay",
+        "LogPath": "", "Name": "/" + record.name, "RestartCount": record.restart_count, "Driver": "overlay",
         "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
         "ExecIDs": None,
         "HostConfig": {
             **host, "NetworkMode": spec.network_mode, "AutoRemove": spec.auto_remove,
             "Memory": spec.memory or 0, "NanoCpus": int(host.get("NanoCpus") or 0),
             "CpuQuota": int(host.get("CpuQuota") or 0), "CpuPeriod": int(host.get("CpuPeriod") or 0),
-            "PidsLimit": spec.pids, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "PidsLimit": spec.pids,
+            "RestartPolicy": {"Name": spec.restart_policy[0] or "no", "MaximumRetryCount": spec.restart_policy[1]},
             "LogConfig": {"Type": spec.log_driver, "Config": {}}, "Runtime": "labkit", "Privileged": False,
             "ReadonlyRootfs": spec.read_only, "Init": spec.init},
         "GraphDriver": {"Name": "overlay", "Data": {"MergedDir": record.details.get("RootFS", "")}},
@@ -419,6 +422,70 @@ def exec_resize(h, m, q):
     h.send_empty(200)
 
 
+def pause(h, m, q):
+    h.engine.pause(m["id"], True)
+    h.send_empty(204)
+
+
+def unpause(h, m, q):
+    h.engine.pause(m["id"], False)
+    h.send_empty(204)
+
+
+def stats(h, m, q):
+    """One sample with stream=0 (its precpu_stats half a second before, so the CLI can compute a
+    CPU percentage), else a sample per second until the container stops or the client leaves."""
+    record, process = h.engine.running_process(m["id"])
+    stream = flag(q, "stream", default=True)
+    previous = observe.stats(record.id, record.name, process.cgroup, None)
+    if not stream:
+        time.sleep(0.5)
+        h.send_json(200, observe.stats(record.id, record.name, process.cgroup, previous))
+        return
+    h.start_stream(200, "application/json")
+    while record.running and record.process is process and not state.client_gone(h.connection):
+        try:
+            now = observe.stats(record.id, record.name, process.cgroup, previous)
+        except OSError:                      # the cgroup went away: it stopped
+            break
+        h.write_chunk(json.dumps(now).encode() + b"\n")
+        h.wfile.flush()
+        previous = now
+        time.sleep(1.0)
+    h.end_stream()
+
+
+def top(h, m, q):
+    if q.get("ps_args"):
+        raise InvalidValue("ps_args", q["ps_args"], "none: labkit's engine shows the columns of ps -ef")
+    record, process = h.engine.running_process(m["id"])
+    h.send_json(200, observe.top(process.pid))
+
+
+def rename(h, m, q):
+    h.engine.rename(m["id"], q.get("name", ""))
+    h.send_empty(204)
+
+
+def restart(h, m, q):
+    timeout = q.get("t") or None
+    if timeout is not None and not timeout.lstrip("-").isdigit():
+        raise InvalidValue("t", timeout, "a number of seconds")
+    h.engine.restart(m["id"], None if timeout is None else int(timeout))
+    h.send_empty(204)
+
+
+def update(h, m, q):
+    h.engine.update(m["id"], parse_json_body(h.body))
+    h.send_json(200, {"Warnings": []})
+
+
+def prune_containers(h, m, q):
+    if q.get("filters") and parse_json_body(q["filters"].encode()):
+        raise InvalidValue("filters", q["filters"], "none: labkit's engine prunes every stopped container")
+    h.send_json(200, {"ContainersDeleted": h.engine.prune() or None, "SpaceReclaimed": 0})
+
+
 def kill(h, m, q):
     h.engine.kill(m["id"], q.get("signal") or None)
     h.send_empty(204)
@@ -466,6 +533,14 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("POST", rf"/containers/{_ID}/stop", stop),
     ("DELETE", rf"/containers/{_ID}", remove),
     ("POST", rf"/containers/{_ID}/resize", resize),
+    ("POST", rf"/containers/{_ID}/pause", pause),
+    ("POST", rf"/containers/{_ID}/unpause", unpause),
+    ("GET", rf"/containers/{_ID}/stats", stats),
+    ("GET", rf"/containers/{_ID}/top", top),
+    ("POST", rf"/containers/{_ID}/rename", rename),
+    ("POST", rf"/containers/{_ID}/restart", restart),
+    ("POST", rf"/containers/{_ID}/update", update),
+    ("POST", r"/containers/prune", prune_containers),
     ("POST", rf"/containers/{_ID}/exec", exec_create),
     ("POST", rf"/exec/{_ID}/start", exec_start),
     ("GET", rf"/exec/{_ID}/json", exec_inspect),

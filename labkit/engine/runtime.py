@@ -62,6 +62,20 @@ class Running:
         if self.container.stdin is not None and not self.container.stdin.closed:
             self.container.stdin.close()
 
+    def pause(self) -> None:
+        self.container.pause()
+
+    def unpause(self) -> None:
+        self.container.unpause()
+
+    def update(self, **limits) -> None:
+        """New limits written into the running container's cgroup (docker update)."""
+        self.container.cgroup.set(**limits)
+
+    @property
+    def cgroup(self):
+        return self.container.cgroup
+
     def resize(self, rows: int, columns: int) -> None:
         from .execs import resize
         if self.container.tty_master is not None:

@@ -68,7 +68,7 @@ APPLIED = {
     "HostConfig.NetworkMode": "none: the container's own net namespace with only lo",
     "HostConfig.AutoRemove": "cgroup, mounts and record removed when the container exits",
     "HostConfig.LogConfig": "json-file: output kept per line; none: not kept (docker logs refuses)",
-    "HostConfig.RestartPolicy": "'no' only",
+    "HostConfig.RestartPolicy": "the engine starts the container again when it exits (State.RestartCount)",
     "HostConfig.Runtime": "'labkit' only: labkit.container makes the container",
     "HostConfig.Isolation": "'default' only (Linux has no other)",
     "HostConfig.ContainerIDFile": "written by the docker CLI itself (the engine has nothing to do)",
@@ -168,6 +168,7 @@ class ContainerSpec:
     masked_paths: list = field(default_factory=list)
     readonly_paths: list = field(default_factory=list)
     cgroupns: bool = False
+    restart_policy: tuple = ("no", 0)    # (name, MaximumRetryCount)
     tty: bool = False
     open_stdin: bool = False
     stdin_once: bool = False
@@ -364,6 +365,72 @@ def _extra_hosts(value) -> dict:
     return hosts
 
 
+RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+
+
+def parse_restart_policy(value) -> tuple[str, int]:
+    """{"Name": "on-failure", "MaximumRetryCount": 3} -> ("on-failure", 3)."""
+    value = value or {}
+    if not isinstance(value, dict):
+        raise InvalidValue("HostConfig.RestartPolicy (--restart)", value, '{"Name": ..., "MaximumRetryCount": N}')
+    name, retries = value.get("Name") or "", value.get("MaximumRetryCount") or 0
+    if name not in RESTART_POLICIES:
+        raise InvalidValue("HostConfig.RestartPolicy (--restart)", name,
+                           "no, always, unless-stopped or on-failure[:N]")
+    _int(retries, "HostConfig.RestartPolicy.MaximumRetryCount")
+    if retries and name != "on-failure":
+        raise InvalidValue("HostConfig.RestartPolicy.MaximumRetryCount", retries, "0 unless on-failure")
+    return name, retries
+
+
+# docker update: field -> (labkit cgroup limit, spec attribute)
+UPDATABLE = {"Memory": ("memory", "memory"), "MemorySwap": ("swap", "memory_swap"),
+             "NanoCpus": ("cpu", "cpu"), "CpuQuota": ("cpu", "cpu"), "CpuShares": ("cpu_weight", "cpu_shares"),
+             "PidsLimit": ("pids", "pids"), "CpusetCpus": ("cpuset", "cpuset"),
+             "RestartPolicy": (None, "restart_policy")}
+
+
+def parse_update(body, current: "ContainerSpec") -> tuple[dict, dict]:
+    """A POST /containers/ID/update body -> (cgroup limits to set now, spec attributes to keep).
+    Fields it does not apply are refused, naming them (the docker CLI sends zero values for the
+    flags not given, which ask for nothing)."""
+    if not isinstance(body, dict):
+        raise InvalidValue("update body", body, "a JSON object")
+    for key, value in body.items():
+        if key not in UPDATABLE and is_set(f"HostConfig.{key}", value):
+            raise InvalidValue(f"HostConfig.{key}", value, "it unset - docker update in labkit's engine "
+                               "changes " + ", ".join(UPDATABLE))
+    limits, attributes = {}, {}
+    if body.get("Memory"):
+        memory = _int(body["Memory"], "HostConfig.Memory (--memory)")
+        if memory < 6 * 1024 * 1024:
+            raise InvalidValue("HostConfig.Memory (--memory)", memory, "at least 6 MiB")
+        limits["memory"], attributes["memory"] = memory, memory
+    if body.get("MemorySwap"):
+        total = _int(body["MemorySwap"], "HostConfig.MemorySwap (--memory-swap)", minimum=-1)
+        memory = limits.get("memory") or current.memory
+        if total != -1 and (memory is None or total < memory):
+            raise InvalidValue("HostConfig.MemorySwap (--memory-swap)", total, "at least the memory limit")
+        limits["swap"] = "max" if total == -1 else total - memory
+        attributes["memory_swap"] = total
+    if body.get("NanoCpus") or body.get("CpuQuota"):
+        cpu = body["NanoCpus"] / 1e9 if body.get("NanoCpus") else body["CpuQuota"] / 100_000
+        limits["cpu"], attributes["cpu"] = cpu, cpu
+    if body.get("CpuShares"):
+        from ..cgroups.limits import shares_to_weight
+        shares = _int(body["CpuShares"], "HostConfig.CpuShares (--cpu-shares)", minimum=2)
+        limits["cpu_weight"], attributes["cpu_shares"] = shares_to_weight(shares), shares
+    if body.get("PidsLimit") not in (None, 0):
+        pids = body["PidsLimit"]
+        limits["pids"] = "max" if pids == -1 else _int(pids, "HostConfig.PidsLimit (--pids-limit)", minimum=1)
+        attributes["pids"] = None if pids == -1 else pids
+    if body.get("CpusetCpus"):
+        limits["cpuset"] = attributes["cpuset"] = body["CpusetCpus"]
+    if is_set("", body.get("RestartPolicy")):
+        attributes["restart_policy"] = parse_restart_policy(body["RestartPolicy"])
+    return limits, attributes
+
+
 def _choice(host: dict, key: str, allowed: tuple, flag: str, why: str) -> str:
     value = host.get(key) or ""
     if value not in allowed:
@@ -453,9 +520,10 @@ def parse_create(body, image_config) -> ContainerSpec:
         raise InvalidValue("HostConfig.NetworkMode (--network)", network,
                            "'none': labkit's engine gives every container its own network namespace "
                            "with only loopback")
-    restart = (host.get("RestartPolicy") or {}).get("Name", "")
-    if restart not in ("", "no"):
-        raise InvalidValue("HostConfig.RestartPolicy (--restart)", restart, "'no': labkit's engine never restarts")
+    restart_policy = parse_restart_policy(host.get("RestartPolicy"))
+    if restart_policy[0] not in ("", "no") and host.get("AutoRemove"):
+        raise InvalidValue("HostConfig.RestartPolicy (--restart)", restart_policy[0],
+                           "'no' with --rm (AutoRemove): a removed container cannot be restarted")
     log_config = host.get("LogConfig") or {}
     log_driver = log_config.get("Type") or "json-file"
     if log_driver not in ("json-file", "none") or is_set("", log_config.get("Config") or {}):
@@ -507,7 +575,7 @@ def parse_create(body, image_config) -> ContainerSpec:
         extra_hosts=_extra_hosts(host.get("ExtraHosts")), sysctls=dict(sysctls), oom_score_adj=oom,
         masked_paths=_strings(host.get("MaskedPaths"), "HostConfig.MaskedPaths"),
         readonly_paths=_strings(host.get("ReadonlyPaths"), "HostConfig.ReadonlyPaths"),
-        cgroupns=cgroupns, tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
+        cgroupns=cgroupns, restart_policy=restart_policy, tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
         stdin_once=bool(body.get("StdinOnce")), stop_signal=stop_signal, stop_timeout=stop_timeout, log_driver=log_driver,
         network_mode=network or "none", auto_remove=bool(host.get("AutoRemove")), labels=labels,
         config=body, host_config=host)

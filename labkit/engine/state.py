@@ -95,6 +95,10 @@ class Record:
     log_bytes: int = 0
     process: object = None                     # the runtime's handle while running
     details: dict = field(default_factory=dict)  # namespaces, cgroup: what the runtime reports
+    paused: bool = False                 # its cgroup is frozen (docker pause)
+    restart_count: int = 0               # restarts by its restart policy
+    manually_stopped: bool = False       # stop/kill by a client: the restart policy does not apply
+    restarting: bool = False
 
     @property
     def running(self) -> bool:
@@ -172,6 +176,7 @@ class Engine:
             if record.status == "removing" or self._closing:
                 raise Conflict(f"container {record.id} is being removed")
             record.starting = True          # a second start now gets 304, a remove waits its turn
+            record.manually_stopped = False
         try:
             image = self.images.find(record.image_id)
             # Docker's default hostname is the first 12 characters of the container id.
@@ -235,6 +240,9 @@ class Engine:
             record.status, record.process, record.pid = "exited", None, 0
             record.releasing = True
             record.exits += 1
+            if self._should_restart(record):     # "restarting" from the moment it exited
+                record.restarting = True
+                record.restart_count += 1
             self._changed.notify_all()
         try:
             process.release()           # namespaces, cgroup, mounts of this run: gone now
@@ -245,11 +253,43 @@ class Engine:
             with self._changed:
                 record.releasing = False
                 self._changed.notify_all()
-        if record.spec.auto_remove:
+        if record.restarting:
+            self._restart_later(record)
+        elif record.spec.auto_remove:
             try:
                 self.remove(record.id, force=True)
             except (NotFound, Conflict):
                 pass
+
+    # --- restart policies: the engine supervises ------------------------------------------------
+
+    def _should_restart(self, record: Record) -> bool:
+        """Does its restart policy start it again after this exit? (Hold the lock.)"""
+        policy, retries = record.spec.restart_policy
+        if record.removed or self._closing or record.manually_stopped or policy in ("", "no"):
+            return False
+        if policy == "on-failure":
+            return record.exit_code != 0 and (retries == 0 or record.restart_count < retries)
+        return True                                      # always, unless-stopped
+
+    def _restart_later(self, record: Record) -> None:
+        """Docker's back-off: 100 ms before the first restart, doubling each time (at most 1 min)."""
+        delay = min(0.1 * 2 ** (record.restart_count - 1), 60.0)
+
+        def restart():
+            with self._changed:
+                self._changed.wait_for(lambda: self._closing or record.removed or record.manually_stopped,
+                                       timeout=delay)
+                record.restarting = False
+                give_up = self._closing or record.removed or record.manually_stopped
+                self._changed.notify_all()
+            if not give_up:
+                try:
+                    self.start(record.id)
+                except Exception as exc:  # noqa: BLE001 - recorded; the policy tries no more
+                    record.error = f"restart by policy failed: {exc}"
+
+        threading.Thread(target=restart, name=f"{record.name}-restart", daemon=True).start()
 
     def _append(self, record: Record, stream: int, data: bytes) -> None:
         """Store output line by line, each with its time (as Docker's json-file driver does), so
@@ -308,6 +348,10 @@ class Engine:
             record = self._find(ref)
             if not record.running or record.process is None:
                 raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
+            if record.paused:
+                raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is paused. "
+                               "Unpause the container before stopping or killing")
+            record.manually_stopped = True
             process = record.process
         process.kill(sig)
         if sig == signals.SIGKILL:
@@ -322,8 +366,14 @@ class Engine:
         False if it was not running (the API answers 304)."""
         with self._changed:
             record = self._find(ref)
+            if record.restarting:               # a stop ends a restart policy's wait
+                record.manually_stopped = True
+                self._changed.notify_all()
             if not record.running:
                 return False
+            if record.paused:
+                raise Conflict(f"Cannot stop container: {ref}: Container {record.id} is paused. "
+                               "Unpause the container before stopping or killing")
         if timeout is None:
             timeout = record.spec.stop_timeout if record.spec.stop_timeout is not None else 10
         try:
@@ -352,8 +402,12 @@ class Engine:
                 raise Conflict(f"container {record.id} is {'being removed' if record.removed else 'starting'}; "
                                "try again in a moment")
             was_running = record.running
+            record.manually_stopped = True
             if was_running:
                 record.process.kill(signals.SIGKILL)
+                if record.paused:               # a frozen process dies once thawed
+                    record.process.unpause()
+                    record.paused = False
         if was_running:
             self.wait(record.id, "not-running", give_up_at_shutdown=False)
         with self._changed:
@@ -364,6 +418,79 @@ class Engine:
             self.execs.forget_container(record.id)
             record.removed = True
             self._changed.notify_all()
+
+    # --- pause, stats, top, rename, restart, update, prune ------------------------------------------
+
+    def pause(self, ref: str, freeze: bool = True) -> None:
+        """docker pause / unpause: the container's cgroup frozen or thawed (the freezer)."""
+        with self._changed:
+            record = self._find(ref)
+            if not record.running or record.process is None:
+                raise Conflict(f"Container {record.id} is not running")
+            if record.paused == freeze:
+                raise Conflict(f"Container {record.id} is {'already' if freeze else 'not'} paused")
+            process = record.process
+        process.pause() if freeze else process.unpause()
+        with self._changed:
+            record.paused = freeze
+            self._changed.notify_all()
+
+    def running_process(self, ref: str):
+        """(record, the runtime's handle) of a running container; Conflict otherwise."""
+        with self._changed:
+            record = self._find(ref)
+            if not record.running or record.process is None:
+                raise Conflict(f"Container {record.id} is not running")
+            return record, record.process
+
+    def rename(self, ref: str, new_name: str) -> None:
+        name = check_name(new_name)
+        if name is None:
+            raise InvalidValue("name", new_name, "a new container name")
+        with self._changed:
+            record = self._find(ref)
+            for other in self._records.values():
+                if other.name == name and other is not record:
+                    raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                                   f'"{other.id}". You have to remove (or rename) that container to be '
+                                   f'able to reuse that name.')
+            record.name = name
+
+    def restart(self, ref: str, timeout: float | None = None) -> None:
+        self.stop(ref, timeout)
+        with self._changed:
+            record = self._find(ref)
+            while record.releasing or record.restarting:
+                self._changed.wait(1.0)
+        self.start(record.id)
+
+    def update(self, ref: str, body) -> None:
+        """docker update: new limits written into the running container's cgroup (and kept for its
+        next start); the one rule holds - a field not applied is refused."""
+        from .spec import parse_update
+        with self._changed:
+            record = self._find(ref)
+        changes, spec_changes = parse_update(body, record.spec)
+        with self._changed:
+            process = record.process if record.running else None
+        if process is not None and changes:
+            process.update(**changes)
+        for key, value in spec_changes.items():
+            setattr(record.spec, key, value)
+
+    def prune(self) -> list[str]:
+        """docker container prune: every container that is not running is removed."""
+        with self._changed:
+            stopped = [r.id for r in self._records.values()
+                       if not r.running and not r.starting and not r.restarting]
+        removed = []
+        for ref in stopped:
+            try:
+                self.remove(ref)
+                removed.append(ref)
+            except (NotFound, Conflict):
+                pass
+        return removed
 
     # --- input --------------------------------------------------------------------------------------
 
