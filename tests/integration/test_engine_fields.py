@@ -483,8 +483,17 @@ def check_log_config(engine):
 
 
 def check_restart_policy(engine):
+    """The engine starts it again: a new pid 1 each time (test_engine_lifecycle has the policies)."""
+    name = cleanup.unique_name("restart")
+    assert docker(engine, "run", "-d", "--name", name, "--restart", "on-failure:1", IMAGE,
+                  "sh", "-c", "echo $$ > /dev/null; exit 1").returncode == 0
+    try:
+        assert _wait_for(lambda: (lambda c: c["RestartCount"] == 1 and c["State"]["Status"] == "exited")(
+            json.loads(docker(engine, "inspect", name).stdout)[0]))
+    finally:
+        docker(engine, "rm", "--force", name)
     assert out(engine, "--restart", "no", IMAGE, "echo", "once") == "once\n"
-    refused(engine, "HostConfig.RestartPolicy", {"Name": "always", "MaximumRetryCount": 0})
+    refused(engine, "HostConfig.RestartPolicy", {"Name": "sometimes", "MaximumRetryCount": 0})
 
 
 def check_runtime(engine):
