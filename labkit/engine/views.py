@@ -89,6 +89,39 @@ def memory_limit(pid: int) -> int | None:
     return None
 
 
+def _controller_dir(pid: int, v1: str) -> Path:
+    """The process's cgroup directory for a v1 controller, or its v2 directory."""
+    paths = cgroups(pid)
+    if v1 in paths and Path("/sys/fs/cgroup", v1).is_dir():
+        return Path("/sys/fs/cgroup", v1, paths[v1].lstrip("/"))
+    return Path("/sys/fs/cgroup", paths["unified"].lstrip("/"))
+
+
+def freezer_state(pid: int) -> str:
+    """What the freezer says of the process's cgroup: v1 freezer.state (THAWED / FREEZING / FROZEN),
+    or v2's cgroup.freeze (0 / 1) as FROZEN / THAWED."""
+    directory = _controller_dir(pid, "freezer")
+    if (directory / "freezer.state").exists():
+        return (directory / "freezer.state").read_text().strip()
+    return "FROZEN" if (directory / "cgroup.freeze").read_text().strip() == "1" else "THAWED"
+
+
+def cpu_usage_ns(pid: int) -> int:
+    """CPU time the process's cgroup has used, in ns: v1 cpuacct.usage, v2 cpu.stat's usage_usec."""
+    directory = _controller_dir(pid, "cpuacct")
+    if (directory / "cpuacct.usage").exists():
+        return int((directory / "cpuacct.usage").read_text())
+    stat = dict(line.split() for line in (directory / "cpu.stat").read_text().splitlines())
+    return int(stat["usage_usec"]) * 1000
+
+
+def memory_usage(pid: int) -> int:
+    """Bytes the process's cgroup uses now: v1 memory.usage_in_bytes, v2 memory.current."""
+    directory = _controller_dir(pid, "memory")
+    name = "memory.usage_in_bytes" if (directory / "memory.usage_in_bytes").exists() else "memory.current"
+    return int((directory / name).read_text())
+
+
 def check_memory_limit(pid: int, answer: str) -> tuple[bool, str]:
     """Exercise checker: is `answer` the memory limit (bytes) the kernel enforces on `pid` right now?"""
     try:
