@@ -41,9 +41,10 @@ _ID = r"(?P<id>[^/]+)"
 class HTTPError(Exception):
     """An error answered with a status of our choosing (the rest is mapped from LabkitError)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
         self.status = status
+        self.close = close          # the connection is out of step: answer, then close it
 
 
 def _version_tuple(text: str) -> tuple[int, int]:
@@ -79,15 +80,32 @@ def flag(query: dict, name: str, default: bool = False) -> bool:
 
 
 def read_request_body(rfile, headers) -> bytes:
-    """The request's body, at most MAX_BODY bytes of it kept in memory. A bigger one is read to its
-    end (so the connection stays in step for the answer) and refused with 413, naming its size."""
-    kept, size = bytearray(), 0
-    for piece in wire.iter_body(rfile, wire.body_framing(headers, is_request=True), headers):
-        size += len(piece)
-        if size <= MAX_BODY:
+    """The request's body, at most MAX_BODY bytes, plain or chunked. A bigger one is refused with
+    413 as soon as it is known to be too big, without reading the rest, and the connection is
+    closed after the answer (what follows on it is no longer a request). Malformed framing - a
+    Content-Length that is not a number, both framings at once, a bad chunk size - is a 400, and
+    closes the connection too."""
+    encoding = wire.header(headers, "Transfer-Encoding").strip().lower()
+    try:
+        length = wire.content_length(headers)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc), close=True) from None
+    if encoding and (encoding != "chunked" or length is not None):
+        raise HTTPError(400, f"malformed framing: Transfer-Encoding {encoding!r}"
+                             + (" with a Content-Length" if length is not None else "")
+                             + " (only chunked, alone)", close=True)
+    if length is not None and length > MAX_BODY:
+        raise HTTPError(413, f"request body of {length} bytes is too large: at most {MAX_BODY} bytes",
+                        close=True)
+    kept = bytearray()
+    try:
+        for piece in wire.iter_body(rfile, wire.body_framing(headers, is_request=True), headers):
             kept += piece
-    if size > MAX_BODY:
-        raise HTTPError(413, f"request body of {size} bytes is too large: at most {MAX_BODY} bytes")
+            if len(kept) > MAX_BODY:
+                raise HTTPError(413, f"chunked request body larger than {MAX_BODY} bytes: refused",
+                                close=True)
+    except ValueError as exc:
+        raise HTTPError(400, f"malformed chunked body: {exc}", close=True) from None
     return bytes(kept)
 
 
@@ -278,10 +296,14 @@ def wait(h, m, q):
     engine.get(m["id"])                                       # 404 now, not after the headers
     h.start_stream(200, "application/json")
     try:
-        code = engine.wait(m["id"], condition)
+        code = engine.wait(m["id"], condition, is_gone=lambda: state.client_hung_up(h.connection))
         body = {"StatusCode": code, "Error": None}
     except NotFound:                                          # removed while we waited
         body = {"StatusCode": 0, "Error": None}
+    except ConnectionAbortedError:                            # the client left: so do we
+        h.close_connection = True
+        h._streaming = False
+        return
     h.write_chunk(json.dumps(body).encode() + b"\n")
     h.end_stream()
 
@@ -331,8 +353,11 @@ def attach(h, m, q):
     record = h.engine.get(m["id"])
     if flag(q, "stdin") and not record.spec.open_stdin:
         raise InvalidValue("attach stdin", "stdin=1", "a container created with -i (OpenStdin)")
+    # A client that hangs up (killed: its end closed) ends the stream and frees this thread; a
+    # half-close only ends its input, the output goes on until the container exits.
+    gone = lambda: state.client_hung_up(h.connection)          # noqa: E731
     entries = h.engine.output(m["id"], stdout=flag(q, "stdout"), stderr=flag(q, "stderr"),
-                              until_exit=flag(q, "stream"), replay=flag(q, "logs"))
+                              until_exit=flag(q, "stream"), replay=flag(q, "logs"), is_gone=gone)
     hijack.upgrade(h)
     if flag(q, "stdin"):
         first = hijack.pending_input(h)          # before the output starts: it toggles blocking mode
@@ -611,6 +636,8 @@ class Handler(BaseHTTPRequestHandler):
         self._common_headers()
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -638,6 +665,8 @@ class Handler(BaseHTTPRequestHandler):
         if status == 500 and not isinstance(exc, LabkitError):
             traceback.print_exc()
         message = str(exc) if isinstance(exc, (HTTPError, LabkitError)) else f"internal error: {exc!r}"
+        if getattr(exc, "close", False):
+            self.close_connection = True
         self.send_json(status, {"message": message})
 
     def start_stream(self, status: int, content_type: str) -> None:

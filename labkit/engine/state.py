@@ -309,7 +309,7 @@ class Engine:
     # --- wait / kill / remove -----------------------------------------------------------------
 
     def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None,
-             give_up_at_shutdown: bool = True) -> int:
+             give_up_at_shutdown: bool = True, is_gone=None) -> int:
         """Block until the condition holds; the container's exit code then.
 
         not-running: now, unless it is running; next-exit: its next exit from now; removed: gone.
@@ -337,7 +337,9 @@ class Engine:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"container {record.name} still {record.status} after {timeout} s")
-                self._changed.wait(left if left is not None else 1.0)
+                if is_gone is not None and is_gone():
+                    raise ConnectionAbortedError("the client that waits has gone")
+                self._changed.wait(min(left, 1.0) if left is not None else 1.0)
             return record.exit_code
 
     def kill(self, ref: str, signal: str | int | None = None) -> None:
@@ -644,4 +646,18 @@ def client_gone(sock: socket.socket) -> bool:
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
+        return True
+
+
+def client_hung_up(sock: socket.socket) -> bool:
+    """Has the peer closed its end completely (exited, killed)? On a unix socket that is POLLHUP;
+    a half-close (shutdown(SHUT_WR), which the docker CLI does on attach when it has no more
+    input) only sets POLLRDHUP, and the client still reads."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP | select.POLLRDHUP)
+        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
+    except (OSError, ValueError):
         return True

@@ -101,7 +101,7 @@ def iter_body(rfile, framing: str, headers, raw: bool = False):
             size_line = rfile.readline(1024)
             if not size_line:
                 raise ConnectionClosed("connection closed inside a chunked body")
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            size = parse_chunk_size(size_line)
             if size == 0:
                 trailer = bytearray(size_line)
                 while True:           # optional trailers, then an empty line
@@ -123,6 +123,31 @@ def iter_body(rfile, framing: str, headers, raw: bool = False):
             if not piece:
                 return
             yield piece
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """A chunk-size line: hex digits (then ;extensions), CRLF. Anything else is malformed framing
+    (ValueError): a negative, empty or overlong size would desynchronise the connection."""
+    if not line.endswith(b"\n"):
+        raise ValueError(f"chunk-size line too long or cut: {line[:40]!r}")
+    digits = line.split(b";")[0].strip()
+    if not digits or len(digits) > 16 or not set(digits) <= _HEX:
+        raise ValueError(f"malformed chunk size {digits[:40]!r}")
+    return int(digits, 16)
+
+
+def content_length(headers) -> int | None:
+    """The Content-Length header as a number; None without one; ValueError when it is not digits
+    or appears twice with different values."""
+    values = {value.strip() for key, value in headers if key.lower() == "content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not next(iter(values)).isdigit():
+        raise ValueError(f"malformed Content-Length {sorted(values)!r}")
+    return int(next(iter(values)))
 
 
 def read_body(rfile, framing: str, headers) -> bytes:
