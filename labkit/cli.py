@@ -60,19 +60,31 @@ def _cmd_doctor(args) -> int:
 # --- spawn -----------------------------------------------------------------------------------------
 
 def _cmd_spawn(args) -> int:
+    """`labkit spawn`: argv in new namespaces and a new cgroup; output passes through; all removed after."""
+    import signal
+
     from . import namespaces
+    from .cgroups import Cgroup
+    from .nskinds import parse_kinds
 
     if not args.command:
         raise InvalidValue("command", "", "a command after `--`, e.g. labkit spawn --ns pid -- ps")
-    result = namespaces.spawn_with_limits(
-        args.command, namespaces=args.ns, memory=args.memory, cpu=args.cpu, pids=args.pids,
-        hostname=args.hostname)
-    if result.oom_killed:
+    kinds = {k.name for k in parse_kinds(args.ns)}      # refuse bad input before anything is created
+    with Cgroup.create(memory=args.memory, cpu=args.cpu, pids=args.pids) as group:
+        hostname = args.hostname if args.hostname is not None or "uts" not in kinds else group.name
+        proc = namespaces.spawn(args.command, args.ns, cgroup=group, hostname=hostname)
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            returncode = proc.wait()
+        oom_killed = returncode == -signal.SIGKILL and group.oom_kills() > 0
+    if oom_killed:
         print(f"labkit: {args.command[0]} was killed by the OOM killer "
               f"(memory limit {args.memory})", file=sys.stderr)
-    elif result.returncode < 0:
-        print(f"labkit: {args.command[0]} was killed by signal {-result.returncode}", file=sys.stderr)
-    return result.exit_status
+    elif returncode < 0:
+        print(f"labkit: {args.command[0]} was killed by signal {-returncode}", file=sys.stderr)
+    return returncode if returncode >= 0 else 128 - returncode    # what a shell reports: 128+N for signal N
 
 
 # --- cleanup ---------------------------------------------------------------------------------------

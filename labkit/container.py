@@ -49,6 +49,7 @@ from typing import Iterable, Mapping, Sequence
 from . import capabilities as _caps, cleanup, rootfs as _rootfs, starter, syscalls
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 from .interrupts import hold_interrupts
+from .nskinds import parse_kinds
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -233,7 +234,6 @@ class Container:
                  shm_size: int | None = None, sysctls: Mapping[str, str] | None = None,
                  domainname: str | None = None, cgroupns: bool = False, seccomp=None,
                  stdin_open: bool = False, tty: bool = False):
-        from .namespaces import parse_kinds
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
         self.command = _command(command)

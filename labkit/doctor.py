@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from . import host, vm
 from .host import Controller
 from .cgroups.base import PARENT_ENV, parent_from_env
-from .namespaces import KINDS, kind_available
+from .nskinds import KINDS, kind_available
 
 
 def tools() -> dict[str, str | None]:

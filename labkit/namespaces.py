@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from . import host, syscalls
-from .cgroups import Cgroup
+from . import host, nssetup, syscalls
 from .errors import InvalidValue, LabkitError, NotFound, from_oserror
+from .nskinds import KINDS, kind_available, parse_kinds   # KINDS: notebook 01 imports it from here
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -52,52 +52,8 @@ DEVNULL = subprocess.DEVNULL
 GO_MAPPED = b"2"     # uid_map and gid_map are written
 GO_PLACED = b"1"     # the command's process is in its cgroup: exec it
 
-
-@dataclass(frozen=True)
-class Kind:
-    name: str          # the file name under /proc/PID/ns
-    flag: int          # the clone/unshare flag
-    isolates: str      # what a process inside gets its own copy of
-    min_kernel: str    # first kernel release that had it
-    unshare_option: str  # the same kind for unshare(1)
-
-
-KINDS: tuple[Kind, ...] = (
-    Kind("cgroup", syscalls.CLONE_NEWCGROUP, "its view of the cgroup tree (/proc/self/cgroup)", "4.6", "--cgroup"),
-    Kind("ipc", syscalls.CLONE_NEWIPC, "System V IPC objects and POSIX message queues", "2.6.19", "--ipc"),
-    Kind("mnt", syscalls.CLONE_NEWNS, "the mount table: what is mounted where", "2.4.19", "--mount"),
-    Kind("net", syscalls.CLONE_NEWNET, "network devices, addresses, routes, ports, firewall", "2.6.29", "--net"),
-    Kind("pid", syscalls.CLONE_NEWPID, "process ids: the first process inside is pid 1", "2.6.24", "--pid"),
-    Kind("time", syscalls.CLONE_NEWTIME, "the monotonic and boot-time clocks' offsets", "5.6", "--time"),
-    Kind("user", syscalls.CLONE_NEWUSER, "user and group ids, and so capabilities", "3.8", "--user"),
-    Kind("uts", syscalls.CLONE_NEWUTS, "hostname and NIS domain name", "2.6.19", "--uts"),
-)
-BY_NAME = {k.name: k for k in KINDS}
-ALIASES = {"mount": "mnt", "network": "net", "hostname": "uts"}
-
 # Kinds that only take effect in children of the process that unshares them.
 _FOR_CHILDREN = {"pid", "time"}
-
-
-def kind_available(kind: Kind) -> bool:
-    return os.path.exists(f"/proc/self/ns/{kind.name}")
-
-
-def parse_kinds(spec: str | Iterable[str] | None) -> tuple[Kind, ...]:
-    """'pid,uts' / ['pid', 'uts'] / 'all' / None -> Kind objects; unknown names are refused."""
-    if spec is None or spec == "":
-        return ()
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    if names == ["all"]:
-        return KINDS
-    kinds = []
-    for raw in names:
-        name = ALIASES.get(str(raw).strip(), str(raw).strip())
-        if name not in BY_NAME:
-            raise InvalidValue("namespace kind", raw, "one of " + ", ".join(BY_NAME) + " or 'all'")
-        if BY_NAME[name] not in kinds:
-            kinds.append(BY_NAME[name])
-    return tuple(kinds)
 
 
 def ns_inode(pid: int | str, kind: str) -> int:
@@ -326,7 +282,7 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
         raise InvalidValue("uid_map", uid_map, "a user namespace too")
     if mount_proc is None:
         mount_proc = {"pid", "mnt"} <= names
-    time_lines = _time_offset_lines(time_offsets) if time_offsets else None
+    time_lines = nssetup.time_offset_lines(time_offsets) if time_offsets else None
     host.require_lab_host("start a process in new namespaces")
     join_fds = _open_join(join) if join else {}
     flags = 0
@@ -354,7 +310,7 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
                 _die_with_parent(parent)
             # Keep only what we need: another thread's spawn may have pipes open right now, and
             # holding their ends would make that parent wait for us.
-            _close_fds_except({go_r, report_w, err_w, *child_fds, *join_fds.values(), *pass_fds,
+            close_fds_except({go_r, report_w, err_w, *child_fds, *join_fds.values(), *pass_fds,
                                *(entry[0] for entry in stdio if entry)})
             for fd in join_fds.values():
                 syscalls.setns(fd, 0)
@@ -363,8 +319,8 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
             if "user" in names:
                 os.write(report_w, b"U")
                 _await(go_r, GO_MAPPED)                   # parent has written uid_map/gid_map
-                if _maps_root(uid_map):
-                    _become_root_inside()
+                if nssetup.maps_root(uid_map):
+                    nssetup.become_root_inside()
                 if needs_fork or not detach:
                     _die_with_parent(parent)              # a change of ids clears it: again
             if time_lines:
@@ -395,10 +351,10 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
     pidfd = None
     try:
         if "user" in names:
-            if _read_exact(report_r, 1) == b"U":
-                _write_id_maps(pid, uid_map, gid_map)
+            if read_exact(report_r, 1) == b"U":
+                nssetup.write_id_maps(pid, uid_map, gid_map)
                 os.write(go_w, GO_MAPPED)
-        raw = _read_exact(report_r, 4)
+        raw = read_exact(report_r, 4)
         if len(raw) == 4:
             final_pid = struct.unpack("i", raw)[0]
             pidfd = os.pidfd_open(final_pid)   # it waits for us: this pid is still that process
@@ -424,7 +380,8 @@ def spawn(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *
     return Process(argv, final_pid, pid, *pipes, pidfd=pidfd)
 
 
-def _close_fds_except(keep: set[int]) -> None:
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor above 2 but `keep` (in a freshly forked child: fds other threads opened)."""
     previous = 2
     for fd in sorted(fd for fd in keep if fd > 2):
         os.closerange(previous + 1, fd)
@@ -460,7 +417,7 @@ def _die_with_parent(parent: int) -> None:
 
 def _await(fd: int, expected: bytes) -> None:
     """Go on only on the parent's explicit byte: end-of-file means it failed, or died."""
-    if _read_exact(fd, 1) != expected:
+    if read_exact(fd, 1) != expected:
         os._exit(1)
 
 
@@ -549,51 +506,8 @@ def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_
         raise NotFound(f"command not found: {argv[0]!r}") from None
 
 
-def _write_id_maps(pid: int, uid_map: str | None, gid_map: str | None) -> None:
-    """Map root inside the new user namespace to our own ids outside (like unshare --map-root-user)."""
-    uid_map = uid_map or f"0 {os.geteuid()} 1"
-    gid_map = gid_map or f"0 {os.getegid()} 1"
-    if os.geteuid() != 0:
-        syscalls.write_file(f"/proc/{pid}/setgroups", "deny")
-    syscalls.write_file(f"/proc/{pid}/uid_map", uid_map)
-    syscalls.write_file(f"/proc/{pid}/gid_map", gid_map)
-
-
-def _maps_root(uid_map: str | None) -> bool:
-    """Does the map give the new user namespace a root (a line "0 OUTSIDE COUNT")? The default does."""
-    return uid_map is None or any(line.split()[:1] == ["0"] for line in uid_map.splitlines())
-
-
-def _become_root_inside() -> None:
-    """Take the ids the maps give root inside, as runc does once the maps are written. Without this the
-    process keeps its outside ids - unmapped inside unless they are the mapped ones (shown as 65534) -
-    and loses its capabilities at exec."""
-    try:
-        os.setgroups([])      # drop the host's supplementary groups; refused when setgroups is "deny"
-    except PermissionError:
-        pass
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-
-
-def _time_offset_lines(offsets: dict) -> str:
-    """What /proc/PID/timens_offsets takes: "CLOCK SECONDS NANOSECONDS" lines, the nanoseconds in
-    [0, 1e9) - so -1.5 s is "-2 500000000". Checked here, in the parent, before anything starts; the
-    child writes it before the first process enters the time namespace."""
-    lines = []
-    for clock, seconds in offsets.items():
-        if clock not in ("monotonic", "boottime"):
-            raise InvalidValue("time offset clock", clock, "'monotonic' or 'boottime'")
-        try:
-            nanoseconds = round(float(seconds) * 1_000_000_000)
-        except (TypeError, ValueError):
-            raise InvalidValue(f"time offset of {clock}", seconds, "a number of seconds") from None
-        whole, fraction = divmod(nanoseconds, 1_000_000_000)
-        lines.append(f"{clock} {whole} {fraction}")
-    return "\n".join(lines)
-
-
-def _read_exact(fd: int, n: int) -> bytes:
+def read_exact(fd: int, n: int) -> bytes:
+    """`n` bytes from a pipe, fewer only at end-of-file (the writer died or gave up)."""
     data = b""
     while len(data) < n:
         chunk = os.read(fd, n - len(data))
@@ -665,34 +579,3 @@ def run(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *,
 def enter(pid: int, kinds: str | Iterable[str], argv: Sequence[str], **options) -> Result:
     """Run `argv` inside the existing namespaces of process `pid` (what nsenter(1) does)."""
     return run(argv, None, join=(pid, kinds), **options)
-
-
-# --- the CLI's spawn: namespaces + a fresh cgroup with limits ----------------------------------------
-
-@dataclass
-class SpawnResult:
-    returncode: int        # like Popen: negative when killed by a signal
-    oom_killed: bool
-
-    @property
-    def exit_status(self) -> int:
-        """What a shell would report: 128+N for a process killed by signal N."""
-        return self.returncode if self.returncode >= 0 else 128 - self.returncode
-
-
-def spawn_with_limits(argv: Sequence[str], namespaces="all", *, memory=None, cpu=None, pids=None,
-                      hostname: str | None = None) -> SpawnResult:
-    """`labkit spawn`: argv in new namespaces and a new cgroup; output passes through; all removed after."""
-    parse_kinds(namespaces)  # refuse bad input before anything is created
-    with Cgroup.create(memory=memory, cpu=cpu, pids=pids) as group:
-        names = {k.name for k in parse_kinds(namespaces)}
-        if hostname is None and "uts" in names:
-            hostname = group.name
-        proc = spawn(argv, namespaces, cgroup=group, hostname=hostname)
-        try:
-            returncode = proc.wait()
-        except KeyboardInterrupt:
-            proc.kill()
-            returncode = proc.wait()
-        oom = returncode == -signal.SIGKILL and group.oom_kills() > 0
-    return SpawnResult(returncode, oom)

@@ -24,7 +24,8 @@ import psutil
 from . import cleanup, host
 from .binaries import find_busybox
 from .errors import LabkitError
-from .namespaces import KINDS, identity, parse_kinds
+from .namespaces import identity
+from .nskinds import KINDS, parse_kinds
 
 KIND_NAMES = tuple(k.name for k in KINDS)
 # psutil names the state letter of /proc/PID/stat; the tables show the kernel's letter (Z, S, R, ...)

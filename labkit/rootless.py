@@ -32,7 +32,7 @@ from typing import Sequence
 
 from . import host, syscalls
 from .errors import LabkitError, NotFound, Unsupported
-from .namespaces import DEVNULL, PIPE, Process, Result, _close_fds_except, _read_exact
+from .namespaces import DEVNULL, PIPE, Process, Result, close_fds_except, read_exact
 
 LEARNER = "labkit-learner"
 PR_SET_DUMPABLE = 4
@@ -113,7 +113,7 @@ def spawn(argv: Sequence[str], *, user: str = LEARNER, mount_ns: bool = True, cg
         helper = os.fork()
     if helper == 0:  # ---------------------------------------------------------------- the helper
         try:
-            _close_fds_except({report_w, *child_stdio.values()})   # other threads' pipes among them
+            close_fds_except({report_w, *child_stdio.values()})   # other threads' pipes among them
             if cgroup is not None:
                 cgroup.add(os.getpid())            # its children are born inside
             os.setgroups([])
@@ -164,7 +164,7 @@ def _run_helper(who: Learner, argv, report_w, child_stdio, mount_ns, newuidmap, 
             syscalls.unshare(flags)
             os.write(ready_w, b"U")
             os.close(ready_w)
-            if _read_exact(go_r, 1) != b"1":
+            if read_exact(go_r, 1) != b"1":
                 os._exit(status)
             if mount_ns:   # mounts made inside stay inside
                 syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
@@ -184,7 +184,7 @@ def _run_helper(who: Learner, argv, report_w, child_stdio, mount_ns, newuidmap, 
     for fd in child_stdio.values():
         os.close(fd)
     try:
-        if _read_exact(ready_r, 1) != b"U":
+        if read_exact(ready_r, 1) != b"U":
             raise LabkitError("the child could not create its user namespace")
         for tool, lines in ((newuidmap, who.uid_map), (newgidmap, who.gid_map)):
             args = [tool, str(child)] + " ".join(lines.splitlines()).split()

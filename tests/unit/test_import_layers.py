@@ -134,3 +134,38 @@ def test_docs_architecture_has_one_line_per_module():
     modules = set(import_graph(ROOT, "labkit"))
     assert not modules - listed, f"add a line to docs/architecture.md for: {sorted(modules - listed)}"
     assert not listed - modules, f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    reaches = []
+    for path in sorted(ROOT.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("labkit")):
+                for alias in node.names:
+                    modules.add(alias.asname or alias.name)
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        reaches.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                reaches.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not reaches, "make what is shared public, named for what it does:\n" + "\n".join(reaches)
+
+
+# Modules still over the limit, each with why; the test fails when one is back under it (remove it here).
+OVER_600_LINES = {
+    "container.py": "engine, starter and security features landed in it this wave; its setup steps "
+                    "(tmpfs, sysctls, hosts, user, rlimits) are the seam to split along",
+    "starter.py": "grew past 600 with exec support this wave: the shim's side is the seam",
+    "rootfs.py": "grew past 600 this wave: the chroot-escape demo (notebook 30) is the seam",
+}
+
+
+def test_every_module_is_under_600_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
+    over = {name for name, lines in sizes.items() if lines >= 600}
+    assert over <= set(OVER_600_LINES), f"over 600 lines, split along a seam: {sorted(over - set(OVER_600_LINES))}"
+    back = set(OVER_600_LINES) - over
+    assert not back, f"under 600 lines now, remove from OVER_600_LINES: {sorted(back)}"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from labkit import namespaces as ns
-from labkit import nsview, propagation, syscalls, timens
+from labkit import nskinds, nssetup, nsview, propagation, syscalls, timens
 from labkit.errors import InvalidValue
 
 
@@ -19,7 +19,7 @@ def test_kinds_are_the_eight_of_proc_self_ns_with_distinct_flags():
     for kind in ns.KINDS:
         assert os.path.exists(f"/proc/self/ns/{kind.name}")
         assert kind.unshare_option.startswith("--")
-    assert ns.BY_NAME["mnt"].flag == syscalls.CLONE_NEWNS == 0x20000
+    assert nskinds.BY_NAME["mnt"].flag == syscalls.CLONE_NEWNS == 0x20000
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -74,7 +74,7 @@ def test_spawn_refuses_an_empty_command(monkeypatch):
 ])
 def test_time_offsets_keep_the_nanoseconds_between_0_and_a_second(seconds, line):
     """timens_offsets refuses a negative nanosecond field: -1.5 s is -2 s + 0.5 s."""
-    assert ns._time_offset_lines({"monotonic": seconds}) == line
+    assert nssetup.time_offset_lines({"monotonic": seconds}) == line
 
 
 def test_no_file_descriptor_is_left_open_when_the_guard_refuses(monkeypatch):
