@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Sequence
 
 from . import host, nssetup, syscalls
 from .errors import InvalidValue, LabkitError, NotFound, from_oserror
-from .nskinds import KINDS, kind_available, parse_kinds   # KINDS: notebook 01 imports it from here
+from .nskinds import BY_NAME, KINDS, kind_available, parse_kinds  # noqa: F401 - notebooks 00 and 01 import the kinds from here
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
