@@ -270,17 +270,16 @@ def _cmd_net(args) -> int:
     return 0 if all(matrix.values()) else 1
 
 
-# --- the parser: one block per subcommand -----------------------------------------------------------
+# --- the parser: one function per subcommand ------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="Containers from kernel primitives.")
-    sub = parser.add_subparsers(dest="subcommand", required=True)
-
+def _add_doctor(sub) -> None:
     p = sub.add_parser("doctor", help="what this machine can do for the lab")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--kvm", action="store_true", help="also boot a tiny VM to see whether KVM works")
     p.set_defaults(func=_cmd_doctor)
 
+
+def _add_spawn(sub) -> None:
     p = sub.add_parser("spawn", help="run a command in new namespaces and a fresh cgroup")
     p.add_argument("--ns", default="all",
                    help="namespace kinds, comma-separated (cgroup,ipc,mnt,net,pid,time,user,uts) or 'all'")
@@ -291,13 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_cmd_spawn)
 
+
+def _add_cleanup(sub) -> None:
     p = sub.add_parser("cleanup", help="remove what dead labkit processes left behind")
     p.add_argument("--check", action="store_true", help="only list leftovers; exit 1 if there are any")
     p.add_argument("--all", action="store_true", help="include objects of live labkit processes")
     p.set_defaults(func=_cmd_cleanup)
 
-    # (chapters add their subcommands below, one block each)
 
+def _add_engine(sub) -> None:
     p = sub.add_parser("engine", help="labkit's Docker-API-compatible engine (chapter 5)")
     engine_sub = p.add_subparsers(dest="engine_action", required=True)
     q = engine_sub.add_parser("serve", help="serve the Docker Engine API on a unix socket (root only)")
@@ -307,11 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--verbose", action="store_true", help="log every request on stderr")
     q.set_defaults(func=_cmd_engine)
 
+
+def _add_trace(sub) -> None:
     p = sub.add_parser("trace", help="record every Docker API call passing through a proxy socket")
     p.add_argument("--socket", required=True, help="the proxy's unix socket: DOCKER_HOST=unix://SOCKET")
     p.add_argument("--upstream", default="/var/run/docker.sock", help="the real API socket")
     p.set_defaults(func=_cmd_trace)
 
+
+def _add_vm(sub) -> None:
     p = sub.add_parser("vm", help="a disposable qemu VM (Debian's kernel, busybox initramfs)")
     vm_sub = p.add_subparsers(dest="vm_action", required=True)
     for action, text in (("boot", "boot a VM, report what it sees, power it off"),
@@ -333,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = vm_sub.add_parser("fetch-kernel", help="apt-get download + dpkg -x Debian's kernel into the cache")
     q.set_defaults(func=_cmd_vm)
 
+
+def _add_lab(sub) -> None:
     p = sub.add_parser("lab", help="JupyterLab for the workbook: url, start, stop, status")
     p.add_argument("lab_action", choices=("url", "start", "stop", "status", "serve"),
                    help="serve = run it in the foreground (what the service runs)")
@@ -346,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="status: only the exit code (0 = running as set)")
     p.set_defaults(func=_cmd_lab)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run a command in a container (busybox image) or an OCI bundle")
     p.add_argument("--bundle", help="an OCI bundle directory (config.json + rootfs, e.g. from `runc spec`)")
     p.add_argument("--image", help="image to run (default: busybox, built offline)")
@@ -358,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_net(sub) -> None:
     p = sub.add_parser("net", help="container networks: show lab namespaces, or a bridge demo (chapter 3)")
     p.add_argument("action", choices=["show", "demo"], help="show: read /run/netns/labkit-* over netlink; "
                    "demo: N namespaces on a bridge, pinged, then removed")
@@ -367,11 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="also draw the topology into this PNG file")
     p.set_defaults(func=_cmd_net)
 
+SUBCOMMANDS = {"doctor": _add_doctor, "spawn": _add_spawn, "cleanup": _add_cleanup, "engine": _add_engine,
+               "trace": _add_trace, "vm": _add_vm, "lab": _add_lab, "run": _add_run, "net": _add_net}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, just that subcommand's (argparse builds every subparser it is
+    given, and for `labkit run` that was a fifth of the command's start-up)."""
+    parser = argparse.ArgumentParser(prog="labkit", description="Containers from kernel primitives.")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+    for name, add in SUBCOMMANDS.items():
+        if only is None or name == only:
+            add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argv[0] if argv else None
+    args = build_parser(first if first in SUBCOMMANDS else None).parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import capabilities as caps
-from .container import Container
 from .errors import InvalidValue, NotFound, Unsupported
 
 NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
@@ -79,6 +78,9 @@ class Bundle:
 
     def container(self, name: str | None = None, attach: bool = True):
         """A labkit Container that runs this bundle (output to our stdio when attach)."""
+        # imported here: labkit-runtime reads config.json through this module on every `docker run`
+        # and never builds a labkit Container, so its start-up does not pay for container's imports
+        from .container import Container
         return Container(None, self.args, name=name, hostname=self.hostname, environment=self.env,
                          working_dir=self.cwd, memory=self.memory, cpu=self.cpu, pids_limit=self.pids,
                          namespaces=self.namespaces, read_only=self.readonly, init=False,

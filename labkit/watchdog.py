@@ -22,17 +22,24 @@ import time
 from . import cleanup
 
 JOURNAL = cleanup.STATE_DIR / "watchdog.log"
+SWEEP_DELAY = 2.0      # seconds the first sweep waits for a short-lived owner to finish
+
+
+def _wait_for(owner: int, timeout: float | None = None) -> bool:
+    """True once `owner` has exited (at once if it is gone); False if `timeout` passed first."""
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])   # readable exactly when it exited
+    finally:
+        os.close(pidfd)
 
 
 def watch(owner: int) -> int:
     """Block until `owner` exits, then sweep what it left; return how many objects were removed."""
-    try:
-        pidfd = os.pidfd_open(owner)
-    except ProcessLookupError:
-        pidfd = None  # already gone: sweep right away
-    if pidfd is not None:
-        select.select([pidfd], [], [])   # readable exactly when the process has exited
-        os.close(pidfd)
+    _wait_for(owner)
     errors: list[str] = []
     removed = cleanup.sweep(owner_pid=owner, errors=errors)
     if removed or errors:  # a journal, so that a cleanup path that failed is noticed, not silently mended
@@ -49,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.watchdog")
     parser.add_argument("--owner", type=int, required=True)
     args = parser.parse_args(argv)
+    # Housekeeping, not the work itself: at a low priority, and the sweep of what dead owners left
+    # (it imports every sweep module, pyroute2 included) waits until the owner is done or has been
+    # running for SWEEP_DELAY s - so a short `labkit run` does not share its 2 CPUs with it.
+    os.nice(10)
+    _wait_for(args.owner, SWEEP_DELAY)
     errors: list[str] = []
     cleanup.sweep(errors=errors)   # leftovers of owners that died before we started (a failure
     watch(args.owner)              # there must not cost the owner its watchdog: errors are not raised)

@@ -81,12 +81,19 @@ class Container:
         return backend()(self.data["cgroup"])
 
     def frozen(self) -> bool:
-        group = self.cgroup()
+        """Read from the freezer of the cgroup /proc/PID/cgroup names (v1: freezer.state is FROZEN;
+        v2: cgroup.freeze is 1) - without importing labkit.cgroups: `state` is called often."""
         try:
-            if group.version == "v1":
-                return Path(group.path("freezer"), "freezer.state").read_text().strip() == "FROZEN"
-            return Path(group.dirs()[0], "cgroup.freeze").read_text().strip() == "1"
-        except OSError:
+            with open(f"/proc/{self.pid}/cgroup") as f:
+                lines = [line.rstrip("\n").split(":", 2) for line in f]
+            v1 = [path for _, controllers, path in lines if "freezer" in controllers.split(",")]
+            if v1:
+                with open(f"/sys/fs/cgroup/freezer{v1[0]}/freezer.state") as f:
+                    return f.read().strip() == "FROZEN"
+            v2 = [path for hierarchy, _, path in lines if hierarchy == "0"]
+            with open(f"/sys/fs/cgroup{v2[0]}/cgroup.freeze") as f:
+                return f.read().strip() == "1"
+        except (OSError, IndexError):
             return False
 
     def status(self) -> str:

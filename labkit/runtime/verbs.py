@@ -108,9 +108,9 @@ def delete(opts, log, force: bool = False) -> int:
     status = box.status()
     if status in ("running", "paused") and not (force or opts.get("force")):
         raise Conflict(f"cannot delete container {opts.id} that is not stopped: {status}")
-    from .cgroup import RuntimeCgroup
-    group = RuntimeCgroup(box.data["cgroup"])
-    group.destroy()          # kills what is left (a created container's waiting pid 1 too)
+    if not _remove_empty_cgroup(box.data["cgroup"]):
+        from .cgroup import RuntimeCgroup
+        RuntimeCgroup(box.data["cgroup"]).destroy()   # kills what is left (a created container's pid 1 too)
     from . import hooks
     try:
         hooks.run(box.data.get("hooks") or {}, "poststop", box.oci_state())
@@ -119,6 +119,25 @@ def delete(opts, log, force: bool = False) -> int:
         shutil.rmtree(box.dir, ignore_errors=True)
     log.write("info", f"deleted {opts.id}")
     return 0
+
+
+def _remove_empty_cgroup(relpath: str) -> bool:
+    """The usual case of `delete`, after the program exited: rmdir the cgroup's directories, found in
+    /sys/fs/cgroup, when no process is left in any of them. False (nothing removed) when one is
+    still in use: then labkit.cgroups kills and removes (an import `delete` need not pay otherwise)."""
+    dirs = [d for d in (f"/sys/fs/cgroup/{relpath}", *(f"/sys/fs/cgroup/{h}/{relpath}"
+                                                        for h in os.listdir("/sys/fs/cgroup")))
+            if os.path.isfile(f"{d}/cgroup.procs")]
+    for d in dirs:
+        with open(f"{d}/cgroup.procs") as f:
+            if f.read().strip() or any(os.path.isdir(f"{d}/{e}") for e in os.listdir(d)):
+                return False
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return False
+    return True
 
 
 def list_(opts, log) -> int:

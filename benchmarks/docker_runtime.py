@@ -1,0 +1,102 @@
+"""`docker run --rm` through labkit-runtime against runc, and what one runtime call costs.
+
+    LABKIT_ALLOW_HOST=1 .venv/bin/python benchmarks/docker_runtime.py [--runs 15]
+
+Part 1, the whole command as a user sees it: `docker run --rm --network none --runtime R IMAGE true`
+for R = runc and labkit, interleaved (one of each, repeated), median and interquartile range, and the
+ratio labkit / runc. Each such command makes containerd's shim call the runtime at least four times
+(create, start, delete, delete --force), so the runtime's own start-up counts four times over.
+
+Part 2, one call: `state` of a running container, which only reads a JSON file and /proc, for
+`labkit-runtime`, `runc` and - the floor for any Python program - `python -c pass`. labkit-runtime's
+verbs import only what they need (labkit/runtime/cli.py), so `state` should cost little more than
+Python's own start.
+
+Uses the running dockerd or starts one (labkit.dockerd); the image is labkit's busybox root imported
+with `docker import`. Writes benchmarks/results/docker_runtime.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNTIME = str(Path(sys.executable).with_name("labkit-runtime"))
+STATE_ROOT = "/run/docker/runtime-runc/moby"
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def summary(samples: list[float]) -> dict:
+    q = statistics.quantiles(samples, n=4)
+    return {"median_ms": statistics.median(samples) * 1000, "iqr_ms": (q[2] - q[0]) * 1000, "runs": len(samples)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    from labkit import cleanup, dockerd, rootfs
+
+    with dockerd.Dockerd() as daemon:
+        runtimes = json.loads(daemon.docker("info", "--format", "{{json .Runtimes}}").stdout)
+        if "labkit" not in runtimes:
+            sys.exit("labkit-runtime is not registered with Docker: run vagrant/provision.sh")
+        image = dockerd.import_rootfs(rootfs.base_layer().path)
+        box = cleanup.unique_name("bench")
+        cleanup.claim("docker-container", box)
+        try:
+            docker = [dockerd.DOCKER, "run", "--rm", "--network", "none", "--runtime"]
+            for runtime in ("runc", "labkit"):          # warm-up: page cache, bytecode
+                timed([*docker, runtime, image, "true"])
+            whole = {"runc": [], "labkit": []}
+            for _ in range(args.runs):
+                for runtime in whole:
+                    whole[runtime].append(timed([*docker, runtime, image, "true"]))
+
+            cid = daemon.docker("run", "-d", "--network", "none", "--runtime", "labkit", "--name", box,
+                                image, "sleep", "600").stdout.decode().strip()
+            calls = {"python -c pass": [sys.executable, "-c", "pass"],
+                     "labkit-runtime state": [RUNTIME, "--root", STATE_ROOT, "state", cid],
+                     "runc state": ["runc", "--root", STATE_ROOT, "state",
+                                    daemon.docker("run", "-d", "--network", "none", "--runtime", "runc",
+                                                  image, "sleep", "600").stdout.decode().strip()]}
+            one = {name: [] for name in calls}
+            for _ in range(args.runs * 2):
+                for name, argv in calls.items():
+                    one[name].append(timed(argv))
+            daemon.docker("rm", "--force", calls["runc state"][-1], check=False)
+        finally:
+            daemon.docker("rm", "--force", box, check=False)
+            cleanup.release("docker-container", box)
+            dockerd.remove_image(image)
+
+    rows = {f"docker run --rm --runtime {r} busybox true": summary(s) for r, s in whole.items()}
+    rows.update({name: summary(s) for name, s in one.items()})
+    ratio = rows["docker run --rm --runtime labkit busybox true"]["median_ms"] / \
+        rows["docker run --rm --runtime runc busybox true"]["median_ms"]
+    state_vs_python = rows["labkit-runtime state"]["median_ms"] / rows["python -c pass"]["median_ms"]
+    lines = [f"| what | median | IQR | runs |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['median_ms']:.0f} ms | {r['iqr_ms']:.0f} ms | {r['runs']} |" for name, r in rows.items()]
+    lines += ["", f"docker run --rm, labkit / runc: **{ratio:.2f}x** (target <= 1.3x)",
+              f"labkit-runtime state / python -c pass: {state_vs_python:.2f}x"]
+    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "docker_runtime.json").write_text(json.dumps({"rows": rows, "ratio_docker_run": ratio,
+                                                             "ratio_state_to_python": state_vs_python}, indent=2))
+    (RESULTS / "docker_runtime.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
