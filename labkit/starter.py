@@ -130,7 +130,10 @@ class _Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:   # collected by someone else (a waitpid(-1) elsewhere): gone
+                pid, status = self.pid, 0
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -227,7 +230,7 @@ class StartedProcess(namespaces.Process):
         self._lock = threading.Lock()       # poll() in one thread, wait() in another (the engine)
 
     def _receive(self, timeout: float | None) -> str | None:
-        """Take the shim's next message: its kind, or None when `timeout` passed first.
+        """Take the starter's next message: its kind, or None when `timeout` passed first.
         A "failed" message raises the exception the child raised."""
         if self._channel.fileno() < 0:
             raise LabkitError(f"{self.args[0]!r}: no longer connected to its starter")
@@ -236,8 +239,8 @@ class StartedProcess(namespaces.Process):
         data, fds, _, _ = socket.recv_fds(self._channel, MAX_MESSAGE, 1)
         if not data:
             self._close()
-            raise LabkitError(f"the starter's shim for {self.args[0]!r} ended without reporting "
-                              "(killed?): the command's status is unknown")
+            raise LabkitError(f"the starter of {self.args[0]!r} ended without reporting (killed?): "
+                              "the command's status is unknown")
         kind, value, stamps = pickle.loads(data)
         self.stamps.update(stamps)
         self.stamps[f"{kind}_seen"] = time.monotonic()
@@ -310,10 +313,10 @@ def _is_open(fd: int) -> bool:
         return False
 
 
-def _readable(fd: int, timeout: float) -> bool:
+def _readable(fd: int, timeout: float | None) -> bool:
     poller = select.poll()          # not select.select: it fails on descriptors >= 1024
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def spawn(argv, namespaces="all", *, setup=(), stdin=None, stdout=None, stderr=None, gate: bool = False,
@@ -380,7 +383,8 @@ def spawn(argv, namespaces="all", *, setup=(), stdin=None, stdout=None, stderr=N
     process = StartedProcess(argv, ours, *mine, stamps)
     try:
         process._expect("created" if gate else "started")
-    except BaseException:
+    except BaseException:       # a child-side error, or Ctrl-C while it starts: it never runs
+        process._close()        # outside its cgroup (the cgroup's removal makes its join fail)
         for stream in mine:
             if stream:
                 stream.close()
