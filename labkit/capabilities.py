@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 from . import syscalls
 from .errors import InvalidValue
+from .syscalls import PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP
 
 # Numbered as in linux/capability.h: the index is the capability's number.
 NAMES = (
@@ -31,8 +32,6 @@ DOCKER_DEFAULT = frozenset({
     "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
 })
 
-PR_CAPBSET_DROP = 24
-PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 
 
 def canonical(name: str) -> str:

@@ -33,9 +33,9 @@ from typing import Sequence
 from . import host, syscalls
 from .errors import LabkitError, NotFound, Unsupported
 from .namespaces import DEVNULL, PIPE, Process, Result, close_fds_except, read_exact
+from .syscalls import PR_SET_DUMPABLE
 
 LEARNER = "labkit-learner"
-PR_SET_DUMPABLE = 4
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import InvalidValue, Unsupported
+from .syscalls import PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 # BPF instruction classes and modes (linux/bpf_common.h)
 BPF_LD_W_ABS = 0x20      # A = 32-bit word at offset k of seccomp_data
@@ -51,7 +52,6 @@ NR, ARCH = 0, 4
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 X32_SYSCALL_BIT = 0x40000000   # x86_64's x32 ABI: same arch value, numbers with this bit set
 
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 MODES = {0: "disabled", 1: "strict", 2: "filter"}
 
 # What Docker's default profile (moby profiles/seccomp/default.json) does with calls a learner

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import cleanup, syscalls
 from .errors import NotFound
+from .syscalls import PR_SET_NO_NEW_PRIVS
 
 # moby's oci/defaults.go (DefaultLinuxSpec): what every `docker run` gets unless --privileged.
 DOCKER_MASKED_PATHS = (
@@ -30,7 +31,6 @@ DOCKER_MASKED_PATHS = (
 )
 DOCKER_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-PR_SET_NO_NEW_PRIVS = 38
 NOBODY = 65534
 
 

@@ -40,7 +40,13 @@ MNT_DETACH = 2
 
 # prctl(2) options (linux/prctl.h)
 PR_SET_PDEATHSIG = 1         # a signal for this process when its parent dies
+PR_SET_DUMPABLE = 4          # may the process's owner ptrace it and open its /proc files
+PR_SET_SECCOMP = 22          # with SECCOMP_MODE_FILTER (2): install a seccomp filter
+PR_CAPBSET_DROP = 24         # remove a capability from the bounding set, for good
 PR_SET_NO_NEW_PRIVS = 38     # execve never grants privileges again (setuid bits, file capabilities)
+PR_CAP_AMBIENT = 47          # ambient capabilities; its sub-operations:
+PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 2, 4
+SECCOMP_MODE_FILTER = 2
 
 # Filesystem magic numbers (linux/magic.h); runc tells cgroup v2 from v1 by the first.
 CGROUP2_SUPER_MAGIC = 0x63677270

@@ -27,6 +27,7 @@ from functools import partial
 
 from .. import capabilities, mountinfo, rootfs, syscalls
 from ..errors import InvalidValue, NotFound, Unsupported
+from ..syscalls import PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_SET_NO_NEW_PRIVS
 
 # mount(8) options that are flags: name -> (flag, set?)
 FLAGS = {"ro": (syscalls.MS_RDONLY, True), "rw": (syscalls.MS_RDONLY, False),
@@ -44,7 +45,6 @@ PROPAGATION.update({"r" + k: v | syscalls.MS_REC for k, v in list(PROPAGATION.it
 _REMOUNTABLE = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC | 1024 | 2048
 
 TIOCSPTLCK, TIOCGPTN, TIOCSCTTY, TIOCSWINSZ = 0x40045431, 0x80045430, 0x540E, 0x5414
-PR_SET_NO_NEW_PRIVS = 38
 
 
 def explained(steps: list) -> list:
@@ -287,7 +287,6 @@ class _CapData(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
 
 
 def _inheritable_and_ambient(inheritable: list[int], ambient: list[int]) -> None:
