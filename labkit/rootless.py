@@ -107,13 +107,14 @@ def spawn(argv: Sequence[str], *, user: str = LEARNER, mount_ns: bool = True, cg
         elif spec == DEVNULL:
             child_stdio[target] = os.open(os.devnull, os.O_WRONLY)
     report_r, report_w = os.pipe()    # helper -> labkit: the command's pid, or why it failed
+    ack_r, ack_w = os.pipe()          # labkit -> helper: "I hold a pidfd on it: release it"
 
     with warnings.catch_warnings():   # fork in a threaded notebook: the children only make syscalls
         warnings.simplefilter("ignore", DeprecationWarning)
         helper = os.fork()
     if helper == 0:  # ---------------------------------------------------------------- the helper
         try:
-            close_fds_except({report_w, *child_stdio.values()})   # other threads' pipes among them
+            close_fds_except({report_w, ack_r, *child_stdio.values()})   # other threads' pipes among them
             if cgroup is not None:
                 cgroup.add(os.getpid())            # its children are born inside
             os.setgroups([])
@@ -122,7 +123,7 @@ def spawn(argv: Sequence[str], *, user: str = LEARNER, mount_ns: bool = True, cg
             # Changing uid made us non-dumpable, which makes /proc/PID root's: newuidmap then refuses
             # to map "a process of another user". Dumpable again, as the learner's own login would be.
             syscalls.prctl(PR_SET_DUMPABLE, 1)
-            _run_helper(who, argv, report_w, child_stdio, mount_ns, newuidmap, newgidmap)
+            _run_helper(who, argv, report_w, ack_r, child_stdio, mount_ns, newuidmap, newgidmap)
         except BaseException as exc:  # noqa: BLE001 - never return into the caller's code
             try:
                 os.write(report_w, f"E{type(exc).__name__}: {exc}".encode())
@@ -131,34 +132,45 @@ def spawn(argv: Sequence[str], *, user: str = LEARNER, mount_ns: bool = True, cg
             os._exit(127)
     # ------------------------------------------------------------------------------------ labkit
     os.close(report_w)
+    os.close(ack_r)
     for fd in child_stdio.values():
         os.close(fd)
-    report = b""
-    while chunk := os.read(report_r, 4096):     # raw bytes: a pid is not text
-        report += chunk
-    os.close(report_r)
-    if not report.startswith(b"P") or len(report) < 5:
+    try:
+        report = read_exact(report_r, 5)         # raw bytes: "P" and the pid, or "E" and why
+        pidfd = None
+        if report[:1] == b"P" and len(report) == 5:
+            pid = struct.unpack("i", report[1:5])[0]
+            # the command still waits to be released, so this pidfd names it and nothing else
+            pidfd = os.pidfd_open(pid)
+            os.write(ack_w, b"1")
+        else:
+            while chunk := os.read(report_r, 4096):
+                report += chunk
+    finally:
+        os.close(report_r)
+        os.close(ack_w)
+    if pidfd is None:
         os.waitpid(helper, 0)
         for fd in (out_r, err_r):
             if fd is not None:
                 os.close(fd)
         raise LabkitError(f"rootless start of {argv[0]!r} as {user} failed: "
                           f"{report[1:].decode(errors='replace') or 'the helper died'}")
-    pid = struct.unpack("i", report[1:5])[0]
     return Process(argv, pid, helper, None,
                    os.fdopen(out_r, "rb", buffering=0) if out_r is not None else None,
-                   os.fdopen(err_r, "rb", buffering=0) if err_r is not None else None)
+                   os.fdopen(err_r, "rb", buffering=0) if err_r is not None else None, pidfd=pidfd)
 
 
-def _run_helper(who: Learner, argv, report_w, child_stdio, mount_ns, newuidmap, newgidmap) -> None:
-    """In the helper (already the learner): fork the child, map it, report its pid, wait for it."""
+def _run_helper(who: Learner, argv, report_w, ack_r, child_stdio, mount_ns, newuidmap, newgidmap) -> None:
+    """In the helper (already the learner): fork the child, map it, report its pid, release it once
+    labkit holds a pidfd on it, wait for it."""
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:  # ------------------------------------------------------------------ the child
         status = 127
         try:
-            for fd in (go_w, ready_r, report_w):
+            for fd in (go_w, ready_r, report_w, ack_r):
                 os.close(fd)
             flags = syscalls.CLONE_NEWUSER | (syscalls.CLONE_NEWNS if mount_ns else 0)
             syscalls.unshare(flags)
@@ -191,16 +203,24 @@ def _run_helper(who: Learner, argv, report_w, child_stdio, mount_ns, newuidmap, 
             done = subprocess.run(args, capture_output=True, text=True)
             if done.returncode:
                 raise LabkitError(f"{' '.join(args)}: {done.stderr.strip() or done.returncode}")
+        os.write(report_w, b"P" + struct.pack("i", child))
+        if read_exact(ack_r, 1) != b"1":
+            raise LabkitError("labkit did not take the child's pid")
         os.write(go_w, b"1")
     except BaseException:
         os.kill(child, signal.SIGKILL)
         raise
     os.close(go_w)
-    os.write(report_w, b"P" + struct.pack("i", child))
     os.close(report_w)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     _, status = os.waitpid(child, 0)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    if os.WIFSIGNALED(status):   # die of the same signal: labkit's Process then says -SIGNAL, as spawn's
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def run(argv: Sequence[str], *, timeout: float = 30, **options) -> Result:

@@ -49,6 +49,8 @@ NOTEBOOKS = (
     Notebook("31-image-layers.ipynb", "4 from scratch", "Image layers and copy-on-write", 15, "overlayfs"),
     Notebook("32-security.ipynb", "4 from scratch", "Why a container's root is not the host's root", 40,
              "uidmap and the labkit-learner user (provisioning); docker.io for the Docker comparison"),
+    Notebook("33-oci-images.ipynb", "4 from scratch", "The OCI image format: layers are tars, names are digests",
+             30, "docker.io for the docker save half"),
     Notebook("40-docker-engine.ipynb", "5 the engine", "docker run, traced on the wire; exec, pause, stats as primitives", 30,
              "docker.io for the real-Docker half"),
     Notebook("41-swap-the-runtime.ipynb", "5 the engine", "Swap the runtime: labkit behind the real Docker", 25,
