@@ -197,6 +197,36 @@ def cpuset_pin(answer: str, cg, pid: int, cpus: str) -> tuple[bool, str]:
     return True, f"cpuset.cpus = {real!r}; the scheduler agrees: the process may run on {sorted(allowed)} only"
 
 
+# --- chapter 3: networking ------------------------------------------------------------------------
+
+def second_port(port: int, lab, web_ip: str) -> tuple[bool, str]:
+    """21: `port` of the "host" (a labkit.net.nat.NatLab) is published to a server in the container at
+    `web_ip`: a connection from "outside" is answered, and conntrack shows it DNATed to that container."""
+    from .net.probes import socket_in
+
+    if port == 8080:
+        return False, "8080 is the port section 3 published; publish another one"
+    if not 0 < port < 65536:
+        raise NotYet(f"{port} is not a TCP port number (1 to 65535)")
+    probe = socket_in(lab.outside)
+    probe.settimeout(3)
+    try:
+        probe.bind((str(lab.server), 0))
+        probe.connect((str(lab.host_uplink.ip), port))
+        probe.sendall(b"labkit-check\n")
+    except ConnectionRefusedError:
+        return False, f"connecting to {lab.host_uplink.ip}:{port} from outside: refused (a reset: nobody listens there)"
+    except OSError as exc:
+        return False, f"connecting to {lab.host_uplink.ip}:{port} from outside: {exc.strerror or exc}"
+    finally:
+        probe.close()
+    answered = [f for f in lab.flows() if f.original[2:] == (str(lab.host_uplink.ip), port) and f.destination_nat]
+    if not answered:
+        return False, f"port {port} answered, but conntrack shows no DNAT for it: the \"host\" itself answered"
+    who = answered[0].reply[0]
+    return who == web_ip, f"conntrack: {lab.host_uplink.ip}:{port} was answered by {who}:{answered[0].reply[1]} (web is {web_ip})"
+
+
 # --- chapter 4: from scratch -----------------------------------------------------------------------
 
 def busybox_container(pid: int, hostname: str, memory: int) -> tuple[bool, str]:
@@ -229,6 +259,49 @@ def whiteout(answer: str, upper: Path, relpath: str) -> tuple[bool, str]:
     if answer.replace(" ", "") != real:
         return False, f"{answer} is not what lstat says"
     return True, f"upper/{relpath} is a character device {real}: overlayfs's whiteout, hiding the base layer's file"
+
+
+def least_privilege(pid: int) -> tuple[bool, str]:
+    """32: a container whose root holds NET_ADMIN but not SYS_ADMIN, has lo up in its own network
+    namespace, and runs under a seccomp filter - from CapEff, `ip link` inside it, and Seccomp:."""
+    from . import capabilities, seccomp
+
+    _own(pid, "net", "not a container's network namespace")
+    held = capabilities.of_process(pid, "CapEff")
+    link = enter(pid, "net", ["ip", "-o", "link", "show", "lo"]).stdout
+    flags = link.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in link else []
+    mode = seccomp.status(pid)["Seccomp"]
+    facts = (f"NET_ADMIN held: {'NET_ADMIN' in held}; SYS_ADMIN held: {'SYS_ADMIN' in held}; "
+             f"lo flags: {','.join(flags) or '?'}; Seccomp: {mode}")
+    return ("NET_ADMIN" in held and "SYS_ADMIN" not in held and "UP" in flags and mode == 2), facts
+
+
+def own_layer(answer: str, directory: Path) -> tuple[bool, str]:
+    """33: `answer` is the digest of the top layer of the OCI layout in `directory`; a container run from
+    that image by labkit has no /etc/hostname and has /etc/greeting."""
+    from . import ociimage
+    from .container import Container
+
+    digest = answer.strip()
+    blob = Path(directory) / "blobs/sha256" / digest.removeprefix("sha256:")
+    if not digest.startswith("sha256:") or not blob.is_file():
+        raise NotYet(f"no blob {digest[:19]}... in {directory}/blobs/sha256")
+    try:
+        image = ociimage.load(directory)
+    except (ociimage.DigestMismatch, ValueError, KeyError, LookupError) as exc:
+        return False, f"labkit could not load the layout: {exc}"
+    if digest not in image.diff_ids:
+        return False, f"{digest[:19]}... is a blob of the layout, but not one of its layers"
+    if digest != image.diff_ids[-1]:
+        return False, f"{digest[:19]}... is a layer below the top one: yours goes on top of the base"
+    probe = Container(image.image, ["sh", "-c", "for f in /etc/hostname /etc/greeting; do "
+                                                "test -e $f && echo $f: present || echo $f: gone; done"])
+    try:
+        probe.start().wait(30)
+        seen = probe.logs().splitlines()
+    finally:
+        probe.delete(force=True)
+    return seen == ["/etc/hostname: gone", "/etc/greeting: present"], "the container sees " + "; ".join(seen)
 
 
 # --- chapter 6: VMs --------------------------------------------------------------------------------

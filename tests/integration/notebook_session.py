@@ -99,14 +99,17 @@ class NotebookSession:
         return None
 
     def __exit__(self, *exc) -> None:
+        owned = {(i.kind, i.name) for i in cleanup.find_all(include_in_use=True) if i.owner_pid == self.kernel_pid}
         try:
             self._client.stop_channels()
         finally:
             self._km.shutdown_kernel(now=False)
-        # whatever the kernel did not release, its watchdog must remove once it is gone
-        deadline = time.monotonic() + 60
+        # whatever the kernel did not release, its watchdog must remove once it is gone: its records
+        # first, then the objects themselves (wait for both, or a leak check after us sees the rest)
+        deadline = time.monotonic() + 90
         while True:
-            left = [i for i in cleanup.find_all(include_in_use=True) if i.owner_pid == self.kernel_pid]
+            now = cleanup.find_all(include_in_use=True)
+            left = [i for i in now if i.owner_pid == self.kernel_pid or (i.kind, i.name) in owned]
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

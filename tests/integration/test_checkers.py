@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 
+import psutil
 import pytest
 
 from labkit import checkers, host, net, timens
@@ -206,6 +207,20 @@ def test_20_isolated_on_a_second_bridge(group):
             assert_checker(check, "198.18.0.9", [c1_ip, "198.18.0.77", "c3"])
 
 
+def test_21_second_published_port():
+    from labkit.container import Container
+    from labkit.net import nat
+
+    with nat.NatLab() as lab, Container("busybox", ["sleep", "300"]).start() as web:
+        web_ip = lab.connect(web.pid).ip
+        check = lambda port: checkers.second_port(port, lab, web_ip)
+        lab.publish(8082, web_ip, 82)                            # a rule, nothing listening behind it
+        web.exec(["httpd", "-p", "83", "-h", "/tmp"])            # a server, no rule for it
+        lab.publish(8081, web_ip, 81)                            # the solution: rule and server
+        web.exec(["httpd", "-p", "81", "-h", "/tmp"])
+        assert_checker(check, 8081, [8080, 8082, 8083, "http"], parse=int)
+
+
 def test_30_busybox_container():
     from labkit.container import Container
 
@@ -228,6 +243,40 @@ def test_31_whiteout():
     with Container("busybox", ["sleep", "300"]).start() as written:      # written to, not deleted
         written.exec(["sh", "-c", "echo x >> /etc/group"])
         assert outcome(lambda a: checkers.whiteout(a, written.rootfs.upper, "etc/group"), "0:0") == "not yet"
+
+
+def test_32_least_privilege():
+    from labkit import seccomp
+    from labkit.container import Container
+
+    up = ["sh", "-c", "ip link set lo up && exec sleep 300"]
+    with ExitStack() as stack:
+        def box(command=up, **options):
+            return stack.enter_context(Container("busybox", command, **options).start())
+        good = box(cap_add=["NET_ADMIN"], seccomp=seccomp.Filter(["unshare"]))
+        no_filter = box(cap_add=["NET_ADMIN"])
+        everything = box(cap_add=["ALL"], seccomp=seccomp.Filter(["unshare"]))
+        lo_down = box(["sleep", "300"], cap_add=["NET_ADMIN"], seccomp=seccomp.Filter(["unshare"]))
+        for started_box in (good, no_filter, everything, lo_down):     # the command has run `ip link`
+            poll(lambda: "sleep" in [p.name() for p in psutil.Process(started_box.pid).children(recursive=True)]
+                 or psutil.Process(started_box.pid).name() == "sleep")
+        assert_checker(checkers.least_privilege, good.pid,
+                       [no_filter.pid, everything.pid, lo_down.pid, os.getpid()], parse=int)
+
+
+def test_33_own_oci_layer(tmp_path):
+    from labkit import ociimage, rootfs
+
+    base = ociimage.directory_tar(rootfs.base_layer().path)
+    mine = ociimage.layer_tar(ociimage.LayerSpec(files={"etc/greeting": "hello\n"}, delete=("etc/hostname",)))
+    ociimage.write_layout(tmp_path / "good", [base, mine], cmd=["sh"])
+    no_whiteout = ociimage.layer_tar(ociimage.LayerSpec(files={"etc/greeting": "hello\n"}))
+    ociimage.write_layout(tmp_path / "kept", [base, no_whiteout], cmd=["sh"])
+    index = (tmp_path / "good" / "index.json").read_text()
+    manifest_digest = index.split('"digest": "')[1].split('"')[0]
+    assert_checker(lambda d: checkers.own_layer(d, tmp_path / "good"), ociimage.sha256(mine),
+                   [ociimage.sha256(base), manifest_digest, "sha256:" + "0" * 64, "hello"])
+    assert outcome(lambda d: checkers.own_layer(d, tmp_path / "kept"), ociimage.sha256(no_whiteout)) == "not yet"
 
 
 def test_40_memory_limit_of_a_container(group):
