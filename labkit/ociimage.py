@@ -258,9 +258,6 @@ def unpack_layer(tar: bytes, diff_id: str) -> rootfs.Layer:
     """Unpack a layer tar into the image store as an overlayfs lower layer (once per diff_id):
     `.wh.NAME` becomes a whiteout device 0:0, `.wh..wh..opq` the opaque xattr on its directory."""
     name = "oci-" + diff_id.split(":", 1)[1][:16]
-    layer_dir = rootfs.LAYERS / name
-    if rootfs._manifest_ok(layer_dir) and rootfs._read_manifest(layer_dir).get("diff_id") == diff_id:
-        return rootfs.Layer(name, layer_dir / "root")
 
     def fill(root: Path) -> dict:
         with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
@@ -268,8 +265,7 @@ def unpack_layer(tar: bytes, diff_id: str) -> rootfs.Layer:
                 _extract(archive, member, root)
         return {}
 
-    rootfs._install(layer_dir, fill, {"name": name, "diff_id": diff_id})
-    return rootfs.Layer(name, layer_dir / "root")
+    return rootfs.cached_layer(name, fill, {"name": name, "diff_id": diff_id})
 
 
 def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:

@@ -183,7 +183,6 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
     spec = json.dumps([sorted((k, v if isinstance(v, str) else v.hex()) for k, v in files.items()),
                        sorted(delete), sorted(modes.items())])
     digest = hashlib.sha256(spec.encode()).hexdigest()
-    layer_dir = LAYERS / name
 
     def fill(root: Path) -> dict:
         for rel, content in files.items():
@@ -197,8 +196,16 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
             os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
         return {rel.lstrip("/"): None for rel in paths}
 
-    if not (_manifest_ok(layer_dir) and _read_manifest(layer_dir).get("digest") == digest):
-        _install(layer_dir, fill, {"name": name, "digest": digest})
+    return cached_layer(name, fill, {"name": name, "digest": digest})
+
+
+def cached_layer(name: str, fill: Callable[[Path], dict], meta: dict) -> Layer:
+    """The layer `name` of the image store: built by `fill(root)` (atomically, see _install) unless an
+    intact one whose manifest says `meta` is there already (e.g. the same content digest)."""
+    layer_dir = LAYERS / name
+    current = _read_manifest(layer_dir)
+    if not (_manifest_ok(layer_dir) and all(current.get(key) == value for key, value in meta.items())):
+        _install(layer_dir, fill, meta)
     return Layer(name, layer_dir / "root")
 
 
