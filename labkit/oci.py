@@ -118,17 +118,21 @@ class Reader:
         raise InvalidValue(f"{self.config}: {where}", value, accepted)
 
 
-def load(bundle: str | os.PathLike) -> Bundle:
-    """Read and check BUNDLE/config.json; Unsupported (naming the field) for what labkit can't do."""
+def read_config(bundle: str | os.PathLike) -> tuple[dict, Path, Path]:
+    """(BUNDLE/config.json decoded, the bundle's absolute path, the config file's path)."""
     path = Path(bundle).resolve()
     config = path / "config.json"
     try:
-        spec = json.loads(config.read_text())
+        return json.loads(config.read_text()), path, config
     except FileNotFoundError:
         raise NotFound(f"{config}: no config.json in the bundle (create one with `runc spec`)") from None
     except ValueError as exc:
         raise InvalidValue(str(config), "", f"valid JSON ({exc})") from None
-    return parse(spec, path, config)
+
+
+def load(bundle: str | os.PathLike) -> Bundle:
+    """Read and check BUNDLE/config.json; Unsupported (naming the field) for what labkit can't do."""
+    return parse(*read_config(bundle))
 
 
 def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:

@@ -8,14 +8,13 @@ way: `UnsupportedField` naming its dotted path, before anything is created.
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidValue, NotFound
-from ..oci import NAMESPACES, Reader, UnsupportedField
+from ..oci import NAMESPACES, Reader, UnsupportedField, read_config
 
 HOOK_KINDS = ("prestart", "createRuntime", "poststart", "poststop")   # run by the runtime itself
 # Sysctls that belong to a namespace the container has (the kernel refuses the others, and they would
@@ -76,15 +75,7 @@ class Spec:
 
 
 def load(bundle: str | os.PathLike) -> Spec:
-    path = Path(bundle).resolve()
-    config = path / "config.json"
-    try:
-        document = json.loads(config.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"{config}: no config.json in the bundle") from None
-    except ValueError as exc:
-        raise InvalidValue(str(config), "", f"valid JSON ({exc})") from None
-    return parse(document, path, config)
+    return parse(*read_config(bundle))
 
 
 def parse_process(proc, r: Reader, where: str = "process") -> Process:
