@@ -19,7 +19,7 @@ as its root. Three pieces make that tree, in the order Docker uses them:
 3. **pivot_root** inside the container's new mount namespace: make ``/`` private recursively (so
    nothing propagates back to the host), bind-mount the new root on itself (pivot_root needs a mount
    point), mount /proc, a minimal /dev and a read-only /sys inside it, pivot_root, then detach the old
-   root. Unlike chroot, nothing of the host's tree is left reachable - `chroot_escape` shows the
+   root. Unlike chroot, nothing of the host's tree is left reachable - `labkit.escape` shows the
    difference on the real kernel.
 
 Cleanup: the tmpfs and overlay mounts are named after the container's work directory
@@ -42,7 +42,7 @@ from . import cleanup, host, syscalls
 from .binaries import find_busybox, is_static_executable
 from .mountinfo import overlay_layers, read as read_mountinfo  # noqa: F401 - notebook 31 uses both
 from .rootfsview import draw_stack  # noqa: F401 - the notebooks call rootfs.draw_stack
-from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported, from_oserror
+from .errors import Conflict, InvalidValue, NotFound, Unsupported, from_oserror
 
 IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
 LAYERS = IMAGE_STORE / "layers"
@@ -520,74 +520,6 @@ def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool =
     if readonly:
         steps.append(remount_readonly)
     return steps
-
-
-# --- chroot versus pivot_root: the classic escape, tried for real --------------------------------
-
-@dataclass
-class EscapeResult:
-    method: str              # "chroot" or "pivot_root"
-    escaped: bool            # True: the process reached the host's real /
-    root_entries: list[str]  # what `ls /` showed after the escape attempt
-    host_root: list[str]     # the host's `ls /`, for comparison
-
-    def __str__(self) -> str:
-        verdict = "ESCAPED to the host's /" if self.escaped else "stayed inside its root"
-        return f"{self.method:<10} {verdict}: ls / -> {' '.join(self.root_entries[:12])}"
-
-
-def _escape_attempt() -> tuple[int, int, list[str]]:
-    """The trick: chroot into a subdirectory WITHOUT chdir, so the cwd is now outside the root;
-    walk up with chdir("..") (the kernel stops only at the process's root, which we just moved
-    below us), then chroot(".") at the top we reached."""
-    os.makedirs("/.escape", exist_ok=True)
-    os.chroot("/.escape")
-    for _ in range(64):
-        os.chdir("..")
-    os.chroot(".")
-    st = os.stat("/")
-    return st.st_dev, st.st_ino, sorted(os.listdir("/"))
-
-
-def _enter_root(root: str, method: str) -> None:
-    if method == "chroot":
-        os.chroot(root)
-        os.chdir("/")
-    else:
-        syscalls.unshare(syscalls.CLONE_NEWNS)
-        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-        bind_root(root)
-        pivot(root)
-
-
-def chroot_escape(method: str = "chroot", image_ref: str | Image = BASE) -> EscapeResult:
-    """Put a root child process into a busybox root with `method` ("chroot" or "pivot_root"), let it
-    try the chroot escape, and report what it saw. Runs on a throwaway overlay root."""
-    if method not in ("chroot", "pivot_root"):
-        raise InvalidValue("method", method, "'chroot' or 'pivot_root'")
-    host_st = os.stat("/")
-    host_root = sorted(os.listdir("/"))
-    with RootFS(image_ref, name=cleanup.unique_name("escape")) as rootfs:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the caller's code
-            try:
-                os.close(r)
-                _enter_root(str(rootfs.path), method)
-                dev, ino, entries = _escape_attempt()
-                os.write(w, json.dumps([dev, ino, entries]).encode())
-                os._exit(0)
-            except BaseException as exc:  # noqa: BLE001
-                os.write(w, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
-                os._exit(1)
-        os.close(w)
-        with os.fdopen(r) as pipe:
-            data = json.loads(pipe.read() or '{"error": "child died"}')
-        os.waitpid(pid, 0)
-    if isinstance(data, dict):
-        raise LabkitError(f"chroot_escape({method!r}) failed in the child: {data['error']}")
-    dev, ino, entries = data
-    return EscapeResult(method, (dev, ino) == (host_st.st_dev, host_st.st_ino), entries, host_root)
 
 
 # --- cleanup hooks ------------------------------------------------------------------------------

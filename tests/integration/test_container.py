@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cleanup, container, rootfs
+from labkit import cleanup, container, escape, rootfs
 from labkit.container import Container
 from labkit.errors import Conflict, InvalidValue
 
@@ -160,9 +160,9 @@ def test_read_only_root():
 
 
 def test_chroot_escape_works_but_not_after_pivot_root():
-    escaped = rootfs.chroot_escape("chroot")
+    escaped = escape.chroot_escape("chroot")
     assert escaped.escaped and escaped.root_entries == escaped.host_root
-    contained = rootfs.chroot_escape("pivot_root")
+    contained = escape.chroot_escape("pivot_root")
     assert not contained.escaped
     assert "linuxrc" in contained.root_entries and contained.root_entries != contained.host_root
 

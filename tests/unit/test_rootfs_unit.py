@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import binaries, rootfs
+from labkit import binaries, escape, rootfs
 from labkit.errors import InvalidValue
 
 
@@ -50,7 +50,7 @@ def test_unknown_image_and_bad_method_are_refused():
     with pytest.raises(NotFound, match="busybox"):
         rootfs.image("ubuntu")
     with pytest.raises(InvalidValue):
-        rootfs.chroot_escape("unshare")
+        escape.chroot_escape("unshare")
 
 
 def test_pivot_steps_order():
