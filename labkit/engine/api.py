@@ -20,102 +20,20 @@ import os
 import platform
 import re
 import socket
-import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import docker_api, execs, hijack, observe, spec as spec_mod, state, streams, wire
-from .state import Engine, Record, human_duration, rfc3339
+from . import docker_api, observe, spec as spec_mod, state, streams, wire
+from .interactive import attach, exec_create, exec_inspect, exec_resize, exec_start, resize
+from .requests import (API_VERSION, MAX_BODY, MIN_API_VERSION, HTTPError, flag, parse_json_body,  # noqa: F401
+                       read_request_body, split_target)
+from .clock import human_duration, rfc3339
+from .state import Engine, Record
 
-API_VERSION = "1.41"
-MIN_API_VERSION = "1.24"
-MAX_BODY = 1 << 20      # bytes; a create request is a few KiB, a bigger body is refused, never buffered
-_VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 _ID = r"(?P<id>[^/]+)"
-
-
-class HTTPError(Exception):
-    """An error answered with a status of our choosing (the rest is mapped from LabkitError)."""
-
-    def __init__(self, status: int, message: str, close: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.close = close          # the connection is out of step: answer, then close it
-
-
-def _version_tuple(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")
-    return int(major), int(minor)
-
-
-def split_target(target: str) -> tuple[str, dict, str | None]:
-    """'/v1.41/containers/json?all=1' -> ('/containers/json', {'all': '1'}, '1.41').
-
-    A version above ours or below the minimum is refused the way dockerd refuses it.
-    """
-    parts = urlsplit(target)
-    path, version = parts.path, None
-    match = _VERSIONED.match(path)
-    if match:
-        version = f"{match.group(1)}.{match.group(2)}"
-        path = match.group(3)
-        if _version_tuple(version) > _version_tuple(API_VERSION):
-            raise HTTPError(400, f"client version {version} is too new. Maximum supported API version "
-                                 f"is {API_VERSION}")
-        if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
-            raise HTTPError(400, f"client version {version} is too old. Minimum supported API version "
-                                 f"is {MIN_API_VERSION}, please upgrade your client to a newer version")
-    return path, dict(parse_qsl(parts.query, keep_blank_values=True)), version
-
-
-def flag(query: dict, name: str, default: bool = False) -> bool:
-    """Docker's boolean query parameters: 1/true/True/yes are true; absent is `default`."""
-    if name not in query:
-        return default
-    return query[name].strip().lower() not in ("", "0", "false", "no")
-
-
-def read_request_body(rfile, headers) -> bytes:
-    """The request's body, at most MAX_BODY bytes, plain or chunked. A bigger one is refused with
-    413 as soon as it is known to be too big, without reading the rest, and the connection is
-    closed after the answer (what follows on it is no longer a request). Malformed framing - a
-    Content-Length that is not a number, both framings at once, a bad chunk size - is a 400, and
-    closes the connection too."""
-    encoding = wire.header(headers, "Transfer-Encoding").strip().lower()
-    try:
-        length = wire.content_length(headers)
-    except ValueError as exc:
-        raise HTTPError(400, str(exc), close=True) from None
-    if encoding and (encoding != "chunked" or length is not None):
-        raise HTTPError(400, f"malformed framing: Transfer-Encoding {encoding!r}"
-                             + (" with a Content-Length" if length is not None else "")
-                             + " (only chunked, alone)", close=True)
-    if length is not None and length > MAX_BODY:
-        raise HTTPError(413, f"request body of {length} bytes is too large: at most {MAX_BODY} bytes",
-                        close=True)
-    kept = bytearray()
-    try:
-        for piece in wire.iter_body(rfile, wire.body_framing(headers, is_request=True), headers):
-            kept += piece
-            if len(kept) > MAX_BODY:
-                raise HTTPError(413, f"chunked request body larger than {MAX_BODY} bytes: refused",
-                                close=True)
-    except ValueError as exc:
-        raise HTTPError(400, f"malformed chunked body: {exc}", close=True) from None
-    return bytes(kept)
-
-
-def parse_json_body(raw: bytes):
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"malformed JSON in the request body: {exc}") from None
 
 
 # --- JSON shapes: what docker inspect / docker ps read ---------------------------------------------
@@ -296,7 +214,7 @@ def wait(h, m, q):
     engine.get(m["id"])                                       # 404 now, not after the headers
     h.start_stream(200, "application/json")
     try:
-        code = engine.wait(m["id"], condition, is_gone=lambda: state.client_hung_up(h.connection))
+        code = engine.wait(m["id"], condition, is_gone=lambda: wire.client_hung_up(h.connection))
         body = {"StatusCode": code, "Error": None}
     except NotFound:                                          # removed while we waited
         body = {"StatusCode": 0, "Error": None}
@@ -334,117 +252,13 @@ def logs(h, m, q):
     timestamps = flag(q, "timestamps")
     entries = h.engine.output(m["id"], stdout=out, stderr=err, follow=flag(q, "follow"),
                               tail=int(tail) if tail.isdigit() else None, since=_time(q, "since") or 0,
-                              until=_time(q, "until"), is_gone=lambda: state.client_gone(h.connection))
+                              until=_time(q, "until"), is_gone=lambda: wire.client_gone(h.connection))
     h.start_stream(200, streams.RAW if record.spec.tty else streams.MULTIPLEXED)
     for when, stream, data in entries:
         if timestamps:
             data = rfc3339(when).encode() + b" " + data
         h.write_chunk(data if record.spec.tty else streams.frame(stream, data))
     h.end_stream()
-
-
-def attach(h, m, q):
-    """The connection is hijacked: after '101 UPGRADED' it carries the container's output - frames,
-    or raw bytes with a terminal - and, with stdin=1, the client's input the other way.
-
-    The CLI attaches BEFORE it starts the container, so nothing the container writes is lost;
-    the stream ends when the container exits.
-    """
-    record = h.engine.get(m["id"])
-    if flag(q, "stdin") and not record.spec.open_stdin:
-        raise InvalidValue("attach stdin", "stdin=1", "a container created with -i (OpenStdin)")
-    # A client that hangs up (killed: its end closed) ends the stream and frees this thread; a
-    # half-close only ends its input, the output goes on until the container exits.
-    gone = lambda: state.client_hung_up(h.connection)          # noqa: E731
-    entries = h.engine.output(m["id"], stdout=flag(q, "stdout"), stderr=flag(q, "stderr"),
-                              until_exit=flag(q, "stream"), replay=flag(q, "logs"), is_gone=gone)
-    hijack.upgrade(h)
-    if flag(q, "stdin"):
-        first = hijack.pending_input(h)          # before the output starts: it toggles blocking mode
-        threading.Thread(target=_feed_stdin, args=(h.engine, record, h.connection, first),
-                         name=f"{record.name}-stdin", daemon=True).start()
-    try:
-        for _, stream, data in entries:
-            h.wfile.write(data if record.spec.tty else streams.frame(stream, data))
-    finally:
-        hijack.end(h.connection)
-
-
-def _feed_stdin(engine, record, sock, first: bytes | None) -> None:
-    """The client's bytes into the container until it half-closes; then, with StdinOnce (docker run
-    -i sets it), the container's stdin gets end-of-file."""
-    data = first
-    try:
-        while True:
-            if data:
-                engine.write_stdin(record.id, data)
-            data = sock.recv(65536)
-            if not data:
-                break
-    except (OSError, NotFound):
-        return
-    if record.spec.stdin_once:
-        try:
-            engine.close_stdin(record.id)
-        except NotFound:
-            pass
-
-
-def resize(h, m, q):
-    h.engine.resize(m["id"], *_size(q))
-    h.send_empty(200)
-
-
-def exec_create(h, m, q):
-    record = h.engine.exec_create(m["id"], parse_json_body(h.body))
-    h.send_json(201, {"Id": record.id})
-
-
-def exec_start(h, m, q):
-    """Output (and input) on the hijacked connection until the process exits; the exit status is
-    recorded before the stream ends, so the CLI's inspect right after sees it. A command that
-    cannot start is reported in the stream (the connection is upgraded already), exit status
-    127 when it does not exist, 126 otherwise - as a shell says it."""
-    body = parse_json_body(h.body)
-    record = h.engine.execs.get(m["id"])                       # 404 before the upgrade
-    h.engine.get(record.container_id)
-    if body.get("Detach"):
-        record, process, stdin_fd, outputs, master = h.engine.exec_start(m["id"])
-        for fd in set(outputs) | ({stdin_fd} if stdin_fd is not None else set()):
-            execs.close_quietly(fd)
-        threading.Thread(target=h.engine.exec_finish, args=(record, process), daemon=True).start()
-        h.send_empty(200)
-        return
-    hijack.upgrade(h)
-    try:
-        record, process, stdin_fd, outputs, master = h.engine.exec_start(m["id"])
-    except Exception as exc:  # noqa: BLE001 - after the upgrade, errors travel in the stream
-        hijack.send_error(h.connection, f"labkit engine: exec failed: {exc}", record.tty)
-        hijack.end(h.connection)
-        return
-    try:
-        hijack.pump(h, outputs, stdin_fd if record.stdin else None, tty=record.tty)
-    finally:
-        for fd in set(outputs) | ({stdin_fd} if stdin_fd is not None and not record.stdin else set()):
-            execs.close_quietly(fd)
-        h.engine.exec_finish(record, process)
-        hijack.end(h.connection)
-
-
-def exec_inspect(h, m, q):
-    h.send_json(200, execs.inspect(h.engine.execs.get(m["id"])))
-
-
-def _size(q) -> tuple[int, int]:
-    rows, columns = q.get("h", ""), q.get("w", "")
-    if not (rows.isdigit() and columns.isdigit()) or not 0 < int(rows) < 65536 or not 0 < int(columns) < 65536:
-        raise InvalidValue("terminal size", f"h={rows}&w={columns}", "h and w: numbers from 1 to 65535")
-    return int(rows), int(columns)
-
-
-def exec_resize(h, m, q):
-    h.engine.exec_resize(m["id"], *_size(q))
-    h.send_empty(200)
 
 
 def pause(h, m, q):
@@ -468,7 +282,7 @@ def stats(h, m, q):
         h.send_json(200, observe.stats(record.id, record.name, process.cgroup, previous))
         return
     h.start_stream(200, "application/json")
-    while record.running and record.process is process and not state.client_gone(h.connection):
+    while record.running and record.process is process and not wire.client_gone(h.connection):
         try:
             now = observe.stats(record.id, record.name, process.cgroup, previous)
         except OSError:                      # the cgroup went away: it stopped

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from .state import rfc3339
+from .clock import rfc3339
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

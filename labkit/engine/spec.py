@@ -383,6 +383,15 @@ def parse_restart_policy(value) -> tuple[str, int]:
     return name, retries
 
 
+def restarts_after(policy: tuple[str, int], exit_code: int, restart_count: int) -> bool:
+    """Docker's rule: always and unless-stopped restart after any exit (not after a stop), on-failure
+    after a non-zero exit while fewer than MaximumRetryCount restarts happened (0: no maximum)."""
+    name, retries = policy
+    if name == "on-failure":
+        return exit_code != 0 and (retries == 0 or restart_count < retries)
+    return name in ("always", "unless-stopped")
+
+
 # docker update: field -> (labkit cgroup limit, spec attribute)
 UPDATABLE = {"Memory": ("memory", "memory"), "MemorySwap": ("swap", "memory_swap"),
              "NanoCpus": ("cpu", "cpu"), "CpuQuota": ("cpu", "cpu"), "CpuShares": ("cpu_weight", "cpu_shares"),

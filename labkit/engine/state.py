@@ -17,10 +17,8 @@ kills and removes its containers when it stops.
 """
 from __future__ import annotations
 
-import datetime
 import secrets
 import signal as signals
-import socket
 import sys
 import threading
 import time
@@ -29,45 +27,14 @@ from dataclasses import dataclass, field
 from .. import cleanup
 from ..errors import Conflict, InvalidValue, NotFound
 from . import execs, images as images_mod
-from .spec import ContainerSpec, check_name, parse_create, parse_signal
+from .spec import ContainerSpec, check_name, parse_create, parse_signal, restarts_after
 from .streams import STDERR, STDOUT
 
 LOG_LIMIT = 8 * 1024 * 1024        # output bytes kept per container; older output is dropped
 ATTACH_BUFFER = 64 * 1024          # --log-driver none: kept only for attached clients to catch up
-ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never" in StartedAt / FinishedAt
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 FOLLOW_INTERVAL = 0.005             # seconds between two looks at a running container's output
 KILL_WAIT = 10                      # seconds `kill` waits to see a SIGKILLed container exited
-
-
-def rfc3339(t: float | None) -> str:
-    """Docker's timestamps: RFC 3339 with nanoseconds, UTC."""
-    if t is None:
-        return ZERO_TIME
-    dt = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(t * 1e9) % 1_000_000_000:09d}Z"
-
-
-def human_duration(seconds: float) -> str:
-    """As `docker ps` words it: 'Less than a second', '5 seconds', 'About a minute', '3 hours'."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(s / 3600)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    return f"{hours // 24} days"
 
 
 @dataclass
@@ -165,8 +132,9 @@ class Engine:
             self._changed.notify_all()
         return record
 
-    def start(self, ref: str) -> bool:
-        """Start the container; False if it was already running (the API answers 304)."""
+    def start(self, ref: str, by_policy: bool = False) -> bool:
+        """Start the container; False if it was already running (the API answers 304) - or, for a
+        restart by its policy, if a client stopped or removed it meanwhile."""
         with self._changed:
             record = self._find(ref)
             if record.running or record.starting:
@@ -175,6 +143,8 @@ class Engine:
                 self._changed.wait(1.0)
             if record.status == "removing" or self._closing:
                 raise Conflict(f"container {record.id} is being removed")
+            if by_policy and (record.manually_stopped or record.removed):
+                return False
             record.starting = True          # a second start now gets 304, a remove waits its turn
             record.manually_stopped = False
         try:
@@ -265,12 +235,9 @@ class Engine:
 
     def _should_restart(self, record: Record) -> bool:
         """Does its restart policy start it again after this exit? (Hold the lock.)"""
-        policy, retries = record.spec.restart_policy
-        if record.removed or self._closing or record.manually_stopped or policy in ("", "no"):
+        if record.removed or self._closing or record.manually_stopped:
             return False
-        if policy == "on-failure":
-            return record.exit_code != 0 and (retries == 0 or record.restart_count < retries)
-        return True                                      # always, unless-stopped
+        return restarts_after(record.spec.restart_policy, record.exit_code, record.restart_count)
 
     def _restart_later(self, record: Record) -> None:
         """Docker's back-off: 100 ms before the first restart, doubling each time (at most 1 min)."""
@@ -285,7 +252,7 @@ class Engine:
                 self._changed.notify_all()
             if not give_up:
                 try:
-                    self.start(record.id)
+                    self.start(record.id, by_policy=True)
                 except Exception as exc:  # noqa: BLE001 - recorded; the policy tries no more
                     record.error = f"restart by policy failed: {exc}"
 
@@ -368,9 +335,11 @@ class Engine:
         False if it was not running (the API answers 304)."""
         with self._changed:
             record = self._find(ref)
-            if record.restarting:               # a stop ends a restart policy's wait
+            if record.restarting or record.starting:    # a stop ends a restart policy's wait
                 record.manually_stopped = True
                 self._changed.notify_all()
+            while record.starting:
+                self._changed.wait(1.0)
             if not record.running:
                 return False
             if record.paused:
@@ -400,11 +369,16 @@ class Engine:
             if record.running and not force:
                 raise Conflict(f"You cannot remove a running container {record.id}. "
                                "Stop the container before attempting removal or force remove")
-            if record.status == "removing" or record.starting:
-                raise Conflict(f"container {record.id} is {'being removed' if record.removed else 'starting'}; "
-                               "try again in a moment")
+            record.manually_stopped = True      # a restart policy gives up on it
+            self._changed.notify_all()
+            while record.starting:              # a start in progress (a restart) finishes first
+                self._changed.wait(1.0)
+            if record.running and not force:
+                raise Conflict(f"You cannot remove a running container {record.id}. "
+                               "Stop the container before attempting removal or force remove")
+            if record.status == "removing":
+                raise Conflict(f"container {record.id} is being removed")
             was_running = record.running
-            record.manually_stopped = True
             if was_running:
                 record.process.kill(signals.SIGKILL)
                 if record.paused:               # a frozen process dies once thawed
@@ -636,28 +610,3 @@ class Engine:
                 self.remove(ref, force=True)
             except (NotFound, Conflict):
                 pass
-
-
-def client_gone(sock: socket.socket) -> bool:
-    """Has the peer closed the connection? (readable with nothing to read = EOF)."""
-    import select
-
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
-
-
-def client_hung_up(sock: socket.socket) -> bool:
-    """Has the peer closed its end completely (exited, killed)? On a unix socket that is POLLHUP;
-    a half-close (shutdown(SHUT_WR), which the docker CLI does on attach when it has no more
-    input) only sets POLLRDHUP, and the client still reads."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLHUP | select.POLLRDHUP)
-        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
-    except (OSError, ValueError):
-        return True

@@ -191,3 +191,27 @@ def clear_stale_socket(path: str) -> None:
     finally:
         probe.close()
     raise Conflict(f"something is already listening on {path}")
+
+def client_gone(sock: socket.socket) -> bool:
+    """Has the peer closed the connection? (readable with nothing to read = EOF)."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def client_hung_up(sock: socket.socket) -> bool:
+    """Has the peer closed its end completely (exited, killed)? On a unix socket that is POLLHUP;
+    a half-close (shutdown(SHUT_WR), which the docker CLI does on attach when it has no more
+    input) only sets POLLRDHUP, and the client still reads."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP | select.POLLRDHUP)
+        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True

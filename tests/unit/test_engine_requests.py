@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from labkit.engine import api, images, spec, state
+from labkit.engine import api, clock, images, spec, state
 from labkit.errors import InvalidValue, NotFound
 
 
@@ -191,13 +191,13 @@ def test_signal_names_match_the_kernel():
                                            (61, "About a minute"), (600, "10 minutes"),
                                            (3600, "About an hour"), (7200, "2 hours")])
 def test_durations_read_like_docker_ps(seconds, text):
-    assert state.human_duration(seconds) == text
+    assert clock.human_duration(seconds) == text
 
 
 def test_timestamps_are_rfc3339_with_nanoseconds():
-    assert state.rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
-    assert state.rfc3339(None) == "0001-01-01T00:00:00Z"
-    assert state.rfc3339(1.5).endswith(":01.500000000Z")
+    assert clock.rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
+    assert clock.rfc3339(None) == "0001-01-01T00:00:00Z"
+    assert clock.rfc3339(1.5).endswith(":01.500000000Z")
 
 
 @pytest.mark.parametrize("ref, expected", [("busybox", "busybox:latest"), ("busybox:1", "busybox:1"),
