@@ -7,7 +7,7 @@ checkout is shared at /vagrant as Vagrant's synced folder. Inside (tests/guest/i
 leaf, as a learner's kernels are. The closing line counts every stage's JUnit report.
 
     python tests/guest/run.py [--stages "unit notebooks integration"] [--rebuild] [--update-outputs]
-                              [--memory MiB] [--cpus N] [-- PYTEST_ARGS...]
+                              [--notebooks GLOBS] [--memory MiB] [--cpus N] [-- PYTEST_ARGS...]
 
 --update-outputs executes every notebook in the guest and writes it back to notebooks/ (see
 tests/guest/outputs.py). Exit status: 0 all passed, 1 something failed, 77 (skipped) when qemu or
@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rebuild", action="store_true", help="rebuild the image even if the cached one is current")
     p.add_argument("--update-outputs", action="store_true",
                    help="execute every notebook in the guest and write it back to notebooks/")
+    p.add_argument("--notebooks", default=os.environ.get("GUEST_NOTEBOOKS", ""),
+                   help="with --update-outputs: only these notebooks (globs, e.g. '00-* 1?-*')")
     p.add_argument("--memory", type=int, default=int(os.environ.get("GUEST_MEMORY", 5120)), help="MiB")
     p.add_argument("--cpus", type=int, default=int(os.environ.get("GUEST_CPUS", min(2, os.cpu_count() or 1))))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("TEST_OUTPUT", PROJECT / "test-output")) / "guest")
@@ -78,7 +80,8 @@ def main(argv: list[str]) -> int:
     stages = "execute" if args.update_outputs else args.stages
     spec = boot.BootSpec(disk=img.disk, kernel=img.kernel, initrd=img.initrd, mode="test",
                          memory_mib=args.memory, cpus=args.cpus, timeout=3000,
-                         request={"stages": stages, "pytest_args": " ".join(extra)})
+                         request={"stages": stages, "pytest_args": " ".join(extra),
+                                  "notebooks": args.notebooks})
     print(f"[guest] booting the image ({'cached' if img.reused else 'just built'}); stages: {stages}", flush=True)
     result = boot.boot_guest(spec, out_dir=args.out)
 
@@ -101,9 +104,15 @@ def main(argv: list[str]) -> int:
             failed += 1
             lines.append(f"  {stage:<18}      --  did not run (the guest stopped before it)")
 
-    if args.update_outputs and result.returncode == 0:
+    if args.update_outputs:
         from tests.guest import outputs
-        outputs.write_back(args.out / "notebooks", PROJECT / "notebooks")
+        executed = args.out / "notebooks"
+        if executed.is_dir():   # written even if a notebook failed: its error is in its outputs
+            refused = outputs.write_back(executed, PROJECT / "notebooks")
+            failed += len(refused)
+            traces = outputs.scan(PROJECT / "notebooks")
+            print("[guest] build-machine traces left in notebooks/: " + (f"{len(traces)}\n  " + "\n  ".join(traces)
+                                                                    if traces else "none"))
 
     print("\n[guest] ==== summary ====")
     for key in ("release", "kernel", "python", "pid1", "cgroupfs", "controllers", "unit", "unit-cgroup",
