@@ -64,15 +64,27 @@ def _last_cap() -> int:
 
 
 def drop_step(keep: Iterable[str]) -> Callable[[], None]:
-    """A setup step for spawn(): drop every capability not in `keep` from the bounding set.
+    """A setup step for spawn(): drop every capability not in `keep` from the bounding set, and
+    empty the ambient and inheritable sets.
 
     It runs in the container's process after pivot_root and the mounts (which still needed
-    CAP_SYS_ADMIN), as the last thing before exec. Ambient capabilities are cleared too, so that
-    after exec root's permitted set is exactly the bounding set (inheritable is empty).
+    CAP_SYS_ADMIN), before a user switch (it needs CAP_SETPCAP). Exec gives a process the
+    permitted set (inheritable AND the file's inheritable) OR (the file's permitted AND bounding)
+    OR ambient - and for root every file counts as fully capable - so whatever its starter had in
+    the inheritable set would come back past the bounding set: it is emptied, not assumed empty.
     """
-    keep_numbers = {NAMES.index(canonical(c)) for c in keep}
     # a partial of a module-level function, not a closure: labkit.starter pickles setup steps
-    return functools.partial(_drop_bounding, tuple(n for n in range(_last_cap() + 1) if n not in keep_numbers))
+    return functools.partial(_drop_bounding, tuple(n for n in range(_last_cap() + 1) if n not in _numbers(keep)))
+
+
+def limit_step(keep: Iterable[str]) -> Callable[[], None]:
+    """The last capability step, after the user switch (as runc applies them): permitted and
+    effective cut to `keep`, inheritable empty - set explicitly with capset(2)."""
+    return functools.partial(_limit_sets, sum(1 << n for n in _numbers(keep)))
+
+
+def _numbers(keep: Iterable[str]) -> set[int]:
+    return {NAMES.index(canonical(c)) for c in keep}
 
 
 def _drop_bounding(to_drop: tuple[int, ...]) -> None:
@@ -83,6 +95,14 @@ def _drop_bounding(to_drop: tuple[int, ...]) -> None:
             if exc.errno != 22:   # EINVAL: a capability this kernel does not know
                 raise
     syscalls.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    effective, permitted, _ = syscalls.capget()
+    syscalls.capset(effective, permitted, 0)
+
+
+def _limit_sets(keep_mask: int) -> None:
+    _, permitted, _ = syscalls.capget()
+    kept = permitted & keep_mask
+    syscalls.capset(kept, kept, 0)
 
 
 def of_process(pid: int | str = "self", which: str = "CapEff") -> set[str]:

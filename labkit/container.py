@@ -366,16 +366,12 @@ class Container:
             if self.status == "running" and self.process.args[0] == INIT and \
                     sig not in (signal.SIGKILL, signal.SIGSTOP):
                 self._await_init_ready(sig)
-            try:
-                fd = os.pidfd_open(self.pid)
-            except ProcessLookupError:
-                return
-            try:
-                signal.pidfd_send_signal(fd, sig)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
+            process = self.process or self._gate
+            if getattr(process, "_pidfd", None) is None and self.status == "created":
+                _signal_waiting(self.pid, sig)   # no pidfd came with "created": it waits, its pid is its own
+            else:
+                # through the pidfd held since start: a pid number may name another process by now
+                process.send_signal(sig)
 
     def _await_init_ready(self, sig: int, timeout: float = 2.0) -> None:
         """The kernel drops a signal to a pid namespace's pid 1 that has no handler for it. Right
@@ -401,10 +397,9 @@ class Container:
             raise Conflict(f"container {self.name} is {self.status}: exec needs a running container")
         env = dict(self.environment)
         env.update(_environment(environment, self.hostname or ""))
+        # what pid 1 got, as `docker exec`: the user, no_new_privs, rlimits, capabilities, seccomp
         return namespaces.enter(self.pid, self.kinds, _command(command), cgroup=self.cgroup,
-                                env=env, cwd=self.working_dir, timeout=timeout,
-                                setup=[*([self.seccomp.install] if self.seccomp else []),
-                                       _caps.drop_step(self.capabilities)])   # as Docker: same filter
+                                env=env, cwd=self.working_dir, timeout=timeout, setup=self._process_steps())
 
     def exec_process(self, command: str | Sequence[str], *, environment=None, working_dir: str | None = None,
                      user: tuple | None = None, stdin=None, stdout=None, stderr=None, tty: int | None = None):
@@ -647,6 +642,7 @@ class Container:
         if user:
             uid, gid, *groups = user
             steps.append(partial(_switch_user, uid, gid, list(groups[0]) if groups else []))
+        steps.append(_caps.limit_step(self.capabilities))  # after the switch: it may need SETUID
         if self.seccomp is not None and self.no_new_privileges:
             steps.append(self.seccomp.install)
         return steps
@@ -707,6 +703,21 @@ def _take_terminal() -> None:
         except OSError:
             continue
     raise LabkitError("no terminal among the descriptors to make the controlling one")
+
+
+def _signal_waiting(pid: int, sig: int) -> None:
+    """Signal a created container's process, which waits for start() before exec (so it cannot
+    have exited and left its pid to another process unless something killed it)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _set_rlimits(limits: dict) -> None:

@@ -8,6 +8,7 @@ kernel itself (setns is per thread, and CLONE_NEWUSER fails in a threaded proces
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 # dlopen(NULL): the symbols already loaded into this process, libc's among them. (find_library("c")
@@ -88,9 +89,18 @@ def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
+# pivot_root(2) has no glibc wrapper: its number per architecture (asm/unistd.h)
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "i686": 217, "armv7l": 218,
+                   "ppc64le": 203, "s390x": 217}
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     """Make `new_root` the root of this mount namespace; the old root moves to `put_old`."""
-    SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
+    machine = os.uname().machine
+    if machine not in _SYS_PIVOT_ROOT:   # another number there would be another syscall, run as root
+        raise OSError(errno.ENOSYS, f"pivot_root: labkit does not know its syscall number on {machine} "
+                                    f"(known: {', '.join(_SYS_PIVOT_ROOT)})")
+    SYS_pivot_root = _SYS_PIVOT_ROOT[machine]
     _check(_libc.syscall(ctypes.c_long(SYS_pivot_root), new_root.encode(), put_old.encode()),
            f"pivot_root {new_root}")
 
@@ -115,6 +125,35 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522     # two 32-bit words per set: capabilities 0-63
+
+
+def capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability sets, as 64-bit masks."""
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    return tuple(getattr(data[0], f) | getattr(data[1], f) << 32 for f in ("effective", "permitted", "inheritable"))
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set all three capability sets of this thread (capset(2)); lowering is always allowed."""
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    for word in (0, 1):
+        data[word].effective = effective >> 32 * word & 0xFFFFFFFF
+        data[word].permitted = permitted >> 32 * word & 0xFFFFFFFF
+        data[word].inheritable = inheritable >> 32 * word & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 class _Statfs(ctypes.Structure):

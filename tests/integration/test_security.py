@@ -412,3 +412,68 @@ def test_a_container_starts_with_default_signal_dispositions_and_nothing_blocked
     finally:
         starter.communicate("", timeout=60)
     assert starter.returncode == 0
+
+
+CAPS_FROM_A_GENEROUS_STARTER = """
+import json
+from labkit import capabilities
+from labkit.container import Container
+
+with Container("busybox", ["sleep", "60"], init=False) as root_box, \\
+        Container("busybox", ["sleep", "60"], init=False, user=(1000, 1000)) as user_box:
+    root_box.start(); user_box.start()
+    sets = {}
+    for name, box in (("root", root_box), ("user", user_box)):
+        sets[name] = {which: sorted(capabilities.of_process(box.pid, which))
+                      for which in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+        line = box.exec(["sh", "-c", "grep -E '^Cap(Inh|Prm|Eff)' /proc/self/status | tr '\\\\n' ' '"]).stdout
+        sets[name]["exec"] = line.split()[1::2]
+    print(json.dumps(sets))
+"""
+
+
+def test_a_container_gets_no_capability_from_its_starters_inheritable_set():
+    """Exec gives root (inheritable AND the file's inheritable) on top of the bounding set: a starter
+    with CAP_SYS_ADMIN inheritable would hand it past the bounding set. Read from /proc."""
+    from labkit import capabilities
+
+    generous = subprocess.run(["setpriv", "--inh-caps", "+sys_admin,+net_admin,+sys_module", PY, "-c",
+                               CAPS_FROM_A_GENEROUS_STARTER], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, LABKIT_ALLOW_HOST="1"))
+    assert generous.returncode == 0, generous.stderr[-2000:]
+    sets = json.loads(generous.stdout)
+    default = sorted(capabilities.DOCKER_DEFAULT)
+    assert sets["root"] == {"CapInh": [], "CapPrm": default, "CapEff": default, "CapBnd": default, "CapAmb": [],
+                            "exec": sets["root"]["exec"]}, sets["root"]
+    assert sets["user"] == {"CapInh": [], "CapPrm": [], "CapEff": [], "CapBnd": default, "CapAmb": [],
+                            "exec": sets["user"]["exec"]}, sets["user"]
+    mask = f"{sum(1 << capabilities.NAMES.index(c) for c in default):016x}"
+    assert sets["root"]["exec"] == ["0" * 16, mask, mask]     # CapInh, CapPrm, CapEff of an exec'd process
+    assert sets["user"]["exec"] == ["0" * 16] * 3             # exec runs as the container's user too
+
+
+def test_exec_runs_as_the_containers_user_with_its_rlimits_and_no_new_privs():
+    import resource
+
+    with Container("busybox", ["sleep", "60"], init=False, user=(1000, 1000), no_new_privileges=True,
+                   rlimits={resource.RLIMIT_NOFILE: (64, 64)}) as box:
+        box.start()
+        line = box.exec(["sh", "-c", "id -u; id -g; ulimit -n; grep NoNewPrivs /proc/self/status"]).stdout.split()
+    assert line == ["1000", "1000", "64", "NoNewPrivs:", "1"], line
+
+
+def test_kill_never_reaches_a_process_that_got_the_containers_pid_number():
+    """Container.kill signals through the pidfd taken at start, not by number: here the number is
+    made to name a host process, as it would once the container's process is gone and the pid reused."""
+    host_sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        with Container("busybox", ["sleep", "60"], init=False) as box:
+            box.start()
+            container_pid, box.pid = box.pid, host_sleeper.pid
+            box.kill(signal.SIGKILL)
+            assert ks.wait_until(lambda: not ks.alive([container_pid]), 10), "the container was not killed"
+            assert host_sleeper.poll() is None, "kill() signalled whatever process has the number"
+            box.pid = container_pid
+    finally:
+        host_sleeper.kill()
+        host_sleeper.wait()

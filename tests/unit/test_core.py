@@ -168,3 +168,16 @@ def test_a_zombie_owner_counts_as_dead(tmp_path, monkeypatch):
         assert cleanup.owner("cgroup", "labkit-z") == (child.pid, False)
     finally:
         child.wait()
+
+
+def test_pivot_root_refuses_an_architecture_whose_syscall_number_it_does_not_know(monkeypatch):
+    """Syscall 155 is pivot_root on x86_64 only: elsewhere it is another syscall, run as root."""
+    from labkit import syscalls
+
+    real = os.uname()
+    monkeypatch.setattr(syscalls.os, "uname", lambda: os.uname_result((*real[:4], "mips64")))
+    called = []
+    monkeypatch.setattr(syscalls, "_libc", type("NoLibc", (), {"syscall": lambda *a: called.append(a)})())
+    with pytest.raises(OSError, match="mips64") as caught:
+        syscalls.pivot_root("/new", "/new/old")
+    assert caught.value.errno == errno.ENOSYS and called == []
