@@ -1,6 +1,7 @@
 # Docker Deep Dive Lab. As root on a Linux machine (Debian 12 / Ubuntu 24.04), three commands:
 #   make lab    install what is missing, start JupyterLab on 127.0.0.1:8888, print its URL with the token
-#   make test   install what is missing (plus the test tools), run the whole suite
+#   make test   install what is missing (plus the test tools), run the whole suite (GUEST=1: with the
+#               Debian 13 guest stage, see test-guest)
 #   make handouts   execute every notebook and export it to HTML with its plots, plus an index (handouts/)
 #   (make lock      rewrite constraints.txt, the exact Python package versions every machine installs)
 #   make test-guest the suite and every notebook inside a fresh Debian 13 guest (systemd, cgroup v2)

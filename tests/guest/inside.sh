@@ -118,6 +118,11 @@ stage() {   # stage NAME COMMAND...: markers around it, exit status recorded
 # pytest with its JUnit report in the out share and no cache (the checkout is read-only)
 read -r -a EXTRA <<< "$PYTEST_EXTRA"
 PYTEST=(python -m pytest -q -rfEs -p no:cacheprovider --color=no)
+# request.json's "notebooks": globs under notebooks/ (GUEST_NOTEBOOKS); all of them by default
+read -r -a GLOBS <<< "$(request notebooks)"
+NOTEBOOKS=()
+# shellcheck disable=SC2206  # the globs are meant to expand
+for g in "${GLOBS[@]:-*.ipynb}"; do NOTEBOOKS+=(notebooks/$g); done
 
 stage doctor as_kernel labkit doctor
 if command -v cloud-init >/dev/null; then
@@ -129,7 +134,7 @@ for s in $STAGES; do
         unit) stage unit "${PYTEST[@]}" --junitxml="$OUT/unit.xml" tests/unit "${EXTRA[@]}" ;;
         # nbval's kernels live where a learner's kernels live: the service's jupyter/ leaf
         notebooks) stage notebooks as_kernel "${PYTEST[@]}" --junitxml="$OUT/notebooks.xml" \
-            --nbval-lax --nbval-sanitize-with tests/sanitize.cfg notebooks/ "${EXTRA[@]}" ;;
+            --nbval-lax --nbval-sanitize-with tests/sanitize.cfg "${NOTEBOOKS[@]}" "${EXTRA[@]}" ;;
         execute) stage execute as_kernel python tests/guest/execute_notebooks.py "$OUT/notebooks" ;;
         integration) stage integration "${PYTEST[@]}" --junitxml="$OUT/integration.xml" tests/integration "${EXTRA[@]}" ;;
         *) mark FAIL "unknown stage $s"; status=1 ;;

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--update-outputs", action="store_true",
                    help="execute every notebook in the guest and write it back to notebooks/")
     p.add_argument("--notebooks", default=os.environ.get("GUEST_NOTEBOOKS", ""),
-                   help="with --update-outputs: only these notebooks (globs, e.g. '00-* 1?-*')")
+                   help="only these notebooks (globs under notebooks/, e.g. '00-* 1?-*')")
     p.add_argument("--memory", type=int, default=int(os.environ.get("GUEST_MEMORY", 5120)), help="MiB")
     p.add_argument("--cpus", type=int, default=int(os.environ.get("GUEST_CPUS", min(2, os.cpu_count() or 1))))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("TEST_OUTPUT", PROJECT / "test-output")) / "guest")
