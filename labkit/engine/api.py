@@ -342,6 +342,34 @@ def remove(h, m, q):
     h.send_empty(204)
 
 
+def tag_image(h, m, q):
+    repo = q.get("repo", "")
+    if not repo:
+        raise InvalidValue("repo", repo, "a name to tag the image with")
+    h.engine.images.tag(m["name"], repo + (":" + q["tag"] if q.get("tag") else ""))
+    h.send_empty(201)
+
+
+def remove_image(h, m, q):
+    h.send_json(200, h.engine.images.remove(m["name"], h.engine.images_in_use()))
+
+
+def prune_images(h, m, q):
+    deleted = h.engine.images.prune(h.engine.images_in_use())
+    h.send_json(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": 0})
+
+
+def commit(h, m, q):
+    config = parse_json_body(h.body) or {}
+    kept = {k: config[k] for k in ("Cmd", "Env", "Entrypoint", "WorkingDir") if config.get(k)}
+    if q.get("changes"):
+        raise InvalidValue("changes (--change)", q["changes"], "none: labkit's engine applies no Dockerfile lines")
+    tag = q.get("repo", "") + (":" + q["tag"] if q.get("repo") and q.get("tag") else "")
+    image = h.engine.commit(q.get("container", ""), tag or None, q.get("comment", ""), kept,
+                            pause=flag(q, "pause", default=True))
+    h.send_json(201, {"Id": image.id})
+
+
 def list_images(h, m, q):
     h.send_json(200, [image.summary() for image in h.engine.images.list()])
 
@@ -387,6 +415,10 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("GET", r"/images/json", list_images),
     ("GET", r"/images/(?P<name>.+)/json", inspect_image),
     ("POST", r"/images/create", pull),
+    ("POST", r"/images/(?P<name>.+)/tag", tag_image),
+    ("DELETE", r"/images/(?P<name>.+)", remove_image),
+    ("POST", r"/images/prune", prune_images),
+    ("POST", r"/commit", commit),
 ]]
 ENDPOINTS = sorted({pattern.pattern.strip("^$").replace("(?P<id>[^/]+)", "{id}")
                     .replace("(?P<name>.+)", "{name}") for _, pattern, _ in ROUTES})

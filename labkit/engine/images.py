@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidValue, NotFound
+from ..errors import Conflict, InvalidValue, NotFound
 
 DEFAULT_IMAGE = "labkit-busybox:latest"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -55,13 +55,22 @@ class Image:
     entrypoint: list[str] | None = None
     working_dir: str = ""
     layers: tuple = ()        # labkit.rootfs Layers, bottom first; () = the rootfs directory alone
+    owned_layer: Path | None = None     # a layer this engine made (docker commit): removed with it
+    comment: str = ""
+
+    def forget(self) -> None:
+        """The image is gone: remove the layer directory the engine made for it, if any."""
+        if self.owned_layer is not None:
+            import shutil
+            shutil.rmtree(self.owned_layer.parent, ignore_errors=True)
 
     def labkit_image(self):
         """This image as `labkit.rootfs` stacks it: read-only layers under each container's overlay."""
         from .. import rootfs
 
-        layers = self.layers or (rootfs.Layer(self.tags[0].split(":")[0], self.rootfs),)
-        return rootfs.Image(self.tags[0], tuple(layers))
+        name = (self.tags or [self.id[7:19]])[0]
+        layers = self.layers or (rootfs.Layer(name.split(":")[0], self.rootfs),)
+        return rootfs.Image(name, tuple(layers))
 
     def read_text(self, path: str) -> str:
         """A file of the image as a container would see it (the top-most layer that has it)."""
@@ -77,7 +86,7 @@ class Image:
 
     def summary(self) -> dict:
         """An entry of GET /images/json."""
-        return {"Id": self.id, "ParentId": "", "RepoTags": self.tags, "RepoDigests": [],
+        return {"Id": self.id, "ParentId": "", "RepoTags": self.tags or ["<none>:<none>"], "RepoDigests": [],
                 "Created": int(self.created), "Size": self.size(), "SharedSize": -1,
                 "VirtualSize": self.size(), "Labels": {}, "Containers": -1}
 
@@ -87,12 +96,12 @@ class Image:
         config = {"Cmd": self.cmd, "Entrypoint": self.entrypoint, "Env": self.env,
                   "WorkingDir": self.working_dir, "Labels": {}, "User": "", "Tty": False}
         return {"Id": self.id, "RepoTags": self.tags, "RepoDigests": [], "Parent": "",
-                "Comment": f"root filesystem {self.rootfs}", "Created": created,
+                "Comment": self.comment or f"root filesystem {self.rootfs}", "Created": created,
                 "Container": "", "ContainerConfig": config, "Config": config,
                 "DockerVersion": "", "Author": "labkit", "Architecture": _arch(), "Os": "linux",
                 "Size": self.size(), "VirtualSize": self.size(),
                 "GraphDriver": {"Name": "overlay", "Data": {"LowerDir": str(self.rootfs)}},
-                "RootFS": {"Type": "layers", "Layers": [self.id]}, "Metadata": {"LastTagTime": created}}
+                "RootFS": {"Type": "layers", "Layers": [str(layer.path) for layer in self.layers] or [self.id]}, "Metadata": {"LastTagTime": created}}
 
 
 def _arch() -> str:
@@ -137,8 +146,81 @@ class ImageStore:
         with self._lock:
             return list(self._images)
 
+    def put(self, image: Image) -> Image:
+        """Add a built image (docker commit); its tags move to it from any other image."""
+        with self._lock:
+            for old in self._images:
+                old.tags[:] = [t for t in old.tags if t not in image.tags]
+            self._images.append(image)
+        return image
+
+    def tag(self, ref: str, new_tag: str) -> None:
+        """docker tag: one more name for an image (taken from the image that had it)."""
+        image = self.find(ref)
+        new_tag = normalize(new_tag)
+        if "@" in new_tag or new_tag.startswith("sha256:"):
+            raise InvalidValue("tag", new_tag, "NAME[:TAG]")
+        with self._lock:
+            for old in self._images:
+                if new_tag in old.tags and old is not image:
+                    old.tags.remove(new_tag)
+            if new_tag not in image.tags:
+                image.tags.append(new_tag)
+
+    def remove(self, ref: str, in_use: set[str]) -> list[dict]:
+        """docker rmi: untag a name; the image goes with its last name, unless a container uses it."""
+        image = self.find(ref)
+        name = normalize(ref)
+        with self._lock:
+            if name in image.tags and len(image.tags) > 1:
+                image.tags.remove(name)
+                return [{"Untagged": name}]
+            if image.id in in_use:
+                raise Conflict(f'conflict: unable to remove repository reference "{ref}" (must force) - '
+                               f"a container is using its referenced image {image.id[7:19]}")
+            self._images.remove(image)
+        image.forget()
+        return [{"Untagged": t} for t in image.tags] + [{"Deleted": image.id}]
+
+    def prune(self, in_use: set[str]) -> list[dict]:
+        """docker image prune: images without a name that no container uses."""
+        with self._lock:
+            dangling = [i for i in self._images if not i.tags and i.id not in in_use]
+            self._images = [i for i in self._images if i not in dangling]
+        for image in dangling:
+            image.forget()
+        return [{"Deleted": i.id} for i in dangling]
+
     def names(self) -> list[str]:
         return [tag for image in self.list() for tag in image.tags]
+
+
+def commit(upper: Path, layers_dir: Path, parent: Image, tag: str | None, comment: str,
+           config: dict) -> Image:
+    """docker commit: the container's overlay upper directory - everything it added, changed or
+    deleted (whiteouts: 0/0 character devices) - copied as a new read-only layer on top of its
+    image's layers. `cp -a` keeps owners, modes, devices and the overlay's xattrs (opaque dirs)."""
+    import subprocess
+    import uuid
+
+    from .. import rootfs
+
+    layer_dir = layers_dir / uuid.uuid4().hex[:16] / "root"
+    layer_dir.mkdir(parents=True)
+    result = subprocess.run(["cp", "-a", f"{upper}/.", str(layer_dir)], capture_output=True)
+    if result.returncode != 0:
+        import shutil
+        shutil.rmtree(layer_dir.parent, ignore_errors=True)
+        raise InvalidValue("container's writable layer", str(upper),
+                           f"a copyable directory: {result.stderr.decode(errors='replace').strip()}")
+    base = parent.layers or (rootfs.Layer("base", parent.rootfs),)
+    layer = rootfs.Layer(f"commit-{layer_dir.parent.name}", layer_dir)
+    digest = hashlib.sha256((parent.id + tree_digest(layer_dir)).encode()).hexdigest()
+    return Image([normalize(tag)] if tag else [], layer_dir, "sha256:" + digest, time.time(),
+                 cmd=config.get("Cmd", parent.cmd), env=config.get("Env", parent.env),
+                 entrypoint=config.get("Entrypoint", parent.entrypoint),
+                 working_dir=config.get("WorkingDir", parent.working_dir),
+                 layers=(*base, layer), owned_layer=layer_dir, comment=comment)
 
 
 def default_store(extra: dict[str, str] | None = None) -> ImageStore:

@@ -76,6 +76,11 @@ class Running:
     def cgroup(self):
         return self.container.cgroup
 
+    @property
+    def upper(self):
+        """The overlay's upper directory: what the container changed (docker commit copies it)."""
+        return self.container.rootfs.upper
+
     def resize(self, rows: int, columns: int) -> None:
         from .execs import resize
         if self.container.tty_master is not None:

@@ -82,6 +82,7 @@ class Engine:
         self.runtime = runtime
         self._records: dict[str, Record] = {}
         self.execs = execs.Execs()
+        self._layers_dir = None             # layers made by docker commit, while the engine runs
         self._changed = threading.Condition()
         self._closing = False
 
@@ -468,6 +469,32 @@ class Engine:
                 pass
         return removed
 
+    # --- images ---------------------------------------------------------------------------------------
+
+    def images_in_use(self) -> set[str]:
+        with self._changed:
+            return {r.image_id for r in self._records.values()}
+
+    def commit(self, ref: str, tag: str | None, comment: str, config: dict, pause: bool = True):
+        """docker commit of a running container (its writable layer goes when it exits here):
+        frozen while its upper directory is copied, as Docker pauses it."""
+        record, process = self.running_process(ref)
+        if self._layers_dir is None:
+            self._layers_dir = cleanup.WORK_DIR / cleanup.unique_name("images")
+            cleanup.claim("dir", self._layers_dir.name)
+            self._layers_dir.mkdir(parents=True)
+        frozen = pause and not record.paused
+        if frozen:
+            process.pause()
+        try:
+            image = images_mod.commit(process.upper, self._layers_dir, self.images.find(record.image_id),
+                                      tag, comment, {"Cmd": record.spec.cmd or record.spec.argv,
+                                                     "Env": record.spec.env, **config})
+        finally:
+            if frozen:
+                process.unpause()
+        return self.images.put(image)
+
     # --- input --------------------------------------------------------------------------------------
 
     def _running_process(self, ref: str, wait: bool):
@@ -610,3 +637,7 @@ class Engine:
                 self.remove(ref, force=True)
             except (NotFound, Conflict):
                 pass
+        if self._layers_dir is not None:     # committed images live as long as the engine
+            import shutil
+            shutil.rmtree(self._layers_dir, ignore_errors=True)
+            cleanup.release("dir", self._layers_dir.name)

@@ -1,0 +1,92 @@
+"""Images on labkit's engine: tag, rmi, image prune, and commit - the container's overlay upper
+directory becoming a read-only layer, seen in the mount table of a container of the new image."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labkit import cleanup, dockerd, rootfs
+from labkit.engine import EngineProcess
+
+pytestmark = pytest.mark.root
+
+IMAGE = "labkit-busybox"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with EngineProcess() as engine:
+        yield engine
+
+
+def docker(engine, *args, timeout=60):
+    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False)
+
+
+def test_tag_and_rmi(engine):
+    tag = f"{cleanup.unique_name('tagged')}:v1"
+    assert docker(engine, "tag", IMAGE, tag).returncode == 0
+    ids = {line.split()[0]: line.split()[1] for line in
+           docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout.decode().splitlines()}
+    assert ids[tag] == ids[f"{IMAGE}:latest"]
+    removed = docker(engine, "rmi", tag)
+    assert (removed.returncode, removed.stdout) == (0, f"Untagged: {tag}\n".encode())
+    assert tag not in docker(engine, "images").stdout.decode()
+    assert docker(engine, "run", "--rm", IMAGE, "true").returncode == 0        # the image itself stays
+
+
+def test_commit_makes_the_upper_directory_a_layer(engine):
+    name, tag = cleanup.unique_name("committed"), f"{cleanup.unique_name('snap')}:1"
+    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sh", "-c",
+                  "echo made > /made.txt; rm /etc/os-release; sleep 600").returncode == 0
+    try:
+        pid = json.loads(docker(engine, "inspect", name).stdout)[0]["State"]["Pid"]
+        assert docker(engine, "exec", name, "cat", "/made.txt").stdout == b"made\n"     # written before commit
+        committed = docker(engine, "commit", name, tag)
+        assert committed.returncode == 0, committed.stderr
+        refused = docker(engine, "rmi", tag)
+        assert refused.returncode == 0                       # no container of it yet: it may go ...
+        assert docker(engine, "commit", name, tag).returncode == 0              # ... and be made again
+        new = cleanup.unique_name("fromsnap")
+        assert docker(engine, "run", "-d", "--name", new, tag, "sleep", "600").returncode == 0
+        try:
+            new_pid = json.loads(docker(engine, "inspect", new).stdout)[0]["State"]["Pid"]
+            root = [m for m in rootfs.read_mountinfo(new_pid) if m["mountpoint"] == "/"][-1]
+            lower = rootfs.overlay_layers(root)["lower"]
+            assert len(lower) == 2 and str(rootfs.base_layer().path) == lower[-1]     # the new layer on top
+            assert docker(engine, "exec", new, "cat", "/made.txt").stdout == b"made\n"
+            gone = docker(engine, "exec", new, "cat", "/etc/os-release")
+            assert gone.returncode != 0                       # the deletion (a whiteout) came along
+            busy = docker(engine, "rmi", tag)
+            assert busy.returncode != 0 and b"is using its referenced image" in busy.stderr
+        finally:
+            docker(engine, "rm", "--force", new)
+        assert docker(engine, "rmi", tag).returncode == 0
+        assert pid > 0
+    finally:
+        docker(engine, "rm", "--force", name)
+
+
+def test_commit_of_a_stopped_container_says_why_not(engine):
+    name = cleanup.unique_name("stopped")
+    assert docker(engine, "run", "--name", name, IMAGE, "true").returncode == 0
+    try:
+        result = docker(engine, "commit", name, "labkit-never:1")
+        assert result.returncode != 0 and b"is not running" in result.stderr
+    finally:
+        docker(engine, "rm", name)
+
+
+def test_image_prune_removes_only_unnamed_unused_images(engine):
+    name = cleanup.unique_name("dangle")
+    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sleep", "600").returncode == 0
+    try:
+        image_id = docker(engine, "commit", name).stdout.decode().strip()            # no name: dangling
+        assert image_id.startswith("sha256:")
+        assert docker(engine, "image", "inspect", image_id).returncode == 0
+        assert docker(engine, "image", "prune", "-f").returncode == 0
+        assert docker(engine, "image", "inspect", image_id).returncode != 0
+        assert docker(engine, "image", "inspect", IMAGE).returncode == 0
+    finally:
+        docker(engine, "rm", "--force", name)
