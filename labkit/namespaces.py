@@ -475,10 +475,14 @@ def _reset_signals() -> None:
     SIGPIPE and SIGXFSZ, the waiter's blocked Ctrl-C) - and a shell inside could not trap them."""
     for sig in _CATCHABLE:
         signal.signal(sig, signal.SIG_DFL)
+    for sig in _RESERVED_BY_LIBC:
+        syscalls.default_disposition(sig)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 _CATCHABLE = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+# The real-time signals below SIGRTMIN that glibc reserves (32, 33): Python cannot name them.
+_RESERVED_BY_LIBC = tuple(range(32, signal.SIGRTMIN))
 
 
 def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_fds):

@@ -105,6 +105,24 @@ def pivot_root(new_root: str, put_old: str) -> None:
            f"pivot_root {new_root}")
 
 
+# rt_sigaction(2) by number, for the signals glibc keeps for itself (32 and 33: thread cancellation,
+# setxid): neither Python's signal.signal nor glibc's sigaction() will touch them, yet one that a
+# starter ignores (coreutils' timeout leaves 32 and 33 ignored) stays ignored across exec.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
+
+
+def default_disposition(sig: int) -> None:
+    """Set `sig` back to SIG_DFL with the raw syscall (an all-zero struct sigaction is SIG_DFL, no
+    flags, empty mask, whatever the architecture's layout)."""
+    machine = os.uname().machine
+    if machine not in _SYS_RT_SIGACTION:
+        raise OSError(errno.ENOSYS, f"rt_sigaction: labkit does not know its syscall number on {machine} "
+                                    f"(known: {', '.join(_SYS_RT_SIGACTION)})")
+    action = ctypes.create_string_buffer(32)
+    _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION[machine]), ctypes.c_int(sig), action,
+                         None, ctypes.c_size_t(8)), f"rt_sigaction {sig}")
+
+
 def write_file(path: str, text: str) -> None:
     """Write `text` with a single write(2), as /proc and /sys files want (uid_map, oom_score_adj, ...).
 
