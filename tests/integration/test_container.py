@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import kernel_state as ks
 from labkit import cleanup, container, escape, rootfs
 from labkit.container import Container
 from labkit.errors import Conflict, InvalidValue
@@ -90,16 +91,27 @@ def test_hostname_and_pid_1_are_the_containers(sleeper):
 
 def test_pid_1_reaps_orphans_only_with_the_init(tmp_path):
     """An orphan is re-parented to pid 1; tini reaps it, a plain command as pid 1 leaves a zombie."""
-    script = ["sh", "-c", "sh -c 'sleep 0.1 &'; sleep 20"]   # the inner sh exits: sleep 0.1 is orphaned
-    zombies = {}
+    script = ["sh", "-c", "sh -c 'sleep 0.1 &'; exec sleep 20"]   # the inner sh exits: sleep 0.1 is orphaned
     for init in (True, False):
         with Container("busybox", script, init=init) as box:
             box.start()
-            time.sleep(0.8)
+            pids_current = Path(box.cgroup.path("pids"), "pids.current")
+
+            def settled():       # the orphan has exited: a zombie under pid 1, or reaped and gone
+                commands = [_comm(p) for p in box.cgroup.procs()]
+                return "sleep" in commands and len(commands) == (2 if init else 1) and \
+                    int(pids_current.read_text()) == len(commands) + (0 if init else 1)
+            assert ks.wait_until(settled, 10), (box.cgroup.procs(), pids_current.read_text())
             kids = Path(f"/proc/{box.pid}/task/{box.pid}/children").read_text().split()
-            zombies[init] = [k for k in kids if Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
-    assert zombies[True] == []
-    assert len(zombies[False]) == 1
+            zombies = [k for k in kids if Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
+            assert len(zombies) == (0 if init else 1), (init, kids)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def test_memory_limit_is_in_force_oom_at_the_limit():

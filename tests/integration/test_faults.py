@@ -551,24 +551,31 @@ def test_a_bounded_fork_bomb_hits_pids_max_and_is_removed_completely():
     ks.assert_gone([name], inside)
 
 
+def _ignores(pid: int, sig: int) -> bool:
+    """Does the kernel hold `sig` as ignored for `pid` (SigIgn in /proc/PID/status)?"""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return bool(int(status.split("SigIgn:")[1].split()[0], 16) >> (sig - 1) & 1)
+
+
 def test_a_process_that_ignores_sigterm_is_still_removed():
     stubborn = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
     with Container("busybox", stubborn, init=False) as box:
         box.start()
-        time.sleep(0.3)                          # let the shell install its trap
-        box.kill(signal.SIGTERM)
-        time.sleep(0.5)
-        assert ks.alive([box.pid]) == [box.pid], "it should have ignored SIGTERM"
+        assert ks.wait_until(lambda: _ignores(box.pid, signal.SIGTERM), 10), "the trap was never installed"
+        box.kill(signal.SIGTERM)                 # an ignored signal is discarded when it is sent
+        assert ks.alive([box.pid]) == [box.pid] and _ignores(box.pid, signal.SIGTERM)
         name, pid = box.name, box.pid
     ks.assert_gone([name], [pid])
 
     # the same without a container: a bare cgroup whose process ignores SIGTERM
     with Cgroup.create(pids=10) as cg:
         proc = spawn(stubborn[:2] + ["trap '' TERM; sleep 1000"], namespaces=None, cgroup=cg)
-        time.sleep(0.2)
+        assert ks.wait_until(lambda: _ignores(proc.pid, signal.SIGTERM), 10)
         os.kill(proc.pid, signal.SIGTERM)
-        time.sleep(0.3)
-        assert ks.alive([proc.pid]) == [proc.pid]
+        assert ks.alive([proc.pid]) == [proc.pid] and _ignores(proc.pid, signal.SIGTERM)
         name = cg.name
     proc.wait(5)
     ks.assert_gone([name], [proc.pid])

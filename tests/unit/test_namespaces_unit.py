@@ -19,7 +19,35 @@ def test_kinds_are_the_eight_of_proc_self_ns_with_distinct_flags():
     for kind in ns.KINDS:
         assert os.path.exists(f"/proc/self/ns/{kind.name}")
         assert kind.unshare_option.startswith("--")
-    assert nskinds.BY_NAME["mnt"].flag == syscalls.CLONE_NEWNS == 0x20000
+
+
+FLAG_PROBE = """
+import os, sys
+from labkit import syscalls
+flag = int(sys.argv[1])
+if os.geteuid() != 0:
+    flag |= syscalls.CLONE_NEWUSER            # unprivileged: inside a user namespace of our own
+names = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts", "pid_for_children", "time_for_children"]
+def inode(n):
+    try:
+        return os.stat(f"/proc/self/ns/{n}").st_ino
+    except FileNotFoundError:       # a new pid namespace has no inode to show before its first process
+        return None
+before = {n: inode(n) for n in names}
+syscalls.unshare(flag)
+print(" ".join(sorted(n for n in names if inode(n) != before[n])))
+"""
+
+
+@pytest.mark.parametrize("kind", ns.KINDS, ids=lambda k: k.name)
+def test_each_kinds_flag_makes_the_kernel_create_that_namespace(kind):
+    """Unshare with the kind's flag in a fresh process and see which /proc/self/ns links changed."""
+    probe = subprocess.run([sys.executable, "-c", FLAG_PROBE, str(kind.flag)], capture_output=True, text=True,
+                           timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    changed = set(probe.stdout.split()) - ({"user"} if os.geteuid() != 0 else set())
+    expected = {f"{kind.name}_for_children"} if kind.name in ("pid", "time") else {kind.name}
+    assert changed == expected
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -177,9 +205,14 @@ def test_propagation_demo_refuses_unknown_modes():
 
 
 def test_mountinfo_reads_propagation_of_root():
+    """Compared with util-linux's findmnt, which reads the same kernel table its own way."""
     table = propagation.mountinfo()
-    assert "/" in table
-    assert table["/"] == "private" or table["/"].startswith(("shared:", "master:"))
+    findmnt = subprocess.run(["findmnt", "-n", "-o", "PROPAGATION", "/"], capture_output=True, text=True)
+    words = {"shared": "shared:", "slave": "master:", "private": "private"}
+    expected = [words[w.strip()] for w in findmnt.stdout.split(",") if w.strip() in words]
+    assert expected, findmnt
+    assert all(part in table["/"] for part in expected) and \
+        all(word in expected for word in ("shared:", "master:") if word in table["/"]), (table["/"], findmnt.stdout)
 
 
 def test_timens_offsets_of_the_host_are_zero():
