@@ -109,7 +109,10 @@ class NotebookSession:
         deadline = time.monotonic() + 90
         while True:
             now = cleanup.find_all(include_in_use=True)
-            left = [i for i in now if i.owner_pid == self.kernel_pid or (i.kind, i.name) in owned]
+            # (a name the kernel owned may have a new, live owner by now: a shared dockerd is one
+            # object whatever process started it - that one is in use, not left behind)
+            left = [i for i in now if i.owner_pid == self.kernel_pid
+                    or ((i.kind, i.name) in owned and not (i.owner_alive and i.owner_pid != self.kernel_pid))]
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -120,3 +123,13 @@ class NotebookError(AssertionError):
     def __init__(self, failure: Failure):
         super().__init__(f"{failure.ename}: {failure.evalue}")
         self.failure = failure
+
+
+def assert_check_fails(notebook: str, replace: dict[str, str], check: str, what: str = "") -> None:
+    """Run `notebook` with `replace` applied (a property broken on purpose): the first cell to fail must
+    be the checked cell containing `check`, with an AssertionError - not an earlier cell, not none."""
+    with NotebookSession(notebook, replace=replace) as nb:
+        failure = nb.run_until_error()
+    assert failure is not None, f"{what or replace}: broken on purpose, yet every cell passed"
+    assert failure.ename == "AssertionError" and failure.cell_contains(check), \
+        f"{what}: expected the check with {check!r} to fail, got {failure.ename}: {failure.evalue} in\n{failure.source}"

@@ -8,7 +8,7 @@ import pytest
 from labkit import dockerd
 from labkit.cgroups import backend_name
 
-from notebook_session import NotebookSession
+from notebook_session import assert_check_fails
 
 pytestmark = pytest.mark.root
 
@@ -44,19 +44,13 @@ BROKEN = {
 @pytest.mark.parametrize("prop", BROKEN)
 def test_a_broken_property_fails_its_check(prop):
     replace, check = BROKEN[prop]
-    with NotebookSession(NOTEBOOK, replace=replace) as nb:
-        failure = nb.run_until_error()
-    assert failure is not None, f"{prop}: broken on purpose, yet every cell passed"
-    assert failure.ename == "AssertionError" and failure.cell_contains(check), \
-        f"{prop}: expected the check with {check!r} to fail, got {failure.ename}: {failure.evalue} in\n{failure.source}"
+    assert_check_fails(NOTEBOOK, replace, check, prop)
 
 
 def test_dockers_default_profile_check_fails_when_the_container_runs_unconfined():
     assert dockerd.available(), "docker.io is provisioned (vagrant/packages.txt)"
     replace = {'("docker, default profile", [])': '("docker, default profile", ["--security-opt", "seccomp=unconfined"])'}
-    with NotebookSession(NOTEBOOK, replace=replace) as nb:
-        failure = nb.run_until_error()
-    assert failure is not None and failure.cell_contains('"Seccomp: 2" in'), failure
+    assert_check_fails(NOTEBOOK, replace, '"Seccomp: 2" in', "Docker's default profile")
 
 
 def test_the_cgroup_check_fails_when_the_learner_gets_what_it_should_not():
@@ -70,6 +64,4 @@ def test_the_cgroup_check_fails_when_the_learner_gets_what_it_should_not():
                    "    os.chown(top, learner.uid, learner.gid)\n"
                    "    attempts = rootless.run([\"sh\", \"-c\", CGROUP_TRY]).stdout"}
         check = 'assert all(outcome.startswith("refused")'
-    with NotebookSession(NOTEBOOK, replace=replace) as nb:
-        failure = nb.run_until_error()
-    assert failure is not None and failure.cell_contains(check), failure
+    assert_check_fails(NOTEBOOK, replace, check, f"cgroups on {backend_name()}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notebook_session import NotebookSession
+from notebook_session import assert_check_fails
 
 pytestmark = pytest.mark.root
 
@@ -32,8 +32,4 @@ BROKEN = {
 @pytest.mark.parametrize("prop", BROKEN)
 def test_a_broken_property_fails_its_check(prop):
     replace, check = BROKEN[prop]
-    with NotebookSession(NOTEBOOK, replace=replace) as nb:
-        failure = nb.run_until_error()
-    assert failure is not None, f"{prop}: broken on purpose, yet every cell passed"
-    assert failure.ename == "AssertionError" and failure.cell_contains(check), \
-        f"{prop}: expected the check with {check!r} to fail, got {failure.ename}: {failure.evalue} in\n{failure.source}"
+    assert_check_fails(NOTEBOOK, replace, check, prop)
