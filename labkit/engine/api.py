@@ -26,10 +26,10 @@ from http.server import BaseHTTPRequestHandler
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import docker_api, observe, spec as spec_mod, state, streams, wire
+from . import archive, docker_api, observe, spec as spec_mod, state, streams, wire
 from .interactive import attach, exec_create, exec_inspect, exec_resize, exec_start, resize
-from .requests import (API_VERSION, MAX_BODY, MIN_API_VERSION, HTTPError, flag, parse_json_body,  # noqa: F401
-                       read_request_body, split_target)
+from .requests import (API_VERSION, MAX_ARCHIVE, MAX_BODY, MIN_API_VERSION, HTTPError, flag,  # noqa: F401
+                       parse_json_body, read_request_body, split_target)
 from .clock import human_duration, rfc3339
 from .state import Engine, Record
 
@@ -370,6 +370,30 @@ def commit(h, m, q):
     h.send_json(201, {"Id": image.id})
 
 
+def _inside(h, ref):
+    """A way to run a command in the running container as root (docker cp's tar)."""
+    record, process = h.engine.running_process(ref)
+    return lambda argv, stdin: process.exec(argv, env=[], working_dir="/", user=archive.ROOT,
+                                            stdin=stdin, tty=False)
+
+
+def archive_stat(h, m, q):
+    info = archive.stat(_inside(h, m["id"]), q.get("path", ""), m["id"])
+    h.send_bytes(200, b"", "application/json", {"X-Docker-Container-Path-Stat": archive.stat_header(info)})
+
+
+def archive_get(h, m, q):
+    run = _inside(h, m["id"])
+    info = archive.stat(run, q.get("path", ""), m["id"])
+    h.send_bytes(200, archive.read(run, q["path"]), "application/x-tar",
+                 {"X-Docker-Container-Path-Stat": archive.stat_header(info)})
+
+
+def archive_put(h, m, q):
+    archive.write(_inside(h, m["id"]), q.get("path", ""), h.body, m["id"])
+    h.send_empty(200)
+
+
 def list_images(h, m, q):
     h.send_json(200, [image.summary() for image in h.engine.images.list()])
 
@@ -419,6 +443,9 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("DELETE", r"/images/(?P<name>.+)", remove_image),
     ("POST", r"/images/prune", prune_images),
     ("POST", r"/commit", commit),
+    ("HEAD", rf"/containers/{_ID}/archive", archive_stat),
+    ("GET", rf"/containers/{_ID}/archive", archive_get),
+    ("PUT", rf"/containers/{_ID}/archive", archive_put),
 ]]
 ENDPOINTS = sorted({pattern.pattern.strip("^$").replace("(?P<id>[^/]+)", "{id}")
                     .replace("(?P<name>.+)", "{name}") for _, pattern, _ in ROUTES})
@@ -461,8 +488,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_request(self) -> None:
         self.body = b""
         try:
-            self.body = read_request_body(self.rfile, list(self.headers.items()))
             path, query, _ = split_target(self.path)
+            limit = MAX_ARCHIVE if self.command == "PUT" and path.endswith("/archive") else MAX_BODY
+            self.body = read_request_body(self.rfile, list(self.headers.items()), limit)
             handler, match = route(self.command, path)
             handler(self, match, query)
         except Exception as exc:  # noqa: BLE001 - every failure becomes Docker's error shape
@@ -477,9 +505,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Docker-Experimental", "false")
         self.send_header("Ostype", "linux")
 
-    def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+    def send_bytes(self, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self._common_headers()
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:

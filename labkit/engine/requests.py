@@ -16,6 +16,7 @@ from . import wire
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.24"
 MAX_BODY = 1 << 20      # bytes; a create request is a few KiB, a bigger body is refused, never buffered
+MAX_ARCHIVE = 64 << 20  # bytes of a tar archive for docker cp into a container
 _VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 
 
@@ -60,7 +61,7 @@ def flag(query: dict, name: str, default: bool = False) -> bool:
     return query[name].strip().lower() not in ("", "0", "false", "no")
 
 
-def read_request_body(rfile, headers) -> bytes:
+def read_request_body(rfile, headers, limit: int = MAX_BODY) -> bytes:
     """The request's body, at most MAX_BODY bytes, plain or chunked. A bigger one is refused with
     413 as soon as it is known to be too big, without reading the rest, and the connection is
     closed after the answer (what follows on it is no longer a request). Malformed framing - a
@@ -75,15 +76,15 @@ def read_request_body(rfile, headers) -> bytes:
         raise HTTPError(400, f"malformed framing: Transfer-Encoding {encoding!r}"
                              + (" with a Content-Length" if length is not None else "")
                              + " (only chunked, alone)", close=True)
-    if length is not None and length > MAX_BODY:
-        raise HTTPError(413, f"request body of {length} bytes is too large: at most {MAX_BODY} bytes",
+    if length is not None and length > limit:
+        raise HTTPError(413, f"request body of {length} bytes is too large: at most {limit} bytes",
                         close=True)
     kept = bytearray()
     try:
         for piece in wire.iter_body(rfile, wire.body_framing(headers, is_request=True), headers):
             kept += piece
-            if len(kept) > MAX_BODY:
-                raise HTTPError(413, f"chunked request body larger than {MAX_BODY} bytes: refused",
+            if len(kept) > limit:
+                raise HTTPError(413, f"chunked request body larger than {limit} bytes: refused",
                                 close=True)
     except ValueError as exc:
         raise HTTPError(400, f"malformed chunked body: {exc}", close=True) from None

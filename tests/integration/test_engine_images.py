@@ -3,6 +3,7 @@ directory becoming a read-only layer, seen in the mount table of a container of 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -88,5 +89,28 @@ def test_image_prune_removes_only_unnamed_unused_images(engine):
         assert docker(engine, "image", "prune", "-f").returncode == 0
         assert docker(engine, "image", "inspect", image_id).returncode != 0
         assert docker(engine, "image", "inspect", IMAGE).returncode == 0
+    finally:
+        docker(engine, "rm", "--force", name)
+
+
+def test_cp_both_ways_resolves_paths_inside_the_container(engine, tmp_path):
+    name = cleanup.unique_name("cp")
+    assert docker(engine, "run", "-d", "--name", name, "-u", "nobody", IMAGE, "sh", "-c",
+                  "ln -s / /tmp/root-link; sleep 600").returncode == 0
+    try:
+        assert docker(engine, "cp", f"{name}:/etc/passwd", str(tmp_path / "passwd")).returncode == 0
+        assert (tmp_path / "passwd").read_text().startswith("root:x:0:0:root:/root:/bin/sh\n")
+        assert docker(engine, "cp", f"{name}:/etc", str(tmp_path / "etc")).returncode == 0
+        assert {"passwd", "group", "hosts"} <= set(os.listdir(tmp_path / "etc"))
+        # through a symlink inside, a path stays inside: the container's files, never the host's
+        assert docker(engine, "exec", name, "readlink", "/tmp/root-link").stdout == b"/\n"
+        out = docker(engine, "cp", f"{name}:/tmp/root-link/etc/passwd", str(tmp_path / "via-link"))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "via-link").read_text() == (tmp_path / "passwd").read_text()
+        (tmp_path / "in.txt").write_text("into the box\n")
+        assert docker(engine, "cp", str(tmp_path / "in.txt"), f"{name}:/tmp/").returncode == 0
+        assert docker(engine, "exec", name, "cat", "/tmp/in.txt").stdout == b"into the box\n"
+        missing = docker(engine, "cp", f"{name}:/no/such/file", str(tmp_path / "x"))
+        assert missing.returncode != 0 and not (tmp_path / "x").exists()
     finally:
         docker(engine, "rm", "--force", name)
