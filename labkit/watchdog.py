@@ -42,14 +42,20 @@ def watch(owner: int) -> int:
     _wait_for(owner)
     errors: list[str] = []
     removed = cleanup.sweep(owner_pid=owner, errors=errors)
-    if removed or errors:  # a journal, so that a cleanup path that failed is noticed, not silently mended
+    _journal(f"owner {owner} died", removed, errors)
+    return len(removed)
+
+
+def _journal(why: str, removed, errors: list[str]) -> None:
+    """A line per object removed and per failure, so that a cleanup path that failed is noticed,
+    not silently mended."""
+    if removed or errors:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with open(JOURNAL, "a") as journal:
             for item in removed:
-                journal.write(f"{stamp} owner {owner} died; removed {item.kind} {item.name} {item.where}\n")
+                journal.write(f"{stamp} {why}; removed {item.kind} {item.name} {item.where}\n")
             for error in errors:
-                journal.write(f"{stamp} owner {owner} died; FAILED {error}\n")
-    return len(removed)
+                journal.write(f"{stamp} {why}; FAILED {error}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(10)
     _wait_for(args.owner, SWEEP_DELAY)
     errors: list[str] = []
-    cleanup.sweep(errors=errors)   # leftovers of owners that died before we started (a failure
-    watch(args.owner)              # there must not cost the owner its watchdog: errors are not raised)
+    # leftovers of owners that died before we started: a failure here must not cost the owner its
+    # watchdog (errors are collected, not raised) - and is journaled, not dropped
+    _journal(f"start-up sweep of the watchdog for {args.owner}", cleanup.sweep(errors=errors), errors)
+    watch(args.owner)
     return 0
 
 

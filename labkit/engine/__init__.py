@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import cleanup
+from ..errors import LabkitError, NotFound
 from . import registry
 from .tracer import Call, Tracer
 
@@ -83,9 +84,18 @@ def remove_leftover(item: cleanup.Leftover) -> None:
         path = f"/containers/{item.extra['id']}?force=1" if item.kind == "docker-container" \
             else f"/images/{item.extra['tag']}?force=1"
         conn = UnixHTTPConnection(dockerd.SOCKET, timeout=60)
-        conn.request("DELETE", path)
-        conn.getresponse().read()
-        conn.close()
+        try:
+            conn.request("DELETE", path)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status == 404:                # another sweeper got there first
+            cleanup.release(item.kind, item.name)
+            raise NotFound(f"{item.kind} {item.name}: gone already ({path})")
+        if response.status >= 300:   # still there: keep the record, so that a later sweep tries again
+            raise LabkitError(f"dockerd refused DELETE {path}: {response.status} "
+                              f"{body.decode(errors='replace').strip()[:200]}")
         cleanup.release(item.kind, item.name)
     elif item.kind == "dockerd":
         with dockerd.locked():
