@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 
 from labkit import cleanup, dockerd
-from labkit.engine import EngineProcess
+from engine_cli import IMAGE, docker, engine, status  # noqa: F401 (engine: the fixture)
 
 pytestmark = pytest.mark.root
-
-IMAGE = "labkit-busybox"
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with EngineProcess() as engine:
-        yield engine
 
 
 @pytest.fixture
@@ -45,17 +37,6 @@ def box(engine):
         yield name, pid
     finally:
         docker(engine, "rm", "--force", name)
-
-
-def docker(engine, *args, timeout=60, input=None):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False, input=input)
-
-
-def status(pid: int, key: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(key)
 
 
 def test_exec_joins_the_containers_namespaces_and_cgroup_with_its_restrictions(engine, box):

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from labkit import cleanup, dockerd, rootfs
-from labkit.engine import EngineProcess
+from labkit import cleanup, rootfs
 from labkit.engine.wire import UnixHTTPConnection
+from engine_cli import docker, engine  # noqa: F401 (engine: the fixture)
+from engine_cli import status as status_line
+from kernel_state import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -82,16 +83,6 @@ REFUSED_SAMPLES = {
 
 # --- helpers: the CLI, the API, and the kernel's view ----------------------------------------------
 
-@pytest.fixture(scope="module")
-def engine():
-    with EngineProcess() as engine:
-        yield engine
-
-
-def docker(engine, *args, timeout=60, **kwargs):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False, **kwargs)
-
-
 def out(engine, *args) -> str:
     result = docker(engine, "run", "--rm", *args)
     assert result.returncode == 0, result.stderr
@@ -126,13 +117,6 @@ def running(engine, *flags, command=("sleep", "600"), body=None):
         yield pid
     finally:
         docker(engine, "rm", "--force", name)
-
-
-def status_line(pid: int, key: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(key)
 
 
 def cgroup_file(pid: int, v1: tuple[str, str], v2: str) -> str:
@@ -515,14 +499,8 @@ def check_container_id_file(engine, tmp_path_factory=None):
         path.unlink(missing_ok=True)
 
 
-def _wait_for(condition, timeout=20.0) -> bool:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+def _wait_for(condition) -> bool:
+    return wait_until(condition, timeout=20, interval=0.02)
 
 
 APPLIED = {

@@ -7,22 +7,10 @@ import os
 
 import pytest
 
-from labkit import cleanup, dockerd, rootfs
-from labkit.engine import EngineProcess
+from labkit import cleanup, rootfs
+from engine_cli import IMAGE, docker, engine  # noqa: F401 (engine: the fixture)
 
 pytestmark = pytest.mark.root
-
-IMAGE = "labkit-busybox"
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with EngineProcess() as engine:
-        yield engine
-
-
-def docker(engine, *args, timeout=60):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False)
 
 
 def test_tag_and_rmi(engine):

@@ -5,40 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from labkit import cleanup, dockerd
-from labkit.engine import EngineProcess
+from labkit import cleanup
+from engine_cli import IMAGE, docker, engine, inspect  # noqa: F401 (engine: the fixture)
+from kernel_state import wait_until
 
 pytestmark = pytest.mark.root
 
-IMAGE = "labkit-busybox"
 
-
-@pytest.fixture(scope="module")
-def engine():
-    with EngineProcess() as engine:
-        yield engine
-
-
-def docker(engine, *args, timeout=60):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False)
-
-
-def inspect(engine, name) -> dict:
-    return json.loads(docker(engine, "inspect", name).stdout)[0]
-
-
-def until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def until(condition) -> bool:
+    return wait_until(condition, timeout=30, interval=0.05)
 
 
 def cgroup_dir(pid: int, controller: str) -> Path:

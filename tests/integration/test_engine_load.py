@@ -8,27 +8,16 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from labkit import cleanup, dockerd
-from labkit.engine import EngineProcess, registry
+from labkit.engine import registry
+from engine_cli import IMAGE, docker, engine  # noqa: F401 (engine: the fixture)
+from kernel_state import wait_until
 
 pytestmark = pytest.mark.root
-
-IMAGE = "labkit-busybox"
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with EngineProcess() as engine:
-        yield engine
-
-
-def docker(engine, *args, timeout=120):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False)
 
 
 def engine_objects(engine) -> list:
@@ -40,13 +29,8 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def until(condition) -> bool:
+    return wait_until(condition, timeout=30, interval=0.05)
 
 
 def test_fifty_concurrent_docker_run_rm_all_succeed_and_leave_nothing(engine):

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from labkit import cleanup, dockerd
+from labkit import cleanup
 from labkit.engine import EngineProcess
+from engine_cli import IMAGE, docker, status
+from kernel_state import wait_until
 
 pytestmark = pytest.mark.root
 
-IMAGE = "labkit-busybox"
 INHERITED_IGNORED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGXFSZ)
 
 
@@ -38,24 +38,8 @@ def engine():
         engine.stop()
 
 
-def docker(engine, *args, timeout=60):
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False)
-
-
-def status(pid: int, key: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(key)
-
-
-def until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+def until(condition) -> bool:
+    return wait_until(condition, timeout=20, interval=0.02)
 
 
 def start(engine, *args) -> tuple[str, int]:
