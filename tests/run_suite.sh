@@ -189,7 +189,7 @@ vagrant_validate() {
 
 shell_scripts() {
     local f
-    for f in .ci/run vagrant/*.sh tests/*.sh tests/**/*.sh scripts/* benchmarks/*.sh; do
+    for f in .ci/run vagrant/*.sh deploy/*.sh tests/*.sh tests/**/*.sh scripts/* benchmarks/*.sh; do
         [ -f "$f" ] && printf '%s\n' "$f"
     done | sort -u
 }

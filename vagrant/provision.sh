@@ -4,6 +4,7 @@
 # whether it is already right, and a second run ends with "nothing changed".
 #
 #   vagrant/provision.sh [--test-tools] [--lab] [--ip ADDR] [--port N]
+#   vagrant/provision.sh --container
 #
 #   --test-tools   also install what `make test` needs (packages tagged `test` in packages.txt, and
 #                  pyproject.toml's `test` extra: pytest, nbval, playwright, the docker SDK)
@@ -11,6 +12,9 @@
 #                  process) and print its URL with the token
 #   --ip, --port   where JupyterLab listens (default 127.0.0.1:8888; the Vagrant VM uses 0.0.0.0 so
 #                  that the NAT port forward, bound to the HOST's 127.0.0.1 only, can reach it)
+#   --container    provision a classroom image (deploy/build-image.sh runs this in a chroot): no lab
+#                  is started and no unit installed (JupyterHub starts each learner's server), no
+#                  test tools, and the guest kernel's modules pruned to the twelve the microVM loads
 #
 # Environment: LABKIT_REPO (default: this script's repository), LABKIT_VENV (default: $REPO/.venv),
 # LABKIT_PYTHON (the Python to build the venv from; default: python3 on PATH if >= 3.11, else
@@ -27,16 +31,18 @@ PACKAGES_FILE=$REPO/vagrant/packages.txt
 
 TEST_TOOLS=0
 START_LAB=0
+CONTAINER=0
 LAB_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --test-tools) TEST_TOOLS=1 ;;
         --lab) START_LAB=1 ;;
+        --container) CONTAINER=1 ;;
         --ip|--port)
             [ $# -ge 2 ] || { echo "provision: $1 needs a value" >&2; exit 2; }
             LAB_ARGS+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-        *) echo "provision: unknown option '$1' (accepted: --test-tools --lab --ip ADDR --port N)" >&2
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "provision: unknown option '$1' (accepted: --test-tools --lab --ip ADDR --port N --container)" >&2
            exit 2 ;;
     esac
     shift
@@ -47,6 +53,10 @@ say()     { printf '[provision] %s\n' "$*"; }
 changed() { CHANGES+=("$1"); say "changed: $1"; }
 die()     { printf '[provision] ERROR: %s\n' "$*" >&2; exit 1; }
 
+if [ "$CONTAINER" = 1 ] && { [ "$START_LAB" = 1 ] || [ "$TEST_TOOLS" = 1 ]; }; then
+    echo "provision: --container builds an image: --lab and --test-tools do not apply to it" >&2
+    exit 2
+fi
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): it installs packages and writes $MARKER"
 [ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE (set LABKIT_REPO to the repository)"
 
@@ -204,6 +214,21 @@ else
     "$VENV/bin/python" -m pip install --progress-bar off -c "$LOCK" -e "$TARGET"
     printf '%s %s\n' "$WANT_STAMP" "$EXTRA" > "$STAMP"
     changed "installed labkit and its Python dependencies ($EXTRA) into $VENV"
+fi
+
+# A classroom image carries the guest kernel only for chapter 6's microVM, which loads twelve modules
+# (labkit.vm.initramfs.SHARE_MODULES): the other ~4000 go, a few hundred MB less per image.
+if [ "$CONTAINER" = 1 ]; then
+    KEEP=$("$VENV/bin/python" -c 'from labkit.vm.initramfs import SHARE_MODULES; print("|".join(SHARE_MODULES))')
+    for dir in /lib/modules/*/; do
+        [ -d "$dir/kernel" ] || continue
+        pruned=$(find "$dir/kernel" -name '*.ko*' -regextype posix-extended \
+                      ! -regex ".*/($KEEP)\.ko(\.[a-z]+)?" -print -delete | wc -l)
+        if [ "$pruned" -gt 0 ]; then
+            depmod "$(basename "$dir")"
+            changed "pruned $pruned kernel modules under $dir (kept: ${KEEP//|/ })"
+        fi
+    done
 fi
 
 # JupyterLab defaults for the lab (no "fetch news?" prompt, no update check: the lab is offline),

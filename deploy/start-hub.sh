@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Start the classroom's JupyterHub on this machine, in the foreground (Ctrl-C stops it, and with it
+# every learner's container; their volumes stay). For a rehearsal: `make classroom`.
+#
+#   LABKIT_HUB_PASSWORD=... deploy/start-hub.sh [--install-only]
+#
+#   --install-only   only install the hub (deploy/.hub-venv: jupyterhub + dockerspawner from PyPI;
+#                    deploy/.hub-node: configurable-http-proxy from npm), so that build-image.sh
+#                    pins the image's jupyterhub to the same version
+#
+# It makes the learners' Docker network `labkit-classroom` (--internal: no route out through
+# dockerd's NAT; bridge labkit-class0, gateway 172.30.0.1) and a firewall chain LABKIT-CLASSROOM
+# that admits, from that bridge to this machine, only the hub's API port: learners can otherwise
+# reach every host service listening on 0.0.0.0 through the bridge. Both are removed at exit.
+# The settings are environment variables read by deploy/jupyterhub_config.py.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VENV=$HERE/.hub-venv NODE=$HERE/.hub-node
+NETWORK=${LABKIT_HUB_NETWORK:-labkit-classroom}
+BRIDGE=labkit-class0 SUBNET=172.30.0.0/24 GATEWAY=172.30.0.1 HUB_PORT=8081
+CHAIN=LABKIT-CLASSROOM
+say() { printf '[start-hub] %s\n' "$*"; }
+die() { printf '[start-hub] ERROR: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root: it creates a Docker network and firewall rules"
+
+if [ ! -x "$VENV/bin/jupyterhub" ]; then
+    say "installing jupyterhub and dockerspawner into $VENV ..."
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --progress-bar off -q jupyterhub dockerspawner
+fi
+if [ ! -x "$NODE/bin/configurable-http-proxy" ]; then
+    say "installing configurable-http-proxy into $NODE ..."
+    npm install --silent --global --prefix "$NODE" configurable-http-proxy
+fi
+[ "${1:-}" = --install-only ] && { say "installed: jupyterhub $("$VENV/bin/jupyterhub" --version)"; exit 0; }
+[ -n "${LABKIT_HUB_PASSWORD:-}" ] || die "set LABKIT_HUB_PASSWORD (the rehearsal's shared password)"
+docker image inspect "${LABKIT_IMAGE:-labkit-lab:latest}" >/dev/null 2>&1 \
+    || die "no image ${LABKIT_IMAGE:-labkit-lab:latest}: run deploy/build-image.sh first"
+
+if ! docker network inspect "$NETWORK" >/dev/null 2>&1; then
+    docker network create --internal --subnet "$SUBNET" --gateway "$GATEWAY" \
+        -o com.docker.network.bridge.name="$BRIDGE" "$NETWORK" >/dev/null
+    say "created the internal network $NETWORK ($BRIDGE, $SUBNET)"
+fi
+iptables -N "$CHAIN" 2>/dev/null || iptables -F "$CHAIN"
+iptables -A "$CHAIN" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT    # the proxy's replies
+iptables -A "$CHAIN" -p tcp -d "$GATEWAY" --dport "$HUB_PORT" -j ACCEPT      # the hub API
+iptables -A "$CHAIN" -j DROP
+iptables -C INPUT -i "$BRIDGE" -j "$CHAIN" 2>/dev/null || iptables -I INPUT -i "$BRIDGE" -j "$CHAIN"
+stop() {
+    iptables -D INPUT -i "$BRIDGE" -j "$CHAIN" 2>/dev/null || true
+    if iptables -F "$CHAIN" 2>/dev/null; then iptables -X "$CHAIN" 2>/dev/null || true; fi
+    docker network rm "$NETWORK" >/dev/null 2>&1 || say "network $NETWORK still in use: left in place"
+}
+trap stop EXIT
+
+export LABKIT_HUB_IP=$GATEWAY LABKIT_HUB_NETWORK=$NETWORK PATH=$NODE/bin:$VENV/bin:$PATH
+mkdir -p "$HERE/.hub-state"
+cd "$HERE/.hub-state"                     # the hub's database and cookie secret live here
+say "JupyterHub on ${LABKIT_HUB_URL:-http://127.0.0.1:8000} (Ctrl-C stops it)"
+jupyterhub -f "$HERE/jupyterhub_config.py"

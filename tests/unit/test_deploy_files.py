@@ -1,0 +1,87 @@
+"""The classroom's deployment files (deploy/): the hub config applies the isolation it promises,
+refuses what it cannot do safely, and the Helm values select Kata and deny egress."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from traitlets.config import Config
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def hub_config(monkeypatch, **env) -> Config:
+    """deploy/jupyterhub_config.py executed as JupyterHub does: get_config() hands it a Config."""
+    for name in [n for n in os.environ if n.startswith("LABKIT_HUB") or n.startswith("LABKIT_RUNTIME")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = Config()
+    source = (DEPLOY / "jupyterhub_config.py").read_text()
+    exec(compile(source, "jupyterhub_config.py", "exec"), {"get_config": lambda: config})
+    return config
+
+
+def test_each_learner_gets_limits_volumes_and_a_private_cgroup_namespace(monkeypatch):
+    c = hub_config(monkeypatch, LABKIT_HUB_PASSWORD="rehearsal")
+    spawner = c.DockerSpawner
+    assert spawner.cpu_limit == 1.0 and spawner.mem_limit == "2G"
+    host = spawner.extra_host_config
+    assert host["pids_limit"] > 0 and host["privileged"] is True
+    assert host["cgroupns"] == "private" and host["runtime"] == "runc"
+    assert set(spawner.volumes.values()) == {"/opt/labkit/notebooks", "/var/lib/labkit", "/var/lib/docker"}
+    assert all("{username}" in name for name in spawner.volumes)
+    assert spawner.cmd == ["jupyterhub-singleuser", "--allow-root"]
+    assert c.JupyterHub.bind_url.startswith("http://127.0.0.1:")
+    assert c.JupyterHub.hub_ip != "0.0.0.0"
+
+
+def test_the_runtime_is_one_setting_and_unknown_ones_are_refused(monkeypatch):
+    c = hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_RUNTIME="kata")
+    assert c.DockerSpawner.extra_host_config["runtime"] == "kata"
+    with pytest.raises(SystemExit, match="LABKIT_RUNTIME"):
+        hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_RUNTIME="gvisor")
+
+
+def test_a_public_address_without_tls_or_a_missing_password_is_refused(monkeypatch):
+    with pytest.raises(SystemExit, match="LABKIT_HUB_TLS_CERT"):
+        hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_HUB_URL="http://0.0.0.0:8000")
+    with pytest.raises(SystemExit, match="LABKIT_HUB_PASSWORD"):
+        hub_config(monkeypatch)
+    c = hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_HUB_URL="https://0.0.0.0:443",
+                   LABKIT_HUB_TLS_CERT="/etc/ssl/hub.crt", LABKIT_HUB_TLS_KEY="/etc/ssl/hub.key")
+    assert c.JupyterHub.ssl_cert == "/etc/ssl/hub.crt"
+
+
+def test_helm_values_select_kata_deny_egress_and_prepull():
+    values = yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())
+    user = values["singleuser"]
+    assert user["extraPodConfig"]["runtimeClassName"] == "kata"
+    assert user["cmd"] == ["jupyterhub-singleuser", "--allow-root"]
+    policy = user["networkPolicy"]
+    assert policy["enabled"] and policy["egress"] == [] and not any(policy["egressAllowRules"].values())
+    mounts = {m["mountPath"] for m in user["storage"]["extraVolumeMounts"]}
+    assert mounts == {"/var/lib/labkit", "/var/lib/docker"} and user["storage"]["type"] == "dynamic"
+    assert values["prePuller"]["hook"]["enabled"] and values["prePuller"]["continuous"]["enabled"]
+    assert values["hub"]["config"]["KubeSpawner"]["container_security_context"]["privileged"] is True
+    runtime_class = yaml.safe_load((DEPLOY / "kata" / "runtimeclass.yaml").read_text())
+    assert runtime_class["kind"] == "RuntimeClass" and runtime_class["metadata"]["name"] == "kata"
+    assert "privileged_without_host_devices = true" in (DEPLOY / "kata" / "containerd-kata.toml").read_text()
+
+
+@pytest.mark.parametrize("script", ["build-image.sh", "start-hub.sh"])
+def test_deploy_scripts_parse_and_refuse_unknown_options(script):
+    subprocess.run(["bash", "-n", str(DEPLOY / script)], check=True)
+    if script == "build-image.sh":
+        run = subprocess.run(["bash", str(DEPLOY / script), "--nonsense"], capture_output=True, text=True)
+        assert run.returncode == 2 and "--nonsense" in run.stderr
+
+
+def test_provision_refuses_container_mode_with_the_lab_or_test_tools():
+    provision = DEPLOY.parent / "vagrant" / "provision.sh"
+    for extra in ("--lab", "--test-tools"):
+        run = subprocess.run(["bash", str(provision), "--container", extra], capture_output=True, text=True)
+        assert run.returncode == 2 and "--container" in run.stderr
