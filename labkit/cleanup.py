@@ -47,6 +47,7 @@ SWEEP_MODULES = (
     "labkit.vm",          # qemu processes (they also live in labkit cgroups)
     "labkit.cgroups",     # every process labkit started lives in a labkit cgroup: killed here
     "labkit.rootfs",      # overlay and bind mounts, upper directories
+    "labkit.loopdev",     # loop devices over files in work directories (after their mounts)
     "labkit.net",         # network namespaces, veths, bridges
     "labkit.cleanup",     # owner records and work directories nobody owns any more
 )

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from labkit import cleanup
+from labkit import cleanup, loopdev
 from labkit.cgroups import Cgroup, backend_name, find_leftovers, remove_leftover
 from labkit.errors import InvalidValue, LabkitError
 
@@ -263,21 +263,15 @@ def test_cpuset_pins_the_process(cgroups):
 
 @pytest.fixture
 def loop_device(tmp_path):
-    """A loop device over a sparse file named labkit-...; detached afterwards."""
-    if not os.path.exists("/dev/loop-control") or not shutil.which("losetup"):
+    """A loop device over a sparse file named labkit-..., with autoclear: it goes when we close it
+    (or die)."""
+    if not os.path.exists(loopdev.LOOP_CONTROL):
         pytest.skip("no loop device support here")
     backing = tmp_path / f"{cleanup.unique_name('io')}.img"
     with open(backing, "wb") as f:
         f.truncate(64 * MiB)
-    try:
-        device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
-                                capture_output=True, text=True).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"losetup failed: {exc.stderr.strip()}")
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
+    with loopdev.attached(backing) as device:
+        yield device.path
 
 
 def test_io_write_throttle_on_a_loop_device(cgroups, loop_device):
