@@ -33,6 +33,13 @@ def _cmd_doctor(args) -> int:
                      else "not delegated by systemd")
         print(f"cgroups in   {parent['path']} ({parent['source']}; {delegated}); "
               f"controllers there: {' '.join(parent['controllers']) or 'none'}")
+    where = report.container
+    if where:
+        print(f"in a container  made by {where['engine']}; cgroup namespace {where['cgroup_namespace']}; "
+              f"cgroups {where['cgroup_view']}")
+    loops = report.loops
+    print(f"loop devices {loops['nodes']} nodes in /dev, {loops['free']} free"
+          + ("" if loops["auto_nodes"] else " (this /dev gets no new nodes by itself)"))
     print(f"root         {'yes' if report.root else 'no'}")
     print(f"lab host     {'yes' if report.lab_host else 'no'}")
     print("\ncontrollers  version  mounted at")
@@ -48,12 +55,14 @@ def _cmd_doctor(args) -> int:
     usable = {True: "usable", False: "present but not usable (VMs use TCG)", None: "not probed (--kvm)"}
     print(f"  {'kvm':<9} {usable[kvm['usable']] if kvm['device'] else 'no /dev/kvm (VMs use TCG)'}")
     print()
+    for note in report.notes:
+        print(f"note: {note}")
     if report.problems:
         print("verdict: NOT READY")
         for problem in report.problems:
             print(f"  - {problem}")
         return 1
-    print("verdict: ready")
+    print("verdict: ready" + (" (in a container: see the notes)" if report.container else ""))
     return 0
 
 

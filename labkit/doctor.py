@@ -2,7 +2,8 @@
 
 `probe()` answers: kernel, cgroup mode, which controllers are mounted where, which namespace kinds
 exist, root or not, lab host or not, which optional tools are installed and (on request) whether
-KVM really boots a VM. It sits at the top of labkit: it asks host, namespaces and vm.
+KVM really boots a VM, and - inside a container - what that changes (labkit.incontainer). It sits
+at the top of labkit: it asks host, namespaces, vm, loopdev and incontainer.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 
-from . import host, vm
+from . import host, incontainer, loopdev, vm
 from .host import Controller
 from .cgroups.base import PARENT_ENV, parent_from_env
 from .nskinds import KINDS, kind_available
@@ -39,7 +40,10 @@ class HostReport:
     kvm: dict = field(default_factory=dict)
     init: str = ""                                    # "systemd" or the name of PID 1
     cgroup_parent: dict = field(default_factory=dict)  # v2: where labkit's cgroups go (cgroup_parent())
+    container: dict = field(default_factory=dict)      # "in a container": engine, cgroup namespace, ...
+    loops: dict = field(default_factory=dict)          # loop device nodes (loopdev.node_report())
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # what works differently here, with fixes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +64,29 @@ def probe(check_kvm: bool = False) -> HostReport:
     if check_kvm and report.kvm["device"] and report.tools["qemu"]:
         report.kvm["usable"] = vm.kvm_usable()
     report.problems = _problems(report)
+    _where(report)
     return report
+
+
+DOCKER_ROOT = "/var/lib/docker"
+
+
+def _where(report: HostReport) -> None:
+    """The checks that matter most inside a container (they run everywhere: a store can be on overlay
+    on any machine)."""
+    from .rootfs import IMAGE_STORE
+
+    with open("/proc/self/cgroup") as f:
+        proc_cgroup = f.read()
+    engine = incontainer.engine()
+    report.loops = loopdev.node_report()
+    report.container = {"engine": engine, "cgroup_namespace": incontainer.cgroup_namespace(proc_cgroup),
+                        "cgroup_view": incontainer.cgroup_view(report.cgroup_mode, proc_cgroup),
+                        "image_store": str(IMAGE_STORE), "docker_root": DOCKER_ROOT} if engine else {}
+    problems, notes = incontainer.findings(str(IMAGE_STORE), DOCKER_ROOT, report.cgroup_mode,
+                                           report.loops, proc_cgroup, engine)
+    report.problems += problems
+    report.notes += notes
 
 
 def _problems(report: HostReport) -> list[str]:

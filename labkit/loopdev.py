@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import cleanup
+from . import cleanup, mountinfo
 from .errors import NotFound
 
 SYS_BLOCK = Path("/sys/block")
@@ -141,7 +141,6 @@ def node_report(dev: str = "/dev") -> dict:
     adds nodes by itself (devtmpfs) - inside a container it does not, so the free nodes are all."""
     attached_names = {d["name"] for d in attached_devices()}
     nodes = sorted(p.name for p in Path(dev).glob("loop[0-9]*"))
-    from . import mountinfo
     dev_fs = next((m["fstype"] for m in mountinfo.read() if m["mountpoint"] == dev), "")
     return {"nodes": len(nodes), "free": len([n for n in nodes if n not in attached_names]),
             "control": os.path.exists(os.path.join(dev, "loop-control")),

@@ -20,13 +20,14 @@ def unescape(field: str) -> str:
 
 
 def parse_line(line: str) -> dict:
-    """One mountinfo line: {id, parent, mountpoint, options, propagation, fstype, source, superopts}."""
+    """One mountinfo line: {id, parent, root, mountpoint, options, propagation, fstype, source,
+    superopts}; root is the path inside its filesystem that is mounted (a bind mount's source)."""
     left, right = line.rstrip("\n").split(" - ", 1)
     fields = left.split()
     fstype, source, superopts = (right.split() + ["", ""])[:3]
-    return {"id": int(fields[0]), "parent": int(fields[1]), "mountpoint": unescape(fields[4]),
-            "options": fields[5], "propagation": " ".join(fields[6:]), "fstype": fstype,
-            "source": unescape(source), "superopts": superopts}
+    return {"id": int(fields[0]), "parent": int(fields[1]), "root": unescape(fields[3]),
+            "mountpoint": unescape(fields[4]), "options": fields[5], "propagation": " ".join(fields[6:]),
+            "fstype": fstype, "source": unescape(source), "superopts": superopts}
 
 
 def read(pid: int | str = "self") -> list[dict]:

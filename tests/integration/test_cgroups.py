@@ -9,7 +9,6 @@ assertions: rates are the kernel's own counters divided by an interval, with loo
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
