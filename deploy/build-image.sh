@@ -7,7 +7,7 @@
 #                         [--jupyterhub-version X.Y.Z] [--ca-bundle FILE] [--pip-conf FILE]
 #
 #   --suite               Debian 12 (bookworm, default) or 13 (trixie)
-#   --tag                 the image's name (default labkit-lab:latest; deploy/jupyterhub_config.py's
+#   --tag                 the image's name (default deep-dive-lab:latest; deploy/jupyterhub_config.py's
 #                         LABKIT_IMAGE)
 #   --mirror              the Debian mirror (default http://deb.debian.org/debian)
 #   --jupyterhub-version  the hub's version; the single-user server must match it (default: what
@@ -24,7 +24,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-SUITE=bookworm TAG=labkit-lab:latest MIRROR=http://deb.debian.org/debian
+SUITE=bookworm TAG=deep-dive-lab:latest MIRROR=http://deb.debian.org/debian
 HUB_VERSION='' CA_BUNDLE='' PIP_CONF=''
 while [ $# -gt 0 ]; do
     case "$1" in

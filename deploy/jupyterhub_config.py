@@ -15,9 +15,9 @@ import os
 
 c = get_config()  # noqa: F821 - JupyterHub provides get_config() when it loads this file
 
-IMAGE = os.environ.get("LABKIT_IMAGE", "labkit-lab:latest")        # deploy/build-image.sh's tag
+IMAGE = os.environ.get("LABKIT_IMAGE", "deep-dive-lab:latest")        # deploy/build-image.sh's tag
 RUNTIME = os.environ.get("LABKIT_RUNTIME", "runc")                  # the isolation choice: runc or kata
-NETWORK = os.environ.get("LABKIT_HUB_NETWORK", "labkit-classroom")  # made --internal by start-hub.sh
+NETWORK = os.environ.get("LABKIT_HUB_NETWORK", "classroom-net")  # made --internal by start-hub.sh
 HUB_IP = os.environ.get("LABKIT_HUB_IP", "172.30.0.1")              # that network's gateway (the host)
 PUBLIC_URL = os.environ.get("LABKIT_HUB_URL", "http://127.0.0.1:8000")
 CPUS = float(os.environ.get("LABKIT_LEARNER_CPUS", "1"))
@@ -56,7 +56,9 @@ if not c.DummyAuthenticator.password:
 # --- one lab container per learner ------------------------------------------------------------------
 c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
 c.DockerSpawner.image = IMAGE
-c.DockerSpawner.name_template = "labkit-learner-{username}"
+# Not labkit-...: labkit's sweep removes Docker objects of that prefix whose owner is dead, and the
+# hub's containers, volumes and image are not labkit's.
+c.DockerSpawner.name_template = "classroom-learner-{username}"
 c.DockerSpawner.remove = True            # the container goes at stop; the learner's volumes stay
 c.DockerSpawner.network_name = NETWORK
 c.DockerSpawner.use_internal_ip = True
@@ -75,9 +77,9 @@ c.Spawner.http_timeout = 120
 #                     devices there (on the container's own overlay root it refuses them: notebook 31);
 #   /var/lib/docker   Docker inside gets overlay2 instead of falling back to vfs.
 c.DockerSpawner.volumes = {
-    "labkit-{username}-notebooks": NOTEBOOKS,
-    "labkit-{username}-store": "/var/lib/labkit",
-    "labkit-{username}-docker": "/var/lib/docker",
+    "classroom-{username}-notebooks": NOTEBOOKS,
+    "classroom-{username}-store": "/var/lib/labkit",
+    "classroom-{username}-docker": "/var/lib/docker",
 }
 
 # Limits per learner, set by dockerd in the container's cgroup.

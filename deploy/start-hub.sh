@@ -8,8 +8,8 @@
 #                    deploy/.hub-node: configurable-http-proxy from npm), so that build-image.sh
 #                    pins the image's jupyterhub to the same version
 #
-# It makes the learners' Docker network `labkit-classroom` (--internal: no route out through
-# dockerd's NAT; bridge labkit-class0, gateway 172.30.0.1) and a firewall chain LABKIT-CLASSROOM
+# It makes the learners' Docker network `classroom-net` (--internal: no route out through
+# dockerd's NAT; bridge classroom0, gateway 172.30.0.1) and a firewall chain CLASSROOM-HUB
 # that admits, from that bridge to this machine, only the hub's API port: learners can otherwise
 # reach every host service listening on 0.0.0.0 through the bridge. Both are removed at exit.
 # The settings are environment variables read by deploy/jupyterhub_config.py.
@@ -17,9 +17,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=$HERE/.hub-venv NODE=$HERE/.hub-node
-NETWORK=${LABKIT_HUB_NETWORK:-labkit-classroom}
-BRIDGE=labkit-class0 SUBNET=172.30.0.0/24 GATEWAY=172.30.0.1 HUB_PORT=8081
-CHAIN=LABKIT-CLASSROOM
+NETWORK=${LABKIT_HUB_NETWORK:-classroom-net}
+BRIDGE=classroom0 SUBNET=172.30.0.0/24 GATEWAY=172.30.0.1 HUB_PORT=8081
+CHAIN=CLASSROOM-HUB
 say() { printf '[start-hub] %s\n' "$*"; }
 die() { printf '[start-hub] ERROR: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root: it creates a Docker network and firewall rules"
@@ -35,8 +35,8 @@ if [ ! -x "$NODE/bin/configurable-http-proxy" ]; then
 fi
 [ "${1:-}" = --install-only ] && { say "installed: jupyterhub $("$VENV/bin/jupyterhub" --version)"; exit 0; }
 [ -n "${LABKIT_HUB_PASSWORD:-}" ] || die "set LABKIT_HUB_PASSWORD (the rehearsal's shared password)"
-docker image inspect "${LABKIT_IMAGE:-labkit-lab:latest}" >/dev/null 2>&1 \
-    || die "no image ${LABKIT_IMAGE:-labkit-lab:latest}: run deploy/build-image.sh first"
+docker image inspect "${LABKIT_IMAGE:-deep-dive-lab:latest}" >/dev/null 2>&1 \
+    || die "no image ${LABKIT_IMAGE:-deep-dive-lab:latest}: run deploy/build-image.sh first"
 
 if ! docker network inspect "$NETWORK" >/dev/null 2>&1; then
     docker network create --internal --subnet "$SUBNET" --gateway "$GATEWAY" \
