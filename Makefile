@@ -3,6 +3,9 @@
 #   make test   install what is missing (plus the test tools), run the whole suite (GUEST=1: with the
 #               Debian 13 guest stage, see test-guest)
 #   make handouts   execute every notebook and export it to HTML with its plots, plus an index (handouts/)
+#   make classroom  a classroom rehearsal on this machine: build the lab image (deploy/build-image.sh)
+#                   and start JupyterHub with one lab container per learner on 127.0.0.1:8000
+#                   (deploy/start-hub.sh; password LABKIT_HUB_PASSWORD, default "rehearsal")
 #   (make lock      rewrite constraints.txt, the exact Python package versions every machine installs)
 #   make test-guest the suite and every notebook inside a fresh Debian 13 guest (systemd, cgroup v2)
 #                   under qemu, as a learner's VM runs them (tests/guest/); UPDATE_OUTPUTS=1 instead
@@ -18,7 +21,7 @@ LAB_PORT ?= 8888
 LAB_IP ?= 127.0.0.1
 HANDOUTS ?= handouts
 
-.PHONY: lab test test-guest handouts provision lock clean distclean
+.PHONY: lab test test-guest handouts classroom provision lock clean distclean
 
 lab:
 	bash vagrant/provision.sh --lab --ip $(LAB_IP) --port $(LAB_PORT)
@@ -34,6 +37,13 @@ test-guest:
 handouts:
 	bash vagrant/provision.sh
 	$(VENV)/bin/python -m labkit.handouts --out $(HANDOUTS)
+
+# The hub is installed first: the image's jupyterhub is pinned to its version. See
+# docs/instructor-guide.md, "A classroom on one machine, or on a cluster".
+classroom:
+	bash deploy/start-hub.sh --install-only
+	bash deploy/build-image.sh
+	LABKIT_HUB_PASSWORD=$${LABKIT_HUB_PASSWORD:-rehearsal} bash deploy/start-hub.sh
 
 provision:
 	bash vagrant/provision.sh
