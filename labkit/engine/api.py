@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import archive, docker_api, observe, spec as spec_mod, state, streams, wire
+from . import archive, docker_api, images as images_mod, observe, spec as spec_mod, state, streams, wire
 from .interactive import attach, exec_create, exec_inspect, exec_resize, exec_start, resize
 from .requests import (API_VERSION, MAX_ARCHIVE, MAX_BODY, MIN_API_VERSION, HTTPError, flag,  # noqa: F401
                        parse_json_body, read_request_body, split_target)
@@ -394,6 +394,20 @@ def archive_put(h, m, q):
     h.send_empty(200)
 
 
+def save_images(h, m, q):
+    names = [m["name"]] if m.get("name") else [q.get("names", "")]
+    h.send_bytes(200, images_mod.save([h.engine.images.find(n) for n in names]), "application/x-tar")
+
+
+def load_images(h, m, q):
+    lines = []
+    for image in images_mod.load(h.body, h.engine.layers_dir()):
+        h.engine.images.put(image)
+        lines.append({"stream": "".join(f"Loaded image: {t}\n" for t in image.tags)
+                      or f"Loaded image ID: {image.id}\n"})
+    h.send_bytes(200, b"".join(json.dumps(line).encode() + b"\n" for line in lines), "application/json")
+
+
 def list_images(h, m, q):
     h.send_json(200, [image.summary() for image in h.engine.images.list()])
 
@@ -443,6 +457,9 @@ ROUTES = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, han
     ("DELETE", r"/images/(?P<name>.+)", remove_image),
     ("POST", r"/images/prune", prune_images),
     ("POST", r"/commit", commit),
+    ("GET", r"/images/get", save_images),
+    ("GET", r"/images/(?P<name>.+)/get", save_images),
+    ("POST", r"/images/load", load_images),
     ("HEAD", rf"/containers/{_ID}/archive", archive_stat),
     ("GET", rf"/containers/{_ID}/archive", archive_get),
     ("PUT", rf"/containers/{_ID}/archive", archive_put),
@@ -489,7 +506,8 @@ class Handler(BaseHTTPRequestHandler):
         self.body = b""
         try:
             path, query, _ = split_target(self.path)
-            limit = MAX_ARCHIVE if self.command == "PUT" and path.endswith("/archive") else MAX_BODY
+            limit = MAX_ARCHIVE if (self.command, path.rsplit("/", 1)[-1]) in (("PUT", "archive"), ("POST", "load")) \
+                else MAX_BODY
             self.body = read_request_body(self.rfile, list(self.headers.items()), limit)
             handler, match = route(self.command, path)
             handler(self, match, query)

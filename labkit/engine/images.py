@@ -239,3 +239,121 @@ def busybox_layer():
     from .. import rootfs
 
     return rootfs.base_layer()
+
+
+# --- docker save / docker load: Docker's image tar format -------------------------------------------
+#
+#   manifest.json            [{"Config": "<id>.json", "RepoTags": [...], "Layers": ["<n>/layer.tar", ...]}]
+#   <id>.json                the image config: Cmd, Env, ..., rootfs.diff_ids (sha256 of each layer.tar)
+#   <n>/layer.tar            one layer, bottom first; a deletion is an empty file named .wh.<name>
+#                            (overlayfs stores it as a 0/0 character device: converted both ways)
+
+WHITEOUT = ".wh."
+
+
+def _layer_tar(root: Path) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                path = Path(dirpath, name)
+                arcname = str(path.relative_to(root))
+                st = path.lstat()
+                if os.path.stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:      # overlay whiteout
+                    info = tarfile.TarInfo(str(Path(arcname).parent / (WHITEOUT + name)))
+                    tar.addfile(info)
+                else:
+                    tar.add(path, arcname=arcname, recursive=False)
+    return buffer.getvalue()
+
+
+def save(images: list[Image]) -> bytes:
+    """A `docker save` archive of `images` (their layers, config and names)."""
+    import io
+    import json
+    import tarfile
+
+    out = io.BytesIO()
+    manifest, written = [], {}
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        def put(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for image in images:
+            layer_names, diff_ids = [], []
+            for layer in image.layers or (type("L", (), {"path": image.rootfs})(),):
+                if str(layer.path) not in written:
+                    data = _layer_tar(Path(layer.path))
+                    digest = hashlib.sha256(data).hexdigest()
+                    put(f"{digest}/layer.tar", data)
+                    put(f"{digest}/VERSION", b"1.0")
+                    written[str(layer.path)] = digest
+                layer_names.append(f"{written[str(layer.path)]}/layer.tar")
+                diff_ids.append("sha256:" + written[str(layer.path)])
+            config = {"architecture": _arch(), "os": "linux",
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(image.created)),
+                      "config": {"Cmd": image.cmd, "Env": image.env, "Entrypoint": image.entrypoint,
+                                 "WorkingDir": image.working_dir},
+                      "rootfs": {"type": "layers", "diff_ids": diff_ids}, "comment": image.comment}
+            raw = json.dumps(config).encode()
+            config_name = hashlib.sha256(raw).hexdigest() + ".json"
+            put(config_name, raw)
+            manifest.append({"Config": config_name, "RepoTags": image.tags, "Layers": layer_names})
+        put("manifest.json", json.dumps(manifest).encode())
+    return out.getvalue()
+
+
+def load(archive: bytes, layers_dir: Path) -> list[Image]:
+    """Images from a `docker save` archive, their layers unpacked under `layers_dir`."""
+    import io
+    import json
+    import tarfile
+    import uuid
+
+    from .. import rootfs
+
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(archive))
+        manifest = json.load(tar.extractfile("manifest.json"))
+    except (tarfile.TarError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidValue("image archive", f"{len(archive)} bytes", f"a docker save archive ({exc})") from None
+    loaded, unpacked = [], {}
+    for entry in manifest:
+        config = json.load(tar.extractfile(entry["Config"]))
+        layers = []
+        for name in entry["Layers"]:
+            if name not in unpacked:
+                root = layers_dir / uuid.uuid4().hex[:16] / "root"
+                root.mkdir(parents=True)
+                _unpack_layer(tarfile.open(fileobj=tar.extractfile(name)), root)
+                unpacked[name] = rootfs.Layer(f"loaded-{root.parent.name}", root)
+            layers.append(unpacked[name])
+        settings = config.get("config") or {}
+        digest = "sha256:" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        loaded.append(Image([normalize(t) for t in entry.get("RepoTags") or []], layers[-1].path, digest,
+                            time.time(), cmd=settings.get("Cmd") or ["sh"], env=settings.get("Env") or [],
+                            entrypoint=settings.get("Entrypoint"), working_dir=settings.get("WorkingDir") or "",
+                            layers=tuple(layers), owned_layer=layers[-1].path))
+    return loaded
+
+
+def _unpack_layer(tar, root: Path) -> None:
+    """Extract one layer.tar; .wh.<name> files become overlay whiteouts (0/0 character devices)."""
+    import stat as stat_mod
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        if ".." in parts or member.name.startswith("/"):
+            raise InvalidValue("layer member", member.name, "a path inside the layer")
+        name = Path(member.name).name
+        if name.startswith(WHITEOUT) and name != WHITEOUT + WHITEOUT + ".opq":
+            target = root / Path(member.name).parent / name[len(WHITEOUT):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(target, stat_mod.S_IFCHR, os.makedev(0, 0))
+        elif name != WHITEOUT + WHITEOUT + ".opq":
+            tar.extract(member, root, set_attrs=True, filter="tar")

@@ -475,19 +475,24 @@ class Engine:
         with self._changed:
             return {r.image_id for r in self._records.values()}
 
+    def layers_dir(self):
+        """Where layers this engine makes (commit, load) live while it runs: a claimed work dir."""
+        with self._changed:
+            if self._layers_dir is None:
+                self._layers_dir = cleanup.WORK_DIR / cleanup.unique_name("images")
+                cleanup.claim("dir", self._layers_dir.name)
+                self._layers_dir.mkdir(parents=True)
+            return self._layers_dir
+
     def commit(self, ref: str, tag: str | None, comment: str, config: dict, pause: bool = True):
         """docker commit of a running container (its writable layer goes when it exits here):
         frozen while its upper directory is copied, as Docker pauses it."""
         record, process = self.running_process(ref)
-        if self._layers_dir is None:
-            self._layers_dir = cleanup.WORK_DIR / cleanup.unique_name("images")
-            cleanup.claim("dir", self._layers_dir.name)
-            self._layers_dir.mkdir(parents=True)
         frozen = pause and not record.paused
         if frozen:
             process.pause()
         try:
-            image = images_mod.commit(process.upper, self._layers_dir, self.images.find(record.image_id),
+            image = images_mod.commit(process.upper, self.layers_dir(), self.images.find(record.image_id),
                                       tag, comment, {"Cmd": record.spec.cmd or record.spec.argv,
                                                      "Env": record.spec.env, **config})
         finally:

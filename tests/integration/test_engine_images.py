@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 
 import pytest
 
-from labkit import cleanup, rootfs
+from labkit import cleanup, dockerd, rootfs
 from engine_cli import IMAGE, docker, engine  # noqa: F401 (engine: the fixture)
 
 pytestmark = pytest.mark.root
@@ -102,3 +103,41 @@ def test_cp_both_ways_resolves_paths_inside_the_container(engine, tmp_path):
         assert missing.returncode != 0 and not (tmp_path / "x").exists()
     finally:
         docker(engine, "rm", "--force", name)
+
+
+def test_save_and_load_speak_dockers_image_tar_format(engine, tmp_path):
+    """An image committed on labkit's engine, saved, and loaded back - and into the real dockerd,
+    where a container of it (--network none) sees the same files and the same deletion."""
+    name, repo = cleanup.unique_name("saver"), cleanup.unique_name("saved")
+    tag = f"{repo}:1"
+    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sh", "-c",
+                  "echo saved > /s.txt; rm /etc/os-release; sleep 600").returncode == 0
+    try:
+        assert docker(engine, "exec", name, "cat", "/s.txt").stdout == b"saved\n"
+        assert docker(engine, "commit", name, tag).returncode == 0
+    finally:
+        docker(engine, "rm", "--force", name)
+    archive = tmp_path / "saved.tar"
+    assert docker(engine, "save", "-o", str(archive), tag).returncode == 0
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        assert manifest[0]["RepoTags"] == [tag] and len(manifest[0]["Layers"]) == 2
+        top = tarfile.open(fileobj=tar.extractfile(manifest[0]["Layers"][-1])).getnames()
+        assert "s.txt" in top and "etc/.wh.os-release" in top          # Docker's whiteout file
+    assert docker(engine, "rmi", tag).returncode == 0
+    loaded = docker(engine, "load", "-i", str(archive))
+    assert (loaded.returncode, loaded.stdout) == (0, f"Loaded image: {tag}\n".encode())
+    check = "cat /s.txt; test -e /etc/os-release && echo still-there || echo deleted"
+    assert docker(engine, "run", "--rm", tag, "sh", "-c", check).stdout == b"saved\ndeleted\n"
+    assert docker(engine, "rmi", tag).returncode == 0
+    if not dockerd.available():
+        return
+    with dockerd.Dockerd() as daemon:
+        cleanup.claim("docker-image", repo)
+        try:
+            assert daemon.docker("load", "-i", str(archive), check=False).returncode == 0
+            real = daemon.docker("run", "--rm", "--network", "none", tag, "sh", "-c", check, check=False)
+            assert (real.returncode, real.stdout) == (0, b"saved\ndeleted\n"), real.stderr
+        finally:
+            dockerd.remove_image(tag)
+            cleanup.release("docker-image", repo)
