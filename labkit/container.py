@@ -21,8 +21,11 @@ together from the pieces of the earlier chapters:
     state    the OCI state: {"id", "status": created|running|stopped, "pid", "bundle"}
 
 Keyword names follow the docker SDK for Python where they overlap (image, command, name,
-hostname, environment, working_dir, mem_limit, nano_cpus, pids_limit, network, read_only, init),
-so what you learn here carries over to `docker.from_env().containers.run(...)`.
+hostname, environment, working_dir, mem_limit, memswap_limit, nano_cpus, cpu_shares, cpuset_cpus,
+pids_limit, network, read_only, init, tmpfs, extra_hosts, shm_size, sysctls, domainname, cap_add,
+cap_drop, tty, stdin_open), so what you learn here carries over to `docker.from_env().containers.run(...)`.
+Beyond the OCI verbs: `exec_process` (docker exec: setns into a running container), `pause` /
+`unpause` (the freezer) and `open_pty` (a terminal of the container's own devpts).
 
 Pid 1 and orphans: a process whose parent dies is re-parented to pid 1 of its pid namespace, and
 only pid 1 can reap it. A shell or a server is not written to do that, so by default (`init=None`)

@@ -6,12 +6,16 @@ containerd runs ``runc create`` (namespaces, cgroup, pivot_root; the process wai
 `Container.create()` and `Container.start()` from chapter 4 - so a container made through the
 Docker API is exactly the container of `labkit.container`, with its namespaces and its cgroup.
 
-Docker's mapping, field by field::
+Docker's mapping, field by field (`options`; every applied field is listed, with where the kernel
+shows it, in `spec.APPLIED`)::
 
-    Config.Cmd / Entrypoint   -> command          HostConfig.Memory     -> mem_limit (bytes)
-    Config.Env                -> environment      HostConfig.NanoCpus   -> cpu (fraction of a CPU)
-    Config.Hostname           -> hostname         HostConfig.CpuQuota/Period -> cpu = quota/period
+    Config.Cmd / Entrypoint   -> command          HostConfig.Memory / MemorySwap -> mem_limit / memswap_limit
+    Config.Env                -> environment      HostConfig.NanoCpus / CpuQuota -> cpu (fraction of a CPU)
+    Config.Hostname           -> hostname         HostConfig.CpuShares / CpusetCpus -> cpu_shares / cpuset_cpus
     Config.WorkingDir         -> working_dir      HostConfig.PidsLimit  -> pids_limit
+    Config.User, GroupAdd     -> user             HostConfig.Ulimits    -> rlimits
+    Config.Tty / OpenStdin    -> tty / stdin_open HostConfig.ReadonlyRootfs, Tmpfs, ShmSize, ExtraHosts
+    HostConfig.CapAdd/CapDrop -> cap_add/cap_drop HostConfig.SecurityOpt no-new-privileges -> no_new_privileges
     HostConfig.NetworkMode none -> a net namespace with only loopback (no network attached)
 
 The container's stdout and stderr go to two files in its work directory (as Docker's json-file log

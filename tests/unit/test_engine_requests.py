@@ -205,3 +205,18 @@ def test_timestamps_are_rfc3339_with_nanoseconds():
                                            ("sha256:abc", "sha256:abc")])
 def test_image_references_get_latest_by_default(ref, expected):
     assert images.normalize(ref) == expected
+
+
+def test_the_field_tables_do_not_overlap_and_name_api_fields():
+    assert not set(spec.APPLIED) & set(spec.REFUSED)
+    for name in [*spec.APPLIED, *spec.REFUSED]:
+        section, _, field = name.partition(".")
+        assert section in ("Config", "HostConfig") and field[:1].isupper(), name
+
+
+def test_a_field_set_but_not_applied_is_refused_by_its_name():
+    with pytest.raises(InvalidValue, match="HostConfig.OomKillDisable.*--oom-kill-disable"):
+        create(HostConfig__OomKillDisable=True)
+    with pytest.raises(InvalidValue, match="HostConfig.SomethingNew.*does not apply it"):
+        create(HostConfig__SomethingNew=1)
+    assert create(HostConfig__SomethingNew=0).argv == ["echo", "hi"]         # a zero value asks nothing
