@@ -177,8 +177,8 @@ def list_containers(h, m, q):
     filters = parse_json_body(q.get("filters", "").encode()) if q.get("filters") else {}
     if not isinstance(filters, dict):
         raise InvalidValue("filters", q.get("filters"), 'a JSON object like {"status": ["exited"]}')
-    # Filters other than status look at stopped containers too (docker ps -f exited=0 needs no -a).
-    records = h.engine.list(all=flag(q, "all") or any(k in filters for k in ("exited", "status")))
+    # A status filter looks at stopped containers too, as dockerd's does (exited=N needs -a there).
+    records = h.engine.list(all=flag(q, "all") or "status" in filters)
     for key, values in filters.items():
         values = [v for v, on in values.items() if on] if isinstance(values, dict) else \
             (values if isinstance(values, list) else [values])

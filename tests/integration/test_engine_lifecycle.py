@@ -173,6 +173,9 @@ def test_ps_filters_and_container_prune(engine, box):
             args = [a for f in filters for a in ("--filter", f)]
             return docker(engine, "ps", "-a", "--format", "{{.Names}}", *args).stdout.decode().split()
         assert names("exited=3") == [exited]
+        assert docker(engine, "ps", "-q", "--filter", "exited=3").stdout == b""          # needs -a, as in dockerd
+        assert docker(engine, "ps", "--format", "{{.Names}}", "--filter", "status=exited").stdout.decode().split() \
+            == [exited]                                                                  # does not
         assert names("status=exited", "label=lab=prune") == [exited]
         assert running in names("status=running") and exited not in names("status=running")
         assert set(names(f"ancestor={IMAGE}")) >= {running, exited}
