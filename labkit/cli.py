@@ -234,7 +234,7 @@ def _cmd_engine(args) -> int:
     print(f"labkit engine: Docker Engine API {server.api.API_VERSION} on {args.socket} "
           f"(DOCKER_HOST=unix://{args.socket}); Ctrl-C stops it and removes its containers",
           file=sys.stderr, flush=True)
-    server.serve(args.socket, server.parse_image_options(args.image), verbose=args.verbose)
+    server.serve(args.socket, server.parse_image_options(args.image), verbose=args.verbose, owner=args.owner)
     return 0
 
 
@@ -315,6 +315,8 @@ def _add_engine(sub) -> None:
     q.add_argument("--image", action="append", metavar="NAME=DIR",
                    help="also offer the root filesystem DIR as image NAME (repeatable)")
     q.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    q.add_argument("--owner", type=int, metavar="PID",
+                   help="stop (and remove the containers) when process PID, the engine's parent, exits")
     q.set_defaults(func=_cmd_engine)
 
 

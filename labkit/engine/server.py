@@ -13,6 +13,7 @@ its containers killed and removed, its socket gone - when the `with` block ends.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socketserver
 import subprocess
@@ -65,8 +66,9 @@ def parse_image_options(values: list[str] | None) -> dict[str, str]:
 
 
 def serve(socket_path: str, extra_images: dict[str, str] | None = None, verbose: bool = False,
-          ready=None) -> None:
-    """Run the engine in the foreground until SIGTERM or SIGINT; then remove every container it made."""
+          ready=None, owner: int | None = None) -> None:
+    """Run the engine in the foreground until SIGTERM or SIGINT - or, with `owner`, until that
+    process (its parent, EngineProcess's caller) exits; then remove every container it made."""
     host.require_lab_host("run labkit's container engine")
     try:
         Path("/proc/self/comm").write_text("labkit-engine")    # what ps and /proc/PID/comm show
@@ -81,6 +83,8 @@ def serve(socket_path: str, extra_images: dict[str, str] | None = None, verbose:
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         thread = threading.Thread(target=server.serve_forever, name="engine-api", daemon=True)
         thread.start()
+        if owner is not None:
+            _stop_when_gone(owner, stop)
         if ready:
             ready(server.socket_path, engine)
         while not stop.is_set():
@@ -126,14 +130,14 @@ class EngineProcess:
         from .. import dockerd
 
         host.require_lab_host("run labkit's container engine")
-        argv = [sys.executable, "-m", "labkit.cli", "engine", "serve", "--socket", self.socket_path]
+        argv = [sys.executable, "-m", "labkit.cli", "engine", "serve", "--socket", self.socket_path,
+                "--owner", str(os.getpid())]
         for name, path in self.images.items():
             argv += ["--image", f"{name}={path}"]
         registry.RECORDS.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            # PR_SET_PDEATHSIG: if this (notebook) process dies, the engine gets SIGTERM and cleans up.
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            preexec_fn=_die_with_parent)
+            # --owner: if this (notebook) process dies, the engine stops and cleans up after itself
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + self.timeout
         while not dockerd.ping(self.socket_path):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -175,7 +179,24 @@ class EngineProcess:
         return dockerd.docker(*args, host=self.url, **kwargs)
 
 
-def _die_with_parent() -> None:
-    from .. import syscalls
+def _stop_when_gone(owner: int, stop: threading.Event) -> None:
+    """Set `stop` when process `owner` exits, watched through a pidfd. (Not PR_SET_PDEATHSIG: that
+    follows the *thread* that forked us, and a notebook or a test may start the engine from a thread
+    that ends long before the process does; nor a preexec_fn, which runs Python between fork and
+    exec in a threaded process.)"""
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        stop.set()
+        return
+    if os.getppid() != owner:       # it died before we looked, and its pid may be another's now
+        os.close(pidfd)
+        stop.set()
+        return
 
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
+    def wait():
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll()
+        stop.set()
+    threading.Thread(target=wait, name="engine-owner", daemon=True).start()

@@ -129,9 +129,10 @@ def _in_child(fn, *args) -> tuple[int, int]:
 
 def _child_result(pid: int, fd: int, timeout: float):
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
+        poller = select.poll()                     # (select.select fails on fds above 1023)
+        poller.register(fd, select.POLLIN)
         data = b""
-        if ready:
+        if poller.poll(timeout * 1000):
             while chunk := os.read(fd, 65536):
                 data += chunk
     finally:

@@ -406,6 +406,82 @@ def test_sigkill_of_the_kernel_and_its_watchdog_the_next_labkit_process_sweeps()
     assert journal_lines(child.pid) == []        # its own watchdog was dead: it did not do this
 
 
+ENGINE_FROM_A_THREAD = """
+import json, threading, time
+from labkit.engine import EngineProcess
+started = []
+starter = threading.Thread(target=lambda: started.append(EngineProcess().start()))
+starter.start(); starter.join()                  # the thread that forked the engine is gone now
+engine = started[0]
+print("READY", json.dumps({"pid": engine.pid, "socket": engine.socket_path}), flush=True)
+time.sleep(1000)
+"""
+
+
+def test_the_engine_outlives_the_thread_that_started_it_and_stops_with_its_process():
+    """PR_SET_PDEATHSIG follows the forking *thread*: an engine started from a thread that ended got
+    SIGTERM at once. It watches its owner process instead (a pidfd)."""
+    from labkit import dockerd
+
+    child, report = start_experiment(ENGINE_FROM_A_THREAD, timeout=120)
+    try:
+        assert dockerd.ping(report["socket"]), "the engine stopped when its starting thread ended"
+        assert ks.alive([report["pid"]]) == [report["pid"]]
+    finally:
+        child.kill()                             # the owner process dies: the engine must follow
+        child.wait()
+    assert ks.wait_until(lambda: not ks.alive([report["pid"]]), 30), "the engine outlived its owner"
+    assert not os.path.exists(report["socket"])
+
+
+FORK_WHILE_LOCKS_ARE_HELD = """
+import faulthandler, logging, os, sys, threading, time, builtins
+from labkit import container, namespaces
+from labkit.net import probes
+
+def every_fork(say):
+    say("spawn", namespaces.run(["echo", "ok"], "pid,mnt,uts").stdout.strip())
+    say("bare", namespaces.run(["echo", "ok"], None).stdout.strip())
+    say("container", container.run("busybox", ["echo", "ok"]).stdout.strip())
+    say("probe", probes._child_result(*probes._in_child(len, [1, 2, 3]), timeout=30))
+
+faulthandler.dump_traceback_later(90, exit=True)     # a hang shows where it is
+every_fork(lambda *words: None)    # once before: this process's own imports and caches are done
+# thread 1 sits inside an import: it holds that module's import lock
+sys.path.insert(0, sys.argv[1])
+builtins.labkit_gate = threading.Event()
+importing = threading.Thread(target=lambda: __import__("slow_module"), daemon=True)
+importing.start()
+# thread 2 holds a logging handler's lock (logging's module lock CPython's os.fork takes itself:
+# a fork waits until no thread holds it)
+logging.basicConfig(stream=sys.stderr)
+logging_held, release = threading.Event(), threading.Event()
+def hold_logging():
+    with logging.getLogger().handlers[0].lock:
+        logging_held.set()
+        release.wait()
+threading.Thread(target=hold_logging, daemon=True).start()
+logging_held.wait()
+while "slow_module" not in sys.modules:       # the import has begun and is blocked inside
+    time.sleep(0.01)
+
+# every kind of fork labkit does, from this threaded process, while those locks are held
+every_fork(lambda *words: print(*words, flush=True))
+builtins.labkit_gate.set(); release.set()
+"""
+
+
+def test_forks_from_a_threaded_process_never_wait_for_a_lock_another_thread_holds(tmp_path):
+    """A forked child has only the forking thread: a lock another thread held at fork time stays held
+    for good in the child. What labkit runs between fork and exec must need none of them."""
+    (tmp_path / "slow_module.py").write_text("import builtins\nbuiltins.labkit_gate.wait()\n")
+    forked = subprocess.run([PY, "-c", FORK_WHILE_LOCKS_ARE_HELD, str(tmp_path)], env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert forked.stdout.split("\n")[:4] == ["spawn ok", "bare ok", "container ok", "probe 3"], \
+        forked.stdout + forked.stderr[-2000:]
+    assert forked.returncode == 0, forked.stderr[-2000:]
+
+
 # --- a start that fails half-way ---------------------------------------------------------------------------
 
 PLACEMENT_FAILS = """
