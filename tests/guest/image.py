@@ -87,13 +87,13 @@ def image_key() -> str:
     return h.hexdigest()[:16]
 
 
-def cached(cache: Path = CACHE) -> Image | None:
-    """The cached image if it matches the current key files, else None."""
+def cached(cache: Path = CACHE, stale_ok: bool = False) -> Image | None:
+    """The cached image if it matches the current key files (or any, with stale_ok), else None."""
     try:
         meta = json.loads((cache / "image.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("key") != image_key():
+    if meta.get("key") != image_key() and not stale_ok:
         return None
     image = Image(**{k: v for k, v in meta.items() if k in Image.__dataclass_fields__})
     image.disk, image.kernel, image.initrd = Path(image.disk), Path(image.kernel), Path(image.initrd)
@@ -324,7 +324,13 @@ def build(cache: Path = CACHE) -> Image:
 
 
 def ensure(cache: Path = CACHE, rebuild: bool = False) -> Image:
-    image = None if rebuild else cached(cache)
+    # LABKIT_GUEST_STALE_OK=1: a debugging aid - boot whatever image is cached, even if a key file changed
+    stale_ok = os.environ.get("LABKIT_GUEST_STALE_OK") == "1"
+    image = None if rebuild else cached(cache, stale_ok=stale_ok)
+    if image is not None and image.key != image_key():
+        say(f"LABKIT_GUEST_STALE_OK=1: booting the cached image {image.key} although the key files say "
+            f"{image_key()} (packages or venv may be behind the checkout)")
+        return image
     if image is not None:
         say(f"reusing the cached image {image.disk} (key {image.key}, built {image.built_at} in "
             f"{image.build_seconds:.0f}s): vagrant/packages.txt, pyproject.toml, the lock file and "

@@ -125,7 +125,8 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     if result.returncode is None:
         failed += 1
-        print("  the guest did not report its end (crash or timeout): counted as a failure")
+        why = f"its kernel panicked {result.facts['panic']}" if "panic" in result.facts else "crash or timeout"
+        print(f"  the guest did not report its end ({why}): counted as a failure")
     elapsed = time.monotonic() - t0
     print(f"==== {passed} passed, {failed} failed, {skipped} skipped in {elapsed:.1f}s ====")
     print(f"{passed} passed, {failed} failed")
