@@ -75,21 +75,7 @@ stage() {
 # Sum passed/failed/skipped from a pytest JUnit XML file into the totals.
 count_junit() {
     local counts
-    counts=$("$PY" - "$1" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except (OSError, ET.ParseError):
-    print(0, 0, 0); sys.exit()
-suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-tests = failed = skipped = 0
-for s in suites:
-    tests += int(s.get("tests", 0))
-    failed += int(s.get("failures", 0)) + int(s.get("errors", 0))
-    skipped += int(s.get("skipped", 0))
-print(tests - failed - skipped, failed, skipped)
-EOF
-)
+    counts=$("$PY" tests/junit_counts.py "$1")
     read -r p f s <<< "$counts"
     PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + s))
     STAGE_NOTE="$p passed, $f failed, $s skipped"

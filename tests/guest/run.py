@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -28,21 +27,10 @@ sys.path.insert(0, str(PROJECT))
 
 from labkit import vm  # noqa: E402
 from tests.guest import boot, image  # noqa: E402
+from tests.junit_counts import junit_counts  # noqa: E402
 
 SKIPPED = 77
 DEFAULT_STAGES = "unit notebooks integration"
-
-
-def junit_counts(path: Path) -> tuple[int, int, int]:
-    """(passed, failed, skipped) of one JUnit report; errors count as failures."""
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    tests = failed = skipped = 0
-    for s in suites:
-        tests += int(s.get("tests", 0))
-        failed += int(s.get("failures", 0)) + int(s.get("errors", 0))
-        skipped += int(s.get("skipped", 0))
-    return tests - failed - skipped, failed, skipped
 
 
 def main(argv: list[str]) -> int:

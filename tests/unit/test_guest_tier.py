@@ -5,7 +5,8 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from tests.guest import boot, image, outputs, run
+from tests import junit_counts
+from tests.guest import boot, image, outputs
 
 
 def test_image_key_follows_the_package_list_and_pyproject(tmp_path, monkeypatch):
@@ -108,4 +109,4 @@ def test_write_back_moves_outputs_only_when_cells_are_unchanged(tmp_path):
 def test_junit_counts(tmp_path):
     report = tmp_path / "r.xml"
     report.write_text('<testsuites><testsuite tests="10" failures="1" errors="1" skipped="2"/></testsuites>')
-    assert run.junit_counts(report) == (6, 2, 2)
+    assert junit_counts.junit_counts(report) == (6, 2, 2)
