@@ -62,17 +62,23 @@ def start_experiment(code: str, timeout: float = 60) -> tuple[subprocess.Popen, 
     raise AssertionError(f"experiment did not get ready: {child.stderr.read()[-2000:]}")
 
 
-def watchdog_of(pid: int) -> int | None:
-    """The pid of the watchdog labkit started for process `pid` (found in /proc, by command line)."""
+def _processes_with(marker: str) -> dict[int, list[bytes]]:
+    """Live processes whose command line has `marker` in it: {pid: argv}."""
+    found = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"labkit.watchdog" in argv and str(pid).encode() in argv:
-                return int(entry.name)
-    return None
+            if marker.encode() in argv and ks.alive([int(entry.name)]):
+                found[int(entry.name)] = argv
+    return found
+
+
+def watchdog_of(pid: int) -> int | None:
+    """The pid of the watchdog labkit started for process `pid` (found in /proc, by command line)."""
+    return next((found for found, argv in _processes_with(str(pid)).items() if b"labkit.watchdog" in argv), None)
 
 
 def journal_lines(owner: int) -> list[str]:
@@ -510,20 +516,6 @@ try:
 except BaseException as exc:
     print("RAISED", type(exc).__name__, flush=True)
 """
-
-
-def _processes_with(marker: str) -> dict[int, list[bytes]]:
-    """Live processes whose command line has `marker` in it: {pid: argv}."""
-    found = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if marker.encode() in argv and ks.alive([int(entry.name)]):
-                found[int(entry.name)] = argv
-    return found
 
 
 @pytest.mark.parametrize("kinds", ["pid,mnt", "uts"], ids=["with a waiter", "without"])
