@@ -103,6 +103,8 @@ def http(method: str, path: str, body=None, raw: bytes | None = None):
     def call(engine):
         from labkit.engine.wire import UnixHTTPConnection
 
+        if raw is not None:
+            return _send_raw(engine.socket_path, method, path, raw)
         conn = UnixHTTPConnection(engine.socket_path, timeout=60)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -113,6 +115,29 @@ def http(method: str, path: str, body=None, raw: bytes | None = None):
             conn.close()
     call.needs_engine = True
     return call
+
+
+def _send_raw(socket_path: str, method: str, path: str, raw: bytes):
+    """A request whose body the server may refuse before it has read it all (413 and close, as
+    dockerd does): the answer is read even when sending the rest failed."""
+    import http.client
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(60)
+    try:
+        sock.connect(socket_path)
+        head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(raw)}\r\n\r\n").encode()
+        try:
+            sock.sendall(head + raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                               # it answered (and closed) before reading everything
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+    finally:
+        sock.close()
 
 
 HUGE = b'{"Image": "labkit-busybox", "Cmd": ["true"], "Labels": {"x": "' + b"a" * (64 << 20) + b'"}}'
