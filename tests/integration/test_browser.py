@@ -26,7 +26,17 @@ pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = "12-cpu.ipynb"
-SLIDER_CELL = 22          # `quota_slider = slider_plot.slider(cg, "cpu", 0.1, 2.0, 0.05, 0.5)`
+
+
+def _slider_cell() -> int:
+    """The index of the cell that makes the quota slider (found by its source: the notebook grows)."""
+    cells = nbformat.read(REPO / "notebooks" / NOTEBOOK, as_version=4).cells
+    found = [i for i, cell in enumerate(cells) if "slider_plot.slider(" in cell.source]
+    assert len(found) == 1, f"{NOTEBOOK}: expected one cell that makes the slider, found {found}"
+    return found[0]
+
+
+SLIDER_CELL = _slider_cell()   # `quota_slider = slider_plot.slider(cg, "cpu", 0.1, 2.0, 0.05, 0.5)`
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", REPO / "test-output"))
 
