@@ -342,7 +342,7 @@ vm = VM(memory="128M") if os.environ.get("WITH_VM") else None
 if vm:
     vm.start()
 # what the watchdog must remove itself (the host veth goes with its netns, the engine cleans up
-# after its own containers when PR_SET_PDEATHSIG tells it that its parent died)
+# after its own containers when its pidfd on the owner says the owner died)
 swept = [net.switch.name, bare.namespace.name, box.name, cg.name, root.name] + ([vm.name] if vm else [])
 names = swept + [link.host_ifname, served["Labkit"]["LabkitName"]]
 pids = [box.pid, loose.pid, engine.pid, served["State"]["Pid"]] + ([vm.proc.pid] if vm else [])
