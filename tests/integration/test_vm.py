@@ -72,8 +72,14 @@ def test_host_sharing_guest_sees_pure_cgroup_v2_and_cannot_write_to_the_host():
     assert not marker.exists()  # the write went to the guest's tmpfs overlay, never to the host
 
 
+def _processes_using_vm_dir() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if any(str(vm.VM_DIR) in a for a in p.info["cmdline"] or [])}
+
+
 def test_cli_vm_boot_json_reports_and_leaves_nothing():
     before = set(os.listdir(vm.VM_DIR)) if vm.VM_DIR.exists() else set()
+    running_before = _processes_using_vm_dir()     # another owner's VM may be running meanwhile
     out = subprocess.run([LABKIT, "vm", "boot", "--json", "--quiet", "--memory", "128M"],
                          capture_output=True, text=True, timeout=150,
                          env=dict(os.environ, LABKIT_ALLOW_HOST="1"))
@@ -84,8 +90,7 @@ def test_cli_vm_boot_json_reports_and_leaves_nothing():
     assert 64 * 1024 < report["guest_memtotal_kb"] < 128 * 1024
     after = set(os.listdir(vm.VM_DIR)) if vm.VM_DIR.exists() else set()
     assert after <= before
-    assert [p for p in psutil.process_iter(["cmdline"])
-            if any(str(vm.VM_DIR) in a for a in p.info["cmdline"] or [])] == []
+    assert _processes_using_vm_dir() - running_before == set()
 
 
 def test_keyboard_interrupt_mid_boot_kills_qemu_and_removes_everything():
