@@ -202,14 +202,14 @@ HAVE_HASH='' HAVE_PY='' HAVE_EXTRA=''
 [ -f "$STAMP" ] && read -r HAVE_HASH HAVE_PY HAVE_EXTRA < "$STAMP"
 EXTRA=lab
 if [ "$TEST_TOOLS" = 1 ] || [ "$HAVE_EXTRA" = test ]; then
-    EXTRA=test     # once installed, the test tools stay: `make lab` after `make test` changes nothing
+    EXTRA="test"   # once installed, the test tools stay: `make lab` after `make test` changes nothing
 fi
 if [ "$HAVE_HASH $HAVE_PY" = "$WANT_STAMP" ] && [ "$HAVE_EXTRA" = "$EXTRA" ] \
         && "$VENV/bin/python" -c 'import labkit' 2>/dev/null; then
     say "venv: up to date with pyproject.toml and constraints.txt ($VENV)"
 else
     TARGET=$REPO
-    [ "$EXTRA" = test ] && TARGET="$REPO[test]"
+    [ "$EXTRA" = test ] && TARGET="${REPO}[test]"
     say "pip install -c constraints.txt -e $TARGET (labkit and its dependencies) ..."
     "$VENV/bin/python" -m pip install --progress-bar off -c "$LOCK" -e "$TARGET"
     printf '%s %s\n' "$WANT_STAMP" "$EXTRA" > "$STAMP"
