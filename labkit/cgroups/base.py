@@ -39,19 +39,49 @@ def parent_from_env() -> str:
     return parent
 
 
-def find_labkit_dirs(mountpoint: str, keep: str = "") -> set[str]:
+def _own_cgroup_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/cgroup")
+    except OSError:
+        return ""
+
+
+def holds_another_namespace(cgroup_dir: str, ours: str | None = None) -> bool:
+    """Whether a process in `cgroup_dir` lives in another cgroup namespace than ours: the cgroup of
+    a container with its own (docker --cgroupns=private, a classroom learner). What is below it is
+    that container's; its labkit- cgroups belong to the labkit inside it, never to our sweep."""
+    ours = _own_cgroup_namespace() if ours is None else ours
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
+            pids = f.read().split()
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/cgroup") != ours:
+                return True
+        except OSError:
+            continue                         # gone meanwhile, or another pid namespace's number
+    return False
+
+
+def find_labkit_dirs(mountpoint: str, keep: str = "", foreign=holds_another_namespace) -> set[str]:
     """Paths (relative to `mountpoint`) of the outermost labkit-* cgroups in one hierarchy.
 
     `keep` is a labkit parent to leave out (LABKIT_CGROUP_PARENT); inside a found cgroup we do not
-    look further: its sub-cgroups go with it.
+    look further: its sub-cgroups go with it. Nor below a cgroup that `foreign` says belongs to
+    another cgroup namespace (another learner's container on the same kernel).
     """
     found: set[str] = set()
+    ours = _own_cgroup_namespace()
     for dirpath, dirnames, _ in os.walk(mountpoint):
         rel = os.path.relpath(dirpath, mountpoint)
         for name in list(dirnames):
             child = name if rel == "." else f"{rel}/{name}"
             if name.startswith("labkit-") and child != keep.strip("/"):
                 found.add(child)
+                dirnames.remove(name)
+            elif foreign(os.path.join(dirpath, name), ours):
                 dirnames.remove(name)
     return found
 
