@@ -40,5 +40,5 @@ def test_provisioning_installs_from_the_lock_and_reinstalls_when_it_changes():
     script = (ROOT / "vagrant/provision.sh").read_text()
     assert re.search(r'pip install [^\n]*-c "\$LOCK"', script)
     assert re.search(r'cat "\$REPO/pyproject.toml" "\$LOCK" \| sha256sum', script), "the venv stamp must cover the lock"
-    assert "$REPO[test]" in script                 # --test-tools installs the test extra
+    assert "${REPO}[test]" in script               # --test-tools installs the test extra
     assert "bash vagrant/lock.sh" in (ROOT / "Makefile").read_text()
