@@ -22,54 +22,17 @@ import signal as signals
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 from .. import cleanup
 from ..errors import Conflict, InvalidValue, NotFound
 from . import execs, images as images_mod
-from .spec import ContainerSpec, check_name, parse_create, parse_signal, restarts_after
+from .record import Record
+from .spec import check_name, parse_create, parse_signal, restarts_after
 from .streams import STDERR, STDOUT
 
-LOG_LIMIT = 8 * 1024 * 1024        # output bytes kept per container; older output is dropped
-ATTACH_BUFFER = 64 * 1024          # --log-driver none: kept only for attached clients to catch up
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 FOLLOW_INTERVAL = 0.005             # seconds between two looks at a running container's output
 KILL_WAIT = 10                      # seconds `kill` waits to see a SIGKILLed container exited
-
-
-@dataclass
-class Record:
-    """One container as the engine sees it."""
-
-    id: str
-    name: str
-    spec: ContainerSpec
-    image_id: str
-    created: float = field(default_factory=time.time)
-    status: str = "created"             # created | running | exited | removing
-    pid: int = 0
-    exit_code: int = 0
-    oom_killed: bool = False
-    error: str = ""
-    started_at: float | None = None
-    finished_at: float | None = None
-    starting: bool = False               # between start's request and the process running
-    releasing: bool = False              # exited; its cgroup and mounts are being removed
-    exits: int = 0                       # how many times it has exited (for next-exit waits)
-    removed: bool = False
-    log: list = field(default_factory=list)    # (time, stream, bytes)
-    log_dropped: int = 0                       # entries dropped off the front (LOG_LIMIT)
-    log_bytes: int = 0
-    process: object = None                     # the runtime's handle while running
-    details: dict = field(default_factory=dict)  # namespaces, cgroup: what the runtime reports
-    paused: bool = False                 # its cgroup is frozen (docker pause)
-    restart_count: int = 0               # restarts by its restart policy
-    manually_stopped: bool = False       # stop/kill by a client: the restart policy does not apply
-    restarting: bool = False
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
 
 
 class Engine:
@@ -260,18 +223,8 @@ class Engine:
         threading.Thread(target=restart, name=f"{record.name}-restart", daemon=True).start()
 
     def _append(self, record: Record, stream: int, data: bytes) -> None:
-        """Store output line by line, each with its time (as Docker's json-file driver does), so
-        that --tail counts lines and --timestamps stamps each; a line's unfinished end is stored
-        at once too (an interactive prompt must reach an attached terminal now)."""
-        now = time.time()
         with self._changed:
-            for line in data.splitlines(keepends=True):
-                record.log.append((now, stream, line))
-            record.log_bytes += len(data)
-            limit = LOG_LIMIT if record.spec.log_driver != "none" else ATTACH_BUFFER
-            while record.log_bytes > limit and len(record.log) > 1:
-                record.log_bytes -= len(record.log.pop(0)[2])
-                record.log_dropped += 1
+            record.store_output(stream, data)
             self._changed.notify_all()
 
     # --- wait / kill / remove -----------------------------------------------------------------
@@ -597,9 +550,7 @@ class Engine:
         with self._changed:
             record = self._find(ref)
             exits_before = record.exits
-            position = record.log_dropped if replay else record.log_dropped + len(record.log)
-            if tail is not None and replay:
-                position = max(position, record.log_dropped + len(record.log) - tail)
+            position = record.output_start(replay, tail)
         return self._output(record, wanted, position, exits_before, follow, since, until, until_exit, is_gone)
 
     def _output(self, record, wanted, position, exits_before, follow, since, until, until_exit, is_gone):
@@ -618,8 +569,7 @@ class Engine:
                     if finished or self._closing or is_gone():
                         return
                     self._changed.wait(1.0)
-                entries = record.log[max(index, 0):]
-                position = record.log_dropped + len(record.log)
+                entries, position = record.output_after(position)
             for entry in entries:
                 if until is not None and entry[0] > until:
                     return
