@@ -40,28 +40,24 @@ from __future__ import annotations
 
 import atexit
 import functools
-import mmap
 import os
 import pickle
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from typing import Callable
 
-from . import namespaces
+from . import namespaces, start_stamps
 from .errors import LabkitError
 
 MAX_MESSAGE = 1 << 20           # a request (argv, environment, setup steps) is a few kB
 MAX_FDS = 8                     # channel + stdin, stdout, stderr
 DEVNULL, PIPE = subprocess.DEVNULL, subprocess.PIPE
 
-# Time stamps written by the shim and by the container's process (into a shared page), in order.
-_SHARED_STAMPS = ("placing", "placed", "ready", "host_pid")
 
 
 # --- the owner's side ---------------------------------------------------------------------------
@@ -493,12 +489,12 @@ def _send(channel: socket.socket, kind: str, value, stamps: dict, fds=()) -> Non
 def _start(request: dict, channel: socket.socket, fds: list[int], stamps: dict):
     """namespaces.spawn as the request says; report "started" (or "failed": then None)."""
 
-    page = mmap.mmap(-1, 8 * len(_SHARED_STAMPS))     # shared with the forked children
+    page = start_stamps.new_page()     # shared with the forked children
     stdio = [fds[entry - 1] if isinstance(entry, int) and entry > 0 else entry for entry in request["stdio"]]
-    setup = [functools.partial(_note_host_pid, page), *request["setup"], functools.partial(_stamp, page, "ready")]
+    setup = [functools.partial(start_stamps.note_host_pid, page), *request["setup"], functools.partial(start_stamps.stamp, page, "ready")]
     options = dict(request["options"])
     if request["gate"]:
-        setup.append(functools.partial(_wait_for_start, channel.fileno(), page))
+        setup.append(functools.partial(start_stamps.wait_for_start, channel.fileno(), page))
         options["pass_fds"] = (channel.fileno(),)
     cgroup = options.get("cgroup")
     kinds = {kind.name for kind in namespaces.parse_kinds(request["namespaces"])}
@@ -509,20 +505,20 @@ def _start(request: dict, channel: socket.socket, fds: list[int], stamps: dict):
         # cgroup namespace, which spawn unshares right after the parent placed the process, nor
         # when it joins a container's namespaces: after setns(mnt) the host's /sys/fs/cgroup is
         # out of its reach).
-        setup.insert(0, functools.partial(_join_itself, tasks, page))
+        setup.insert(0, functools.partial(start_stamps.join_itself, tasks, page))
         options["cgroup"] = None
     elif cgroup is not None:
-        options["cgroup"] = _TimedPlacement(cgroup, page)
+        options["cgroup"] = start_stamps.TimedPlacement(cgroup, page)
     try:
         process = namespaces.spawn(request["argv"], request["namespaces"], setup=setup,
                                    stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], **options)
     except BaseException as exc:  # noqa: BLE001 - the owner raises it
-        _send(channel, "failed", exc, {**stamps, **_read_stamps(page)})
+        _send(channel, "failed", exc, {**stamps, **start_stamps.read_stamps(page)})
         for fd in set(stdio) - {None, DEVNULL}:
             os.close(fd)
         return None
     stamps["execd"] = time.monotonic()
-    stamps.update(_read_stamps(page))
+    stamps.update(start_stamps.read_stamps(page))
     for fd in set(stdio) - {None, DEVNULL}:
         os.close(fd)
     try:
@@ -551,57 +547,6 @@ def _failure(exc: BaseException, stamps: dict) -> bytes:
         return data
     except Exception:  # noqa: BLE001
         return pickle.dumps(("failed", LabkitError(str(exc) or type(exc).__name__), stamps))
-
-
-class _TimedPlacement:
-    """The cgroup, with time stamps around the placement (the shim runs it, before exec)."""
-
-    def __init__(self, cgroup, page):
-        self.cgroup, self.page = cgroup, page
-
-    def add(self, pid: int) -> None:
-        _stamp(self.page, "placing")
-        self.cgroup.add(pid)
-        _stamp(self.page, "placed")
-
-
-def _join_itself(tasks: list[str], page) -> None:
-    """A setup step: write "0" (= this thread) into each v1 hierarchy's tasks file."""
-    _stamp(page, "placing")
-    for path in tasks:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        except OSError as exc:          # the error names the file: the owner sees which hierarchy
-            raise OSError(exc.errno, f"cannot join the cgroup ({exc.strerror})", path) from None
-    _stamp(page, "placed")
-
-
-def _stamp(page, name: str, value: float | None = None) -> None:
-    struct.pack_into("d", page, 8 * _SHARED_STAMPS.index(name), time.monotonic() if value is None else value)
-
-
-def _read_stamps(page) -> dict:
-    values = struct.unpack_from(f"{len(_SHARED_STAMPS)}d", page)
-    return {name: value for name, value in zip(_SHARED_STAMPS, values) if value and name != "host_pid"}
-
-
-def _note_host_pid(page) -> None:
-    """Before pivot_root /proc is still the host's: it shows the pid the host knows us by."""
-    _stamp(page, "host_pid", int(os.readlink("/proc/self")))
-
-
-def _wait_for_start(channel_fd: int, page) -> None:
-    """The last step before exec with gate=True: report "created" and wait for "start".
-
-    A SOCK_SEQPACKET socket keeps messages whole with plain write() and read() too."""
-    host_pid = int(struct.unpack_from("d", page, 8 * _SHARED_STAMPS.index("host_pid"))[0])
-    os.write(channel_fd, pickle.dumps(("created", host_pid, _read_stamps(page))))
-    if os.read(channel_fd, 4096) != pickle.dumps(("start",)):
-        raise LabkitError("deleted before it was started")
 
 
 if __name__ == "__main__":

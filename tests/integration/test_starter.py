@@ -202,7 +202,7 @@ def test_signals_go_through_the_pidfd_taken_at_start():
 
 
 def test_a_container_that_cannot_join_its_cgroup_never_runs():
-    """v1: the process moves itself into its cgroup (labkit.starter._join_itself); when the kernel
+    """v1: the process moves itself into its cgroup (labkit.start_stamps.join_itself); when the kernel
     refuses (a cpuset cgroup without CPUs: ENOSPC), it must not exec outside its limits."""
     from labkit.cgroups import Cgroup
     with Cgroup.create(pids=8) as group:

@@ -158,7 +158,6 @@ def test_no_module_imports_another_modules_private_names():
 OVER_600_LINES = {
     "container.py": "engine, starter and security features landed in it this wave; its setup steps "
                     "(tmpfs, sysctls, hosts, user, rlimits) are the seam to split along",
-    "starter.py": "grew past 600 with exec support this wave: the shim's side is the seam",
 }
 
 
