@@ -43,19 +43,18 @@ import fcntl
 import os
 import signal
 import struct
-import termios     # imported here: a setup step cannot import once inside the container's root
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import capabilities as _caps, cleanup, rootfs as _rootfs, starter, syscalls
+from . import capabilities as _caps, cleanup, container_options, container_steps, rootfs as _rootfs, starter, syscalls
+from .container_options import DEFAULT_PATH  # noqa: F401 - its public name here since before the split
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 from .interrupts import hold_interrupts
 from .nskinds import parse_kinds
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT = "/sbin/tini"
 _TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431     # linux/tty: the pty's number; (un)lock it
 _INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init", "systemd"}
@@ -76,144 +75,6 @@ class Result:
     def exit_status(self) -> int:
         """What a shell reports: 128+N for a process killed by signal N."""
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
-
-
-def _environment(environment, hostname: str, defaults: bool = True) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"} if defaults else {}
-    if environment is None:
-        return env
-    items = environment.items() if isinstance(environment, Mapping) else \
-        (str(e).split("=", 1) if "=" in str(e) else (str(e), "") for e in environment)
-    for key, value in items:
-        if not key or "=" in key or "\0" in key + str(value):
-            raise InvalidValue("environment variable", key, "NAME=value with a NAME without '=' or NUL")
-        env[key] = str(value)
-    return env
-
-
-def _shares_to_weight(shares: int | None) -> int | None:
-    """`docker run --cpu-shares` (v1's cpu.shares, 2..262144, default 1024) as labkit's cpu_weight
-    (v2's cpu.weight, default 100); the v1 backend writes it back as shares (1024 <-> 100)."""
-    if shares is None:
-        return None
-    if isinstance(shares, bool) or not isinstance(shares, int) or not 2 <= shares <= 262144:
-        raise InvalidValue("cpu_shares", shares, "an integer from 2 to 262144 (1024 is the default weight)")
-    from .cgroups.limits import shares_to_weight
-    return shares_to_weight(shares)
-
-
-def _swap(memswap_limit, memory):
-    """docker's --memory-swap is memory + swap (-1: unlimited swap); labkit's limit is swap alone."""
-    if memswap_limit is None:
-        return None
-    from .cgroups.limits import parse
-    if memswap_limit in (-1, "-1", "max"):
-        return "max"
-    if memory is None:
-        raise InvalidValue("memswap_limit", memswap_limit, "a memory limit too (it is memory + swap)")
-    total = parse({"memory": memswap_limit}).memory
-    mem = parse({"memory": memory}).memory
-    if total < mem:
-        raise InvalidValue("memswap_limit", memswap_limit, f"at least the memory limit ({mem} bytes): "
-                                                            "it counts memory + swap")
-    return total - mem
-
-
-_TMPFS_FLAGS = {"ro": syscalls.MS_RDONLY, "nosuid": syscalls.MS_NOSUID, "nodev": syscalls.MS_NODEV,
-                "noexec": syscalls.MS_NOEXEC, "sync": 16, "noatime": 1024}   # MS_SYNCHRONOUS, MS_NOATIME
-_TMPFS_CLEARS = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec"}
-_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
-
-
-def _tmpfs_mounts(tmpfs: Mapping[str, str]) -> dict[str, tuple[int, str]]:
-    """{"/run": "size=64k,noexec"} -> {"/run": (mount flags, "size=64k")}; Docker's defaults
-    (nosuid, nodev, noexec) unless the options say otherwise."""
-    mounts = {}
-    for path, options in tmpfs.items():
-        if not isinstance(path, str) or not path.startswith("/") or path == "/" or ".." in path.split("/"):
-            raise InvalidValue("tmpfs path", path, "an absolute path inside the container other than /")
-        wanted = {"nosuid", "nodev", "noexec"}
-        data = []
-        for option in filter(None, (options or "").split(",")):
-            key = option.split("=", 1)[0]
-            if option in _TMPFS_FLAGS:
-                wanted.add(option)
-            elif option in _TMPFS_CLEARS:
-                wanted.discard(_TMPFS_CLEARS[option])
-            elif key in _TMPFS_DATA and "=" in option:
-                data.append(option)
-            else:
-                raise InvalidValue(f"tmpfs option for {path}", option,
-                                   "rw, ro, [no]suid, [no]dev, [no]exec, sync, noatime, "
-                                   + ", ".join(f"{k}=..." for k in _TMPFS_DATA))
-        flags = 0
-        for name in wanted:
-            flags |= _TMPFS_FLAGS[name]
-        mounts[path.rstrip("/")] = (flags, ",".join(data))
-    return mounts
-
-
-def _mount_tmpfs(path: str, flags: int, data: str) -> None:
-    os.makedirs(path, mode=0o755, exist_ok=True)
-    syscalls.mount("tmpfs", path, "tmpfs", flags, data or None)
-
-
-# Sysctls that belong to a namespace the container has of its own (as Docker accepts them).
-_NAMESPACED_SYSCTLS = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
-
-
-def _sysctls(sysctls: Mapping[str, str]) -> dict[str, str]:
-    for key, value in sysctls.items():
-        if not isinstance(key, str) or not key.startswith(_NAMESPACED_SYSCTLS) or "/" in key or ".." in key:
-            raise InvalidValue("sysctl", key, "a namespaced sysctl (" + ", ".join(
-                p + "*" for p in _NAMESPACED_SYSCTLS) + "): the others would change the host")
-        if not isinstance(value, str) or "\n" in value:
-            raise InvalidValue(f"sysctl {key}", value, "a string value without newlines")
-    return dict(sysctls)
-
-
-def _hosts_file(root, hostname: str | None, extra: Mapping[str, str]) -> str:
-    """The image's /etc/hosts, plus the container's own name and `extra` {host: ip} (--add-host)."""
-    try:
-        text = Path(root, "etc/hosts").read_text()
-    except OSError:
-        text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    if text and not text.endswith("\n"):
-        text += "\n"
-    if hostname:
-        text += f"127.0.1.1\t{hostname}\n"
-    return text + "".join(f"{ip}\t{host}\n" for host, ip in extra.items())
-
-
-_TAKEN: dict[str, int] = {}     # in the container's process: mounts taken before pivot_root, by path
-
-
-def _take_mount(path: str) -> None:
-    """Before pivot_root: a detached copy of a bind mount of the host's `path` (open_tree), kept in an
-    fd - after pivot_root the host's files are out of reach."""
-    _TAKEN[path] = syscalls.open_tree_clone(path)
-
-
-def _attach_mount(path: str, target: str) -> None:
-    """After pivot_root: attach the mount taken of `path` onto `target` inside (made if missing)."""
-    if not os.path.lexists(target):
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    tree_fd = _TAKEN.pop(path)
-    syscalls.move_mount(tree_fd, target)
-    os.close(tree_fd)
-
-
-def _command(command) -> list[str]:
-    if command is None:
-        return ["/bin/sh"]
-    if isinstance(command, str):
-        import shlex
-        argv = shlex.split(command)
-    else:
-        argv = [str(a) for a in command]
-    if not argv:
-        raise InvalidValue("command", command, "a non-empty command, e.g. ['sh', '-c', 'echo hi']")
-    return argv
 
 
 class Container:
@@ -239,7 +100,7 @@ class Container:
                  stdin_open: bool = False, tty: bool = False):
 
         self.name = cleanup.checked_name(name) if name else cleanup.unique_name("ctr")
-        self.command = _command(command)
+        self.command = container_options.command_argv(command)
         self.kinds = tuple(k.name for k in parse_kinds(namespaces))
         if "mnt" not in self.kinds:
             raise InvalidValue("namespaces", list(namespaces), "a list including 'mnt' (a container "
@@ -251,8 +112,8 @@ class Container:
         if hostname is not None and not (0 < len(hostname) <= 64) or hostname and "/" in hostname:
             raise InvalidValue("hostname", hostname, "1 to 64 characters without '/'")
         self.hostname = hostname
-        self.environment = _environment(environment, hostname or "") if default_env else \
-            _environment(environment, "", defaults=False)
+        self.environment = container_options.environment_variables(environment, hostname or "") if default_env else \
+            container_options.environment_variables(environment, "", defaults=False)
         self.working_dir = working_dir or "/"
         if not self.working_dir.startswith("/"):
             raise InvalidValue("working_dir", working_dir, "an absolute path inside the container")
@@ -266,8 +127,8 @@ class Container:
             cpu = nano_cpus / 1e9
         memory = mem_limit if mem_limit is not None else memory
         self.limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "pids": pids_limit,
-                                         "cpu_weight": _shares_to_weight(cpu_shares),
-                                         "swap": _swap(memswap_limit, memory),
+                                         "cpu_weight": container_options.cpu_shares_to_weight(cpu_shares),
+                                         "swap": container_options.swap_limit(memswap_limit, memory),
                                          "cpuset": cpuset_cpus}.items() if v is not None}
         if self.limits:
             from .cgroups.limits import parse
@@ -299,13 +160,13 @@ class Container:
             raise InvalidValue("stdin_open/tty", True, "attach=False (with attach the command uses this terminal)")
         self.stdin_open, self.tty = bool(stdin_open), bool(tty)
         self.tty_master: int | None = None      # with tty: the pty's master side, ours to read and write
-        self.tmpfs = _tmpfs_mounts(tmpfs or {})
+        self.tmpfs = container_options.tmpfs_mounts(tmpfs or {})
         self.extra_hosts = dict(extra_hosts or {})
         if shm_size is not None and (isinstance(shm_size, bool) or not isinstance(shm_size, int)
                                      or shm_size < 4096):
             raise InvalidValue("shm_size", shm_size, "a size in bytes of at least 4096")
         self.shm_size = shm_size
-        self.sysctls = _sysctls(sysctls or {})
+        self.sysctls = container_options.namespaced_sysctls(sysctls or {})
         if domainname is not None and ("uts" not in self.kinds or not 0 < len(domainname) <= 64):
             raise InvalidValue("domainname", domainname, "1 to 64 characters, with a 'uts' namespace")
         self.domainname = domainname
@@ -399,9 +260,9 @@ class Container:
         if self.state()["status"] != "running":
             raise Conflict(f"container {self.name} is {self.status}: exec needs a running container")
         env = dict(self.environment)
-        env.update(_environment(environment, self.hostname or ""))
+        env.update(container_options.environment_variables(environment, self.hostname or ""))
         # what pid 1 got, as `docker exec`: the user, no_new_privs, rlimits, capabilities, seccomp
-        return namespaces.enter(self.pid, self.kinds, _command(command), cgroup=self.cgroup,
+        return namespaces.enter(self.pid, self.kinds, container_options.command_argv(command), cgroup=self.cgroup,
                                 env=env, cwd=self.working_dir, timeout=timeout, setup=self._process_steps())
 
     def exec_process(self, command: str | Sequence[str], *, environment=None, working_dir: str | None = None,
@@ -417,12 +278,12 @@ class Container:
         if self.state()["status"] != "running":
             raise Conflict(f"container {self.name} is {self.status}: exec needs a running container")
         env = dict(self.environment)
-        env.update(_environment(environment, self.hostname or "", defaults=False))
+        env.update(container_options.environment_variables(environment, self.hostname or "", defaults=False))
         steps = self._process_steps(user=user)
         if tty is not None:
             stdin = stdout = stderr = tty
-            steps.append(_take_terminal)
-        return starter.spawn(_command(command), None, join=(self.pid, self.kinds), cgroup=self.cgroup,
+            steps.append(container_steps.take_terminal)
+        return starter.spawn(container_options.command_argv(command), None, join=(self.pid, self.kinds), cgroup=self.cgroup,
                              env=env, cwd=working_dir or self.working_dir, setup=steps,
                              stdin=namespaces.DEVNULL if stdin is None else stdin,
                              stdout=namespaces.DEVNULL if stdout is None else stdout,
@@ -575,7 +436,7 @@ class Container:
             steps[1:1] = before             # after the root is bind-mounted, while the host is visible
             steps += self._process_steps()
             if self.tty:
-                steps.append(_take_terminal)
+                steps.append(container_steps.take_terminal)
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
                            stdin=stdin, stdout=stdout, stderr=stderr)
@@ -612,12 +473,12 @@ class Container:
             inside.append(partial(syscalls.mount, None, "/dev/shm", None, syscalls.MS_REMOUNT | syscalls.MS_NOSUID
                                   | syscalls.MS_NODEV | syscalls.MS_NOEXEC, f"mode=1777,size={self.shm_size}"))
         for path, (flags, data) in self.tmpfs.items():
-            inside.append(partial(_mount_tmpfs, path, flags, data))
+            inside.append(partial(container_steps.mount_tmpfs, path, flags, data))
         if self.extra_hosts:
             hosts = self.rootfs.dir / "hosts"      # like Docker's containers/ID/hosts, bind-mounted
-            hosts.write_text(_hosts_file(self.rootfs.path, self.hostname, self.extra_hosts))
-            before.append(partial(_take_mount, str(hosts)))
-            inside.append(partial(_attach_mount, str(hosts), "/etc/hosts"))
+            hosts.write_text(container_steps.hosts_file(self.rootfs.path, self.hostname, self.extra_hosts))
+            before.append(partial(container_steps.take_mount, str(hosts)))
+            inside.append(partial(container_steps.attach_mount, str(hosts), "/etc/hosts"))
         # Docker creates a missing working directory (before the root becomes read-only).
         inside.append(partial(os.makedirs, self.working_dir, 0o755, True))
         return before, inside
@@ -633,7 +494,7 @@ class Container:
         if self.umask is not None:
             steps.append(partial(os.umask, self.umask))
         if self.rlimits:
-            steps.append(partial(_set_rlimits, {kind: tuple(v) for kind, v in self.rlimits.items()}))
+            steps.append(partial(container_steps.set_rlimits, {kind: tuple(v) for kind, v in self.rlimits.items()}))
         if self.no_new_privileges:
             steps.append(partial(syscalls.prctl, syscalls.PR_SET_NO_NEW_PRIVS, 1))
         # Loading a seccomp filter needs CAP_SYS_ADMIN or no_new_privs: like runc, load it while
@@ -644,7 +505,7 @@ class Container:
         user = user or self.user
         if user:
             uid, gid, *groups = user
-            steps.append(partial(_switch_user, uid, gid, list(groups[0]) if groups else []))
+            steps.append(partial(container_steps.switch_user, uid, gid, list(groups[0]) if groups else []))
         steps.append(_caps.limit_step(self.capabilities))  # after the switch: it may need SETUID
         if self.seccomp is not None and self.no_new_privileges:
             steps.append(self.seccomp.install)
@@ -693,21 +554,6 @@ class Container:
             raise errors[0]
 
 
-def _take_terminal() -> None:
-    """Become a session leader whose controlling terminal is the pty slave we were given (the only
-    terminal among our descriptors, before it becomes 0, 1 and 2): then ^C, job control and
-    SIGWINCH reach the command as they would on a real terminal."""
-    os.setsid()
-    for fd in range(3, 1024):
-        try:
-            if os.isatty(fd):
-                fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
-                return
-        except OSError:
-            continue
-    raise LabkitError("no terminal among the descriptors to make the controlling one")
-
-
 def _signal_waiting(pid: int, sig: int) -> None:
     """Signal a created container's process, which waits for start() before exec (so it cannot
     have exited and left its pid to another process unless something killed it)."""
@@ -721,18 +567,6 @@ def _signal_waiting(pid: int, sig: int) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _set_rlimits(limits: dict) -> None:
-    import resource
-    for kind, value in limits.items():
-        resource.setrlimit(kind, value)
-
-
-def _switch_user(uid: int, gid: int, groups: list[int]) -> None:
-    os.setgroups(groups)
-    os.setgid(gid)
-    os.setuid(uid)
 
 
 def run(image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None, *,

@@ -154,16 +154,7 @@ def test_no_module_imports_another_modules_private_names():
     assert not reaches, "make what is shared public, named for what it does:\n" + "\n".join(reaches)
 
 
-# Modules still over the limit, each with why; the test fails when one is back under it (remove it here).
-OVER_600_LINES = {
-    "container.py": "engine, starter and security features landed in it this wave; its setup steps "
-                    "(tmpfs, sysctls, hosts, user, rlimits) are the seam to split along",
-}
-
-
 def test_every_module_is_under_600_lines():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
-    over = {name for name, lines in sizes.items() if lines >= 600}
-    assert over <= set(OVER_600_LINES), f"over 600 lines, split along a seam: {sorted(over - set(OVER_600_LINES))}"
-    back = set(OVER_600_LINES) - over
-    assert not back, f"under 600 lines now, remove from OVER_600_LINES: {sorted(back)}"
+    over = sorted(name for name, lines in sizes.items() if lines >= 600)
+    assert not over, f"over 600 lines, split along a seam: {over}"
