@@ -131,6 +131,9 @@ def live_users() -> list[int]:
 
 
 def _add_user() -> Path:
+    # From here on this process has a share in a daemon: like a claim, that needs its watchdog, which
+    # stops a labkit-started dockerd once its last user has died (a notebook killed outright).
+    cleanup.ensure_watchdog()
     USERS_DIR.mkdir(parents=True, exist_ok=True)
     record = USERS_DIR / f"{os.getpid()}-{secrets.token_hex(4)}"      # one per Dockerd() in use
     record.write_text(f"{os.getpid()} {cleanup.start_time(os.getpid())}\n")
