@@ -41,3 +41,34 @@ def overlay_layers(mount: dict) -> dict:
     opts = dict(opt.split("=", 1) for opt in mount["superopts"].split(",") if "=" in opt)
     return {"lower": opts.get("lowerdir", "").split(":"), "upper": opts.get("upperdir"),
             "work": opts.get("workdir")}
+
+
+def _lowerdirs(mount: dict) -> list[str]:
+    """An overlay's lower layers, from `lowerdir=a:b` and/or the new mount API's `lowerdir+=a`."""
+    found = []
+    for opt in mount["superopts"].split(","):
+        key, _, value = opt.partition("=")
+        if key == "lowerdir":
+            found += value.split(":")
+        elif key in ("lowerdir+", "datadir+"):
+            found.append(value)
+    return [unescape(path) for path in found if path]
+
+
+def lowerdirs_in_use() -> set[str]:
+    """Every lowerdir of every overlay mounted on the host, in every mount namespace (a container's
+    root lives on in its namespace after a lazy unmount took it off the host's table)."""
+    import os
+    seen, found = set(), set()
+    for pid in ["self", *(p for p in os.listdir("/proc") if p.isdigit())]:
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            mounts = read(pid)
+        except OSError:                   # the process exited meanwhile
+            continue
+        seen.add(ns)
+        found.update(lower for m in mounts if m["fstype"] == "overlay" for lower in _lowerdirs(m))
+    return found
+

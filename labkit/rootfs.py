@@ -9,7 +9,10 @@ as its root. Three pieces make that tree, in the order Docker uses them:
    adds, changes or deletes, like an image's layers. They live in an *image store*,
    ``/var/lib/labkit/images`` (``LABKIT_IMAGE_STORE``), which is a cache like Docker's
    /var/lib/docker/image: it is kept between runs, rebuilt when missing or corrupt, and is not a
-   leftover (``labkit cleanup`` leaves it alone; `remove_image_store()` deletes it).
+   leftover (``labkit cleanup`` leaves it alone; `remove_image_store()` deletes it). A layer's
+   directory is named by its content digest (``layers/sha256-<hex>``): changed content is a new
+   directory, so a rebuild never replaces a layer a running overlay uses as its lowerdir, and
+   `collect_layers()` removes only layers no overlay on the host references any more.
 2. **A container layer** (writable): a per-container tmpfs under /run/labkit/work/labkit-NAME holding
    the overlay's ``upper`` and ``work`` directories. overlayfs merges upper + lower layers at
    ``rootfs``: reading finds the topmost copy of a file; writing copies the file up into ``upper``
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import os
 import stat
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from . import cleanup, host, syscalls
+from . import cleanup, host, mountinfo, syscalls
 from .binaries import find_busybox, is_static_executable
 from .mountinfo import overlay_layers, read as read_mountinfo  # noqa: F401 - notebook 31 uses both
 from .rootfsview import draw_stack  # noqa: F401 - the notebooks call rootfs.draw_stack
@@ -116,7 +120,10 @@ def _install(layer_dir: Path, fill: Callable[[Path], dict], meta: dict) -> None:
     try:
         sentinels = fill(tmp / "root")
         (tmp / "layer.json").write_text(json.dumps({**meta, "sentinels": sentinels}, indent=1))
-        if layer_dir.exists():                # corrupt or stale: move aside, then remove
+        if layer_dir.exists():                # corrupt: move aside, then remove - unless in use
+            if _used(layer_dir, mountinfo.lowerdirs_in_use()):
+                raise Conflict(f"layer {layer_dir} is corrupt but a mounted overlay uses it: stop the "
+                               "containers standing on it before it is rebuilt")
             old = LAYERS / f".{layer_dir.name}.old-{os.getpid()}"
             os.rename(layer_dir, old)
             shutil.rmtree(old, ignore_errors=True)
@@ -152,16 +159,37 @@ def _fill_busybox(root: Path) -> dict:
     return {"bin/busybox": os.path.getsize(busybox), "bin/sh": None, "etc/passwd": None}
 
 
+def _base_spec() -> dict:
+    """What the base layer is made of; its digest names the layer's directory."""
+    busybox = _busybox_binary()
+    st = busybox.stat()
+    key = (str(busybox), st.st_size, st.st_mtime_ns)
+    if _BASE_SPEC.get("key") != key:        # hash the binary once per version, not per container
+        tini = "/usr/bin/tini-static"
+        _BASE_SPEC.update(key=key, spec={
+            "name": BASE, "built_from": str(busybox), "parent": None,
+            "busybox_sha256": hashlib.sha256(busybox.read_bytes()).hexdigest(),
+            "tini_sha256": hashlib.sha256(Path(tini).read_bytes()).hexdigest()
+            if is_static_executable(tini) else None,
+            "files": hashlib.sha256(json.dumps([_ETC, _DIRS], sort_keys=True).encode()).hexdigest()})
+    return _BASE_SPEC["spec"]
+
+
+_BASE_SPEC: dict = {}
+
+
 def base_layer(rebuild: bool = False) -> Layer:
     """The busybox base layer; built from /bin/busybox the first time, or when missing/corrupt."""
-    layer_dir = LAYERS / BASE
+    spec = _base_spec()
+    digest = _digest({k: v for k, v in spec.items() if k != "name"})
+    layer_dir = LAYERS / f"sha256-{digest}"
     if rebuild or not _manifest_ok(layer_dir):
-        import hashlib
-        busybox = _busybox_binary()
-        _install(layer_dir, _fill_busybox,
-                 {"name": BASE, "built_from": str(busybox), "parent": None,
-                  "busybox_sha256": hashlib.sha256(busybox.read_bytes()).hexdigest()})
+        _install(layer_dir, _fill_busybox, {**spec, "digest": digest})
     return Layer(BASE, layer_dir / "root")
+
+
+def _digest(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str] = (),
@@ -172,7 +200,6 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
     a character device with device number 0:0, at the deleted path. The layer is cached in the
     image store and rebuilt only when its content changes.
     """
-    import hashlib
     import re
     if not re.match(_LAYER_NAME, name or "") or name == BASE:
         raise InvalidValue("layer name", name, f"lower-case letters, digits, '_.-' (not {BASE!r})")
@@ -200,20 +227,39 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
 
 
 def cached_layer(name: str, fill: Callable[[Path], dict], meta: dict) -> Layer:
-    """The layer `name` of the image store: built by `fill(root)` (atomically, see _install) unless an
-    intact one whose manifest says `meta` is there already (e.g. the same content digest)."""
-    layer_dir = LAYERS / name
-    current = _read_manifest(layer_dir)
-    if not (_manifest_ok(layer_dir) and all(current.get(key) == value for key, value in meta.items())):
+    """The layer `name` of the image store, built by `fill(root)` (atomically, see _install) unless
+    it is there already. Its directory is named by its content digest - `meta`'s "diff_id" (an OCI
+    layer's sha256) or "digest", else a hash of `meta` - so other content is another directory."""
+    digest = (meta.get("diff_id") or meta.get("digest")
+              or _digest({k: v for k, v in meta.items() if k != "name"}))
+    layer_dir = LAYERS / ("sha256-" + digest.split(":")[-1])
+    if not _manifest_ok(layer_dir):
         _install(layer_dir, fill, meta)
     return Layer(name, layer_dir / "root")
 
 
-def _read_manifest(layer_dir: Path) -> dict:
-    try:
-        return json.loads((layer_dir / "layer.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def _used(layer_dir: Path, in_use: set[str]) -> bool:
+    return any(lower == str(layer_dir) or lower.startswith(f"{layer_dir}/") for lower in in_use)
+
+
+def collect_layers() -> list[Path]:
+    """Remove the image store's layers that no overlay mounted on the host uses as a lowerdir (in
+    any mount namespace, as the kernel lists them in /proc/PID/mountinfo); returns what went.
+    Like `docker image prune`: a layer a running container stands on is never touched (a Layer
+    returned earlier but not mounted yet is not a user: look it up again after a collection)."""
+    import shutil
+    in_use = mountinfo.lowerdirs_in_use()
+    removed = []
+    for layer_dir in sorted(LAYERS.iterdir()) if LAYERS.is_dir() else ():
+        if layer_dir.name.startswith(".") or not layer_dir.is_dir():
+            continue                          # a build in progress (see _install)
+        if _used(layer_dir, in_use):
+            continue
+        old = LAYERS / f".{layer_dir.name}.collect-{os.getpid()}"
+        os.rename(layer_dir, old)             # out of sight first: a lookup now rebuilds it
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(layer_dir)
+    return removed
 
 
 def image(ref: str | Image = BASE, layers: Sequence[Layer] = ()) -> Image:

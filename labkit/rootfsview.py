@@ -5,6 +5,7 @@ kernel has mounted now. A view: it draws, and creates nothing.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -29,6 +30,15 @@ def _sample(directory: str, limit: int = 6) -> tuple[int, list[str]]:
     return len(entries), entries[:limit]
 
 
+def _layer_label(lower: Path) -> str:
+    """A store layer (LAYERS/sha256-<digest>/root) by the name in its manifest and a short digest."""
+    try:
+        name = json.loads((lower.parent / "layer.json").read_text()).get("name", "")
+    except (OSError, ValueError):
+        return str(lower)
+    return f"{name} {lower.parent.name[:19]}" if lower.name == "root" else str(lower)
+
+
 def draw_stack(mountpoint: str | os.PathLike, ax=None, title: str | None = None):
     """Draw the overlay mounted at `mountpoint` as a stack: the read-only lower layers (bottom up),
     the writable upper layer, and the merged view - all read from /proc/self/mountinfo and the
@@ -44,7 +54,7 @@ def draw_stack(mountpoint: str | os.PathLike, ax=None, title: str | None = None)
     if layers["upper"]:
         rows.append(("upper: the container's writable layer (tmpfs)", layers["upper"], "#fde9c9"))
     for i, lower in enumerate(layers["lower"]):      # top lower layer first
-        store = Path(lower).parent.name if Path(lower).name == "root" else lower   # LAYERS/<name>/root
+        store = _layer_label(Path(lower))
         rows.append((f"lower {len(layers['lower']) - i}: image layer '{store}' (read-only)", lower, "#d9e7f5"))
     if ax is None:
         fig, ax = plt.subplots(figsize=(10, 1.25 * len(rows) + 0.4))

@@ -35,7 +35,8 @@ def store(tmp_path, monkeypatch):
 
 def test_base_layer_is_a_working_busybox_root(store):
     base = rootfs.base_layer()
-    assert base.path == store / "busybox" / "root"
+    manifest = base.manifest                   # the directory is named by the layer's content digest
+    assert base.path == store / f"sha256-{manifest['digest']}" / "root" and manifest["name"] == "busybox"
     busybox = base.path / "bin/busybox"
     assert binaries.is_static_executable(str(busybox))
     assert os.readlink(base.path / "bin/sh") == "busybox"
@@ -130,6 +131,32 @@ def test_export_flattens_layers(tmp_path, store):
     assert not os.path.lexists(dest / "etc/os-release")
     assert not os.path.lexists(dest / "etc/motd-none")
     assert os.readlink(dest / "bin/sh") == "busybox"
+
+
+def test_rebuilding_a_layer_spares_the_lowerdir_a_running_container_uses(store):
+    """Issue 18 (4): a layer addressed by name was renamed away and removed on a rebuild, while a
+    container's overlay still had it as its lowerdir. Now other content is another directory, and a
+    collection removes only layers no mounted overlay (as mountinfo shows it) uses."""
+    from labkit.container import Container
+    first = rootfs.layer("test-rebuild", {"app/version": "one\n"})
+    box = Container("busybox", ["sleep", "300"], layers=[first]).start()
+    try:
+        root = next(m for m in rootfs.read_mountinfo(box.pid) if m["mountpoint"] == "/")
+        lower = rootfs.overlay_layers(root)["lower"]      # the kernel's view: [test-rebuild, busybox]
+        assert lower[0] == str(first.path)
+        second = rootfs.layer("test-rebuild", {"app/version": "two\n"})
+        assert Path(lower[0], "app/version").read_text() == "one\n"       # the running lowerdir intact
+        assert box.exec(["cat", "/app/version"]).stdout == "one\n"
+        assert (second.path / "app/version").read_text() == "two\n"
+        removed = rootfs.collect_layers()
+        assert removed == [second.path.parent]               # unreferenced: gone
+        assert not second.path.exists() and all(Path(path, "bin" if i else "app").is_dir()
+                                                for i, path in enumerate(lower))   # referenced: spared
+        assert box.exec(["cat", "/app/version"]).stdout == "one\n"
+    finally:
+        box.delete(force=True)
+    assert sorted(rootfs.collect_layers()) == sorted(Path(path).parent for path in lower)
+    assert [p for p in store.iterdir()] == []
 
 
 def test_bad_layer_input_is_refused():
