@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 
 # dlopen(NULL): the symbols already loaded into this process, libc's among them. (find_library("c")
 # would run `ldconfig -p` in a subprocess at every import - a third of `labkit run`'s import time.)
@@ -121,6 +122,16 @@ def default_disposition(sig: int) -> None:
     action = ctypes.create_string_buffer(32)
     _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION[machine]), ctypes.c_int(sig), action,
                          None, ctypes.c_size_t(8)), f"rt_sigaction {sig}")
+
+
+def readable(fds, timeout: float | None = None) -> list[int]:
+    """Those of `fds` (numbers, or objects with fileno()) that are readable - data, end-of-file or a
+    hang-up - within `timeout` seconds (None: until one is). poll(2), not select(2): select fails on
+    descriptors from 1024 on, which a long-lived engine or notebook kernel reaches."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(None if timeout is None else max(timeout, 0) * 1000)]
 
 
 def write_file(path: str, text: str) -> None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import sys
 import time
 
-from . import cleanup
+from . import cleanup, syscalls
 
 JOURNAL = cleanup.STATE_DIR / "watchdog.log"
 SWEEP_DELAY = 2.0      # seconds the first sweep waits for a short-lived owner to finish
@@ -32,7 +31,7 @@ def _wait_for(owner: int, timeout: float | None = None) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([pidfd], [], [], timeout)[0])   # readable exactly when it exited
+        return bool(syscalls.readable([pidfd], timeout))   # readable exactly when it exited
     finally:
         os.close(pidfd)
 

@@ -14,8 +14,8 @@ import base64
 import json
 import os
 import posixpath
-import select
 
+from .. import syscalls
 from ..errors import InvalidValue, NotFound
 
 ROOT = (0, 0, [])          # tar runs as root inside, whatever the container's user
@@ -36,7 +36,7 @@ def _run(process_of, argv, stdin: bytes | None = None) -> tuple[int, bytes, byte
     collected = {fd: bytearray() for fd in outputs}
     live = set(outputs)
     while live:
-        for fd in select.select(list(live), [], [])[0]:
+        for fd in syscalls.readable(live):
             data = os.read(fd, 65536)
             if data:
                 collected[fd] += data

@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 
+from .. import syscalls
 from ..errors import Conflict, InvalidValue
 
 
@@ -194,11 +195,8 @@ def clear_stale_socket(path: str) -> None:
 
 def client_gone(sock: socket.socket) -> bool:
     """Has the peer closed the connection? (readable with nothing to read = EOF)."""
-    import select
-
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        return bool(syscalls.readable([sock], 0)) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 

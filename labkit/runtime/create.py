@@ -15,11 +15,10 @@
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 
-from .. import namespaces
+from .. import namespaces, syscalls
 from ..cgroups.limits import parse as parse_limits
 from ..errors import Conflict, LabkitError
 from . import hooks, seccomp, setup, spec as specs, state as states
@@ -135,7 +134,7 @@ def start_held(spec, group, steps, fifo: int, console: int | None, detach: bool 
     data = b""
     try:
         while not data.endswith(b"R"):
-            if select.select([ready_r], [], [], 0.05)[0]:
+            if syscalls.readable([ready_r], 0.05):
                 chunk = os.read(ready_r, 64)
                 if chunk:
                     data += chunk

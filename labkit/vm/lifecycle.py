@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import subprocess
 import time
@@ -12,7 +11,7 @@ from typing import Callable
 
 import psutil
 
-from .. import cleanup, host
+from .. import cleanup, host, syscalls
 from ..binaries import find_busybox
 from ..cgroups import Cgroup
 from ..errors import InvalidValue, LabkitError, Unsupported
@@ -249,7 +248,7 @@ class VM:
         while marker not in self.times:
             if time.monotonic() > deadline:
                 raise self.failure(f"no {marker} from the guest within {self.timeout:.0f}s")
-            ready, _, _ = select.select([fd], [], [], 0.25)
+            ready = syscalls.readable([fd], 0.25)
             self._sample_rss()  # peak RSS: sampled all along, qemu may be gone right after power-off
             if ready:
                 data = os.read(fd, 65536)
