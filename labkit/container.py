@@ -39,10 +39,8 @@ the job (its init wants an inittab and runs forever). `init=False` makes the com
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import struct
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -56,7 +54,6 @@ from .nskinds import parse_kinds
 
 DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 INIT = "/sbin/tini"
-_TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431     # linux/tty: the pty's number; (un)lock it
 _INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init", "systemd"}
 OCI_VERSION = "1.0.2"
 
@@ -201,9 +198,9 @@ class Container:
     def start(self) -> "Container":
         """Run the command: from `created` release the waiting process; from new, create and run."""
         if self.status == "new":
-            if self.network is None:
+            if self.network is None and not self.tty:
                 return self._create(gate=False)
-            self._create(gate=True)        # plug the network in before the command runs
+            self._create(gate=True)        # plug the network in / take the terminal before it runs
         if self.status != "created":
             raise Conflict(f"container {self.name} is {self.status}; only a created container starts")
         gated, self._gate = self._gate, None
@@ -334,16 +331,7 @@ class Container:
     def open_pty(self) -> tuple[int, int]:
         """A pty (master, slave) from the container's own devpts (its /dev/pts, reached through
         /proc/PID/root): inside, ttyname() finds the terminal as /dev/pts/N, as under Docker."""
-        pts = f"/proc/{self.pid}/root/dev/pts"
-        master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))            # unlockpt
-            number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
-            slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        except BaseException:
-            os.close(master)
-            raise
-        return master, slave
+        return container_steps.open_pty(f"/proc/{self.pid}/root/dev/pts")
 
     def state(self) -> dict:
         """The OCI runtime state of this container."""
@@ -419,10 +407,9 @@ class Container:
         try:
             self.cgroup = Cgroup.create(name=self.name, **self.limits)
             stdin, stdout = (None, None) if self.attach else (namespaces.DEVNULL, None)
-            stderr = slave = None
-            if self.tty:    # a terminal for pid 1 (docker run -t): its 0, 1, 2 and controlling tty
-                self.tty_master, slave = os.openpty()
-                stdin = stdout = stderr = slave
+            stderr = None
+            if self.tty:    # pid 1 opens its terminal in its own devpts (container_steps.open_terminal)
+                stdin = stdout = stderr = starter.KEEP
             elif not self.attach:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                 stdout = os.open(self.rootfs.dir / "stdout", flags, 0o600)
@@ -436,7 +423,7 @@ class Container:
             steps[1:1] = before             # after the root is bind-mounted, while the host is visible
             steps += self._process_steps()
             if self.tty:
-                steps.append(container_steps.take_terminal)
+                steps.append(container_steps.open_terminal)
             options = dict(cgroup=self.cgroup, hostname=self.hostname, mount_proc=False,
                            env=self.environment, cwd=self.working_dir,
                            stdin=stdin, stdout=stdout, stderr=stderr)
@@ -446,10 +433,12 @@ class Container:
                 self.pid = process.pid
                 if gate:    # set up, waiting just before exec, like runc's `create`
                     self._gate, self.status = process, "created"
+                    if self.tty:
+                        self.tty_master, = process.handed_over
                 else:
                     self.process, self.status = process, "running"
             finally:
-                for fd in {stdout, stderr} - {None}:
+                for fd in {stdout, stderr} - {None, starter.KEEP}:
                     os.close(fd)
             if self.network is not None:
                 self._connect_network()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import termios
 from pathlib import Path
 from typing import Mapping
 
-from . import syscalls
+from . import start_stamps, syscalls
 from .errors import LabkitError
+
+_TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431     # linux/tty: the pty's number; (un)lock it
 
 
 def mount_tmpfs(path: str, flags: int, data: str) -> None:
@@ -52,9 +55,22 @@ def attach_mount(path: str, target: str) -> None:
     os.close(tree_fd)
 
 
+def open_pty(pts: str, cloexec_slave: bool = True) -> tuple[int, int]:
+    """A pty (master, slave) of the devpts instance mounted at `pts`."""
+    master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))            # unlockpt
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | (os.O_CLOEXEC if cloexec_slave else 0))
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave
+
+
 def take_terminal() -> None:
-    """Become a session leader whose controlling terminal is the pty slave we were given (the only
-    terminal among our descriptors, before it becomes 0, 1 and 2): then ^C, job control and
+    """(exec -t) Become a session leader whose controlling terminal is the pty slave we were given (the
+    only terminal among our descriptors, before it becomes 0, 1 and 2): then ^C, job control and
     SIGWINCH reach the command as they would on a real terminal."""
     os.setsid()
     for fd in range(3, 1024):
@@ -65,6 +81,20 @@ def take_terminal() -> None:
         except OSError:
             continue
     raise LabkitError("no terminal among the descriptors to make the controlling one")
+
+
+def open_terminal() -> None:
+    """Give the command a terminal of the container's own devpts (as `docker exec -t` gets one) as its
+    0, 1, 2 and controlling terminal: ttyname() then finds it as /dev/pts/N inside, as under Docker.
+    We become a session leader, so ^C, job control and SIGWINCH reach the command as on a real
+    terminal. The master side goes to the engine with the "created" message (start_stamps)."""
+    master, slave = open_pty("/dev/pts", cloexec_slave=False)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    start_stamps.HANDED_OVER.append(master)
 
 
 def set_rlimits(limits: dict) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import socket
 import struct
 import time
 
@@ -62,11 +63,21 @@ def note_host_pid(page) -> None:
     stamp(page, "host_pid", int(os.readlink("/proc/self")))
 
 
+# Descriptors a setup step opened for the owner (the master of pid 1's terminal): they travel with
+# "created" (SCM_RIGHTS) and close here at exec (O_CLOEXEC).
+HANDED_OVER: list[int] = []
+
+
 def wait_for_start(channel_fd: int, page) -> None:
     """The last step before exec with gate=True: report "created" and wait for "start".
 
     A SOCK_SEQPACKET socket keeps messages whole with plain write() and read() too."""
     host_pid = int(struct.unpack_from("d", page, 8 * SHARED_STAMPS.index("host_pid"))[0])
-    os.write(channel_fd, pickle.dumps(("created", host_pid, read_stamps(page))))
+    message = pickle.dumps(("created", host_pid, read_stamps(page)))
+    if HANDED_OVER:
+        with socket.socket(fileno=os.dup(channel_fd)) as channel:
+            socket.send_fds(channel, [message], HANDED_OVER)
+    else:
+        os.write(channel_fd, message)
     if os.read(channel_fd, 4096) != pickle.dumps(("start",)):
         raise LabkitError("deleted before it was started")

@@ -55,6 +55,7 @@ from . import namespaces, start_stamps
 from .errors import LabkitError
 
 MAX_MESSAGE = 1 << 20           # a request (argv, environment, setup steps) is a few kB
+KEEP = "keep"   # a stdio spec: the child's 0, 1 or 2 is what its setup steps make it (a terminal they open)
 MAX_FDS = 8                     # channel + stdin, stdout, stderr
 DEVNULL, PIPE = subprocess.DEVNULL, subprocess.PIPE
 
@@ -223,6 +224,7 @@ class StartedProcess(namespaces.Process):
         self.returncode: int | None = None
         self.stamps = stamps
         self._pidfd: int | None = None
+        self.handed_over: list[int] = []
         self._lock = threading.Lock()       # poll() in one thread, wait() in another (the engine)
 
     def _receive(self, timeout: float | None) -> str | None:
@@ -240,7 +242,9 @@ class StartedProcess(namespaces.Process):
         kind, value, stamps = pickle.loads(data)
         self.stamps.update(stamps)
         self.stamps[f"{kind}_seen"] = time.monotonic()
-        if kind in ("created", "started"):
+        if kind == "created":       # its fds: what setup steps handed over (a terminal's master)
+            self.pid, self.handed_over = value, fds
+        elif kind == "started":
             self.pid = value
             if fds:
                 self._pidfd = fds[0]
@@ -324,7 +328,7 @@ def spawn(argv, namespaces="all", *, setup=(), stdin=None, stdout=None, stderr=N
     process is set up and waits just before exec for `release()`. The setup steps, the cgroup and
     the options are pickled: a step must be a module-level function or a functools.partial of one
     (a lambda or a nested function cannot be sent; it is refused here, by name).
-    stdin/stdout/stderr: None (this process's own), DEVNULL, PIPE, a file descriptor or a file.
+    stdin/stdout/stderr: None (this process's own), DEVNULL, PIPE, KEEP, a file descriptor or a file.
     """
     if "pass_fds" in options:
         raise LabkitError("pass_fds: not supported through the starter (descriptors get other "
@@ -341,6 +345,10 @@ def spawn(argv, namespaces="all", *, setup=(), stdin=None, stdout=None, stderr=N
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     fds, stdio, mine, close_after = [theirs.fileno()], [], [], [theirs]
     for index, spec in enumerate((stdin, stdout, stderr)):
+        if spec == KEEP:
+            stdio.append(None)
+            mine.append(None)
+            continue
         if spec == DEVNULL:
             stdio.append(DEVNULL)
             mine.append(None)

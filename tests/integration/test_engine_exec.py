@@ -171,3 +171,27 @@ def test_docker_run_it_sh_is_usable_interactively(engine):
             process.kill()
             process.wait()
         os.close(master)
+
+
+def test_docker_run_t_gives_pid_1_a_terminal_of_its_own_devpts(engine):
+    """pid 1's terminal is a pty of the container's devpts (as dockerd's): `tty` names it /dev/pts/N
+    inside, and the kernel shows it as the controlling terminal of pid 1's session."""
+    process, master = _interactive(engine, "run", "-t", "--rm", IMAGE, "sh", "-c",
+                                   "tty; test -t 0 && echo stdin-is-a-tty; "
+                                   "echo sid=$(cut -d' ' -f6 /proc/1/stat) tty_nr=$(cut -d' ' -f7 /proc/1/stat)")
+    try:
+        seen = _talk(master, b"", b"\r\nsid=")
+        while not seen.endswith(b"\n"):                    # the rest of the last line
+            seen += _talk(master, b"", b"\n")
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    lines = seen.decode().replace("\r", "").split("\n")
+    assert lines[0].startswith("/dev/pts/") and "not a tty" not in seen.decode(), seen
+    assert "stdin-is-a-tty" in lines, seen
+    fields = dict(item.split("=") for item in next(line for line in lines if line.startswith("sid=")).split())
+    assert fields["sid"] == "1"                           # pid 1 leads its session...
+    assert int(fields["tty_nr"]) >> 8 == 136              # ...whose controlling terminal is a pty (major 136)
