@@ -158,6 +158,22 @@ def cpu_quota(answer: str, cg, cpus: float) -> tuple[bool, str]:
     return True, f"{name} = {real!r}: {cap} CPU per period"
 
 
+def cap_peak(mib: int, cg, limit: int) -> tuple[bool, str]:
+    """16: cg's memory cap is `limit` (v2: the throttle memory.high; v1, which has no throttle:
+    memory.limit_in_bytes), and `mib` is the group's peak usage in whole MiB (v2 memory.peak,
+    v1 memory.max_usage_in_bytes)."""
+    name, real = _read(cg, "memory", "memory.high", "memory.limit_in_bytes")
+    if real != str(limit):
+        return False, f"{name} holds {real}, which is not {limit // MiB} MiB"
+    peak = cg.stats()["memory_peak"]
+    if peak < limit // 2:
+        return False, f"the group's peak is only {peak // MiB} MiB: run the writer inside it first"
+    if mib != peak // MiB:
+        return False, f"{mib} MiB is not the peak the kernel recorded"
+    return True, (f"peak {peak // MiB} MiB under a {limit // MiB} MiB {name}: the writer wrote 48 MiB, "
+                  "the kernel reclaimed page cache to hold it near the cap")
+
+
 def fork_refusals(count: int, cg, pids_max: int) -> tuple[bool, str]:
     """13: cg has pids.max = `pids_max` and the kernel refused `count` forks in it."""
     limit, refused = cg.limits()["pids"], cg.stats()["pids_events_max"]

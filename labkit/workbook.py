@@ -41,6 +41,7 @@ NOTEBOOKS = (
     Notebook("13-pids.ipynb", "2 cgroups", "pids: a fork bomb contained", 15),
     Notebook("14-io.ipynb", "2 cgroups", "io: throttled writes on a loop device", 15, "a loop device"),
     Notebook("15-cpuset.ipynb", "2 cgroups", "cpuset: pinned to a CPU", 10),
+    Notebook("16-pressure.ipynb", "2 cgroups", "Pressure, not just limits: throttling, PSI, latency", 20),
     Notebook("20-networking.ipynb", "3 networking", "Containers on a bridge", 35),
     Notebook("21-nat-and-ports.ipynb", "3 networking", "NAT and published ports, inside the lab", 30,
              "iptables (nftables) and conntrack"),

@@ -158,6 +158,18 @@ def parse_nested_keyed(text: str) -> dict[str, dict]:
     return result
 
 
+def parse_pressure(text: str) -> dict[str, dict]:
+    """PSI ('some avg10=1.50 avg60=0.20 avg300=0.05 total=123456' lines; memory.pressure, cpu.pressure,
+    /proc/pressure/*) -> {'some': {'avg10': 1.5, ..., 'total': 123456}}. avgN are percentages of
+    wall time in which tasks waited, total is the waited time in microseconds."""
+    result: dict[str, dict] = {}
+    for line in text.splitlines():
+        kind, *items = line.split()
+        fields = dict(item.split("=", 1) for item in items)
+        result[kind] = {k: int(v) if k == "total" else float(v) for k, v in fields.items()}
+    return result
+
+
 def parse_cpu_max(text: str) -> tuple[int | str, int]:
     """v2 cpu.max 'QUOTA PERIOD' (QUOTA may be 'max') -> (quota, period)."""
     quota, period = text.split()

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import psutil
 import pytest
@@ -158,6 +159,29 @@ def test_12_cpu_quota(group):
     group.set(cpu=0.3)
     solution = "30000 100000" if group.version == "v2" else "30000"
     assert_checker(check, solution, ["0.3", "30", "300000"])
+
+
+def test_16_cap_peak(group):
+    cap = 24 * MiB
+    check = lambda mib: checkers.cap_peak(mib, group, cap)
+    assert outcome(check, "0", int) == "not yet"                              # no cap yet
+    if group.version == "v2":
+        Path(group.path("memory"), "memory.high").write_text(str(cap))
+    else:
+        group.set(memory=cap, swap=0)
+    assert outcome(check, "0", int) == "not yet"                              # capped, nothing ran
+    writer = ("import os, sys\nkeep = b'a' * (8 << 20)\nwith open(sys.argv[1], 'wb') as f:\n"
+              "    for i in range(48):\n        f.write(b'f' * (1 << 20))\n"
+              "        if i % 4 == 3:\n            f.flush(); os.fsync(f.fileno())\n")
+    target = Path("/var/tmp") / f"labkit-checker-{os.getpid()}"
+    try:
+        assert run([sys.executable, "-c", writer, str(target)], namespaces=None, cgroup=group,
+                   timeout=60).returncode == 0
+    finally:
+        target.unlink(missing_ok=True)
+    peak = group.stats()["memory_peak"] // MiB
+    assert peak >= 12
+    assert_checker(check, peak, [48, peak + 1, 0], parse=int)
 
 
 def test_13_fork_refusals(group):

@@ -86,6 +86,14 @@ def test_this_host_backend_matches_what_the_kernel_mounted():
 
 # --- parsers -----------------------------------------------------------------------------------------
 
+def test_pressure_lines():
+    text = ("some avg10=72.11 avg60=43.60 avg300=22.35 total=4986194038\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert files.parse_pressure(text) == {
+        "some": {"avg10": 72.11, "avg60": 43.60, "avg300": 22.35, "total": 4986194038},
+        "full": {"avg10": 0.0, "avg60": 0.0, "avg300": 0.0, "total": 0}}
+
+
 def test_flat_and_nested_keyed():
     assert files.parse_flat_keyed("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n") == \
         {"low": 0, "high": 0, "max": 3, "oom": 1, "oom_kill": 1}
