@@ -395,7 +395,7 @@ def archive_put(h, m, q):
 
 
 def save_images(h, m, q):
-    names = [m["name"]] if m.get("name") else [q.get("names", "")]
+    names = [m["name"]] if m.get("name") else q.every("names") or [""]
     h.send_bytes(200, images_mod.save([h.engine.images.find(n) for n in names]), "application/x-tar")
 
 

@@ -285,7 +285,7 @@ def save(images: list[Image]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
-        for image in images:
+        for image in {image.id: image for image in images}.values():     # each image once
             layer_names, diff_ids = [], []
             for layer in image.layers or (type("L", (), {"path": image.rootfs})(),):
                 if str(layer.path) not in written:

@@ -51,7 +51,19 @@ def split_target(target: str) -> tuple[str, dict, str | None]:
         if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
             raise HTTPError(400, f"client version {version} is too old. Minimum supported API version "
                                  f"is {MIN_API_VERSION}, please upgrade your client to a newer version")
-    return path, dict(parse_qsl(parts.query, keep_blank_values=True)), version
+    return path, Query(parse_qsl(parts.query, keep_blank_values=True)), version
+
+
+class Query(dict):
+    """The query's parameters, the last value of each; `every(name)`: all of a repeated one, in order
+    (`docker save a b` asks for ?names=a&names=b)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+    def every(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
 
 
 def flag(query: dict, name: str, default: bool = False) -> bool:

@@ -141,3 +141,27 @@ def test_save_and_load_speak_dockers_image_tar_format(engine, tmp_path):
         finally:
             dockerd.remove_image(tag)
             cleanup.release("docker-image", repo)
+
+
+def test_save_of_several_names_keeps_every_image(engine, tmp_path):
+    """docker save a b: one archive with both images (the CLI asks ?names=a&names=b), each once."""
+    name, repo = cleanup.unique_name("saver"), cleanup.unique_name("saved")
+    tag = f"{repo}:2"
+    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sh", "-c",
+                  "echo two > /two.txt; sleep 600").returncode == 0
+    try:
+        assert docker(engine, "exec", name, "cat", "/two.txt").stdout == b"two\n"
+        assert docker(engine, "commit", name, tag).returncode == 0
+    finally:
+        docker(engine, "rm", "--force", name)
+    try:
+        archive = tmp_path / "two.tar"
+        assert docker(engine, "save", "-o", str(archive), IMAGE, tag, IMAGE).returncode == 0
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+        assert len(manifest) == 2                                    # IMAGE asked twice: saved once
+        saved = [entry["RepoTags"] for entry in manifest]
+        assert any(f"{IMAGE}:latest" in tags for tags in saved) and any(tag in tags for tags in saved), saved
+        assert [len(entry["Layers"]) for entry in manifest] in ([1, 2], [2, 1])
+    finally:
+        assert docker(engine, "rmi", tag).returncode == 0
