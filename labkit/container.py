@@ -342,8 +342,10 @@ class Container:
         return {"ociVersion": OCI_VERSION, "id": self.name, "status": self.status, "pid": self.pid,
                 "bundle": str(self.bundle or self.rootfs.dir), "annotations": {}}
 
-    def delete(self, force: bool = False) -> None:
-        """Remove everything: processes (with force), cgroup, network, root filesystem, work dir."""
+    def delete(self, force: bool = False, keep_root: bool = False) -> None:
+        """Remove everything: processes (with force), cgroup, network, root filesystem, work dir.
+        keep_root: all but the root filesystem (its upper layer, for docker commit/cp of a stopped
+        container); status "stopped" until a delete() without it."""
         if self.status == "deleted":
             return
         if self.status == "running" and self.process.poll() is None and not force:
@@ -352,7 +354,7 @@ class Container:
             try:
                 self._stop_everything()
             finally:
-                self._teardown()
+                self._teardown(keep_root)
 
     def logs(self, stdout: bool = True, stderr: bool = True) -> str:
         """What the command wrote (kept in the container's work dir, like Docker's log files)."""
@@ -520,7 +522,7 @@ class Container:
                 if stream:
                     stream.close()
 
-    def _teardown(self) -> None:
+    def _teardown(self, keep_root: bool = False) -> None:
         errors = []
         if self.tty_master is not None:
             os.close(self.tty_master)
@@ -536,9 +538,14 @@ class Container:
                 self.cgroup.delete()
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
-        if self.status != "new":
-            self.rootfs.unmount()
-        self.status = "deleted" if self.status != "new" else "new"
+            if keep_root:               # deleted: a later delete() skips it
+                self.cgroup = None
+        if keep_root and self.status != "new":
+            self.status = "stopped"
+        else:
+            if self.status != "new":
+                self.rootfs.unmount()
+            self.status = "deleted" if self.status != "new" else "new"
         if errors:
             raise errors[0]
 

@@ -371,8 +371,10 @@ def commit(h, m, q):
 
 
 def _inside(h, ref):
-    """A way to run a command in the running container as root (docker cp's tar)."""
-    record, process = h.engine.running_process(ref)
+    """A way to run a command in the container as root (docker cp's tar); in a stopped one's root."""
+    record, process, running = h.engine.process_or_root(ref)
+    if not running:
+        return process.run_in_root
     return lambda argv, stdin: process.exec(argv, env=[], working_dir="/", user=archive.ROOT,
                                             stdin=stdin, tty=False)
 

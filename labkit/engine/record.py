@@ -37,6 +37,7 @@ class Record:
     log_dropped: int = 0                       # entries dropped off the front (LOG_LIMIT)
     log_bytes: int = 0
     process: object = None                     # the runtime's handle while running
+    kept_root: object = None                   # exited: its last run, whose writable layer stays until rm
     details: dict = field(default_factory=dict)  # namespaces, cgroup: what the runtime reports
     paused: bool = False                 # its cgroup is frozen (docker pause)
     restart_count: int = 0               # restarts by its restart policy

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from functools import partial
 from pathlib import Path
 
 from .spec import ContainerSpec
@@ -103,7 +104,7 @@ class Running:
     def exec(self, argv, *, env, working_dir, user, stdin: bool, tty: bool):
         """Start `argv` inside (docker exec): (process, stdin fd or None, {fd: stream}, pty master or None)."""
         from .. import namespaces
-        from .streams import STDERR, STDOUT
+        from .streams import STDOUT
 
         if tty:
             master, slave = self.container.open_pty()
@@ -116,15 +117,9 @@ class Running:
             finally:
                 os.close(slave)
             return process, master, {master: STDOUT}, master
-        process = self.container.exec_process(argv, environment=env, working_dir=working_dir, user=user,
-                                              stdin=namespaces.PIPE if stdin else None,
-                                              stdout=namespaces.PIPE, stderr=namespaces.PIPE)
-        stdin_fd = os.dup(process.stdin.fileno()) if process.stdin else None
-        outputs = {os.dup(process.stdout.fileno()): STDOUT, os.dup(process.stderr.fileno()): STDERR}
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream:
-                stream.close()
-        return process, stdin_fd, outputs, None
+        return _piped(self.container.exec_process(argv, environment=env, working_dir=working_dir, user=user,
+                                                  stdin=namespaces.PIPE if stdin else None,
+                                                  stdout=namespaces.PIPE, stderr=namespaces.PIPE))
 
     def oom_killed(self) -> bool:
         try:
@@ -132,9 +127,21 @@ class Running:
         except Exception:       # the cgroup is gone already: no OOM kill to report
             return False
 
-    def release(self) -> None:
-        """Kill what is left in the cgroup, remove cgroup, mounts and work directory."""
-        self.container.delete(force=True)
+    def release(self, keep_root: bool = False) -> None:
+        """Kill what is left in the cgroup, remove cgroup, mounts and work directory (keep_root: all
+        but the root filesystem, which docker commit and cp of the stopped container use until rm)."""
+        self.container.delete(force=True, keep_root=keep_root)
+
+    def run_in_root(self, argv, stdin: bool):
+        """As exec, for a stopped container (docker cp): no namespaces are left to join, so `argv`
+        runs chrooted into its kept root, in a mount namespace of its own."""
+        from .. import namespaces, starter
+        from ..container_options import DEFAULT_PATH
+
+        process = starter.spawn(argv, ["mnt"], setup=[partial(os.chroot, str(self.container.rootfs.path))],
+                                cwd="/", env={"PATH": DEFAULT_PATH}, stdin=namespaces.PIPE if stdin else None,
+                                stdout=namespaces.PIPE, stderr=namespaces.PIPE)
+        return _piped(process)
 
     def details(self) -> dict:
         """What `inspect` shows of the kernel side: namespaces (by inode) and the cgroup."""
@@ -155,6 +162,18 @@ class Running:
                 "Cgroup": cgroup.relpath if cgroup is not None else "",
                 "CgroupPaths": {c: cgroup.path(c) for c in ("memory", "cpu", "pids")} if cgroup else {},
                 "RootFS": str(container.rootfs.path), "Init": container.process_argv()[0]}
+
+
+def _piped(process):
+    """(process, stdin fd or None, {fd: stream}, None) of a process started with pipes."""
+    from .streams import STDERR, STDOUT
+
+    stdin_fd = os.dup(process.stdin.fileno()) if process.stdin else None
+    outputs = {os.dup(process.stdout.fileno()): STDOUT, os.dup(process.stderr.fileno()): STDERR}
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream:
+            stream.close()
+    return process, stdin_fd, outputs, None
 
 
 def _copy_terminal(master: int, path: Path) -> None:

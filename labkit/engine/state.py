@@ -26,6 +26,7 @@ import time
 from .. import cleanup
 from ..errors import Conflict, InvalidValue, NotFound
 from . import execs, images as images_mod
+from .engine_images import EngineImages
 from .record import Record
 from .spec import check_name, parse_create, parse_signal, restarts_after
 from .streams import STDERR, STDOUT
@@ -35,7 +36,7 @@ FOLLOW_INTERVAL = 0.005             # seconds between two looks at a running con
 KILL_WAIT = 10                      # seconds `kill` waits to see a SIGKILLed container exited
 
 
-class Engine:
+class Engine(EngineImages):
     """Containers for the API: create, start, wait, logs, attach, kill, remove, list, inspect."""
 
     def __init__(self, image_store: images_mod.ImageStore, runtime=None):
@@ -111,7 +112,10 @@ class Engine:
                 return False
             record.starting = True          # a second start now gets 304, a remove waits its turn
             record.manually_stopped = False
+            kept, record.kept_root = record.kept_root, None
         try:
+            if kept is not None:            # a new run, a new root (the last run's changes go)
+                kept.release()
             image = self.images.find(record.image_id)
             # Docker's default hostname is the first 12 characters of the container id.
             process = self.runtime.launch(record.spec, image, hostname=record.id[:12])
@@ -179,7 +183,8 @@ class Engine:
                 record.restart_count += 1
             self._changed.notify_all()
         try:
-            process.release()           # namespaces, cgroup, mounts of this run: gone now
+            record.kept_root = process          # its root stays for commit and cp until rm (or a
+            process.release(keep_root=True)     # new start); namespaces, cgroup of this run: gone now
         except Exception as exc:        # noqa: BLE001 - reported, and the sweep gets what is left
             record.error = f"releasing the container: {exc}"
             print(f"labkit engine: container {record.name}: {record.error}", file=sys.stderr)
@@ -347,7 +352,10 @@ class Engine:
             self._records.pop(record.id, None)
             self.execs.forget_container(record.id)
             record.removed = True
+            kept, record.kept_root = record.kept_root, None
             self._changed.notify_all()
+        if kept is not None:
+            kept.release()
 
     # --- pause, stats, top, rename, restart, update, prune ------------------------------------------
 
@@ -364,6 +372,14 @@ class Engine:
         with self._changed:
             record.paused = freeze
             self._changed.notify_all()
+
+    def process_or_root(self, ref: str):
+        """(record, handle, running): the running container's, else its last run's (root kept)."""
+        with self._changed:
+            record = self._find(ref)
+            if not record.running and record.kept_root is not None:
+                return record, record.kept_root, False
+        return (*self.running_process(ref), True)
 
     def running_process(self, ref: str):
         """(record, the runtime's handle) of a running container; Conflict otherwise."""
@@ -421,37 +437,6 @@ class Engine:
             except (NotFound, Conflict):
                 pass
         return removed
-
-    # --- images ---------------------------------------------------------------------------------------
-
-    def images_in_use(self) -> set[str]:
-        with self._changed:
-            return {r.image_id for r in self._records.values()}
-
-    def layers_dir(self):
-        """Where layers this engine makes (commit, load) live while it runs: a claimed work dir."""
-        with self._changed:
-            if self._layers_dir is None:
-                self._layers_dir = cleanup.WORK_DIR / cleanup.unique_name("images")
-                cleanup.claim("dir", self._layers_dir.name)
-                self._layers_dir.mkdir(parents=True)
-            return self._layers_dir
-
-    def commit(self, ref: str, tag: str | None, comment: str, config: dict, pause: bool = True):
-        """docker commit of a running container (its writable layer goes when it exits here):
-        frozen while its upper directory is copied, as Docker pauses it."""
-        record, process = self.running_process(ref)
-        frozen = pause and not record.paused
-        if frozen:
-            process.pause()
-        try:
-            image = images_mod.commit(process.upper, self.layers_dir(), self.images.find(record.image_id),
-                                      tag, comment, {"Cmd": record.spec.cmd or record.spec.argv,
-                                                     "Env": record.spec.env, **config})
-        finally:
-            if frozen:
-                process.unpause()
-        return self.images.put(image)
 
     # --- input --------------------------------------------------------------------------------------
 

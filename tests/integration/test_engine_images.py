@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -56,16 +57,6 @@ def test_commit_makes_the_upper_directory_a_layer(engine):
         assert pid > 0
     finally:
         docker(engine, "rm", "--force", name)
-
-
-def test_commit_of_a_stopped_container_says_why_not(engine):
-    name = cleanup.unique_name("stopped")
-    assert docker(engine, "run", "--name", name, IMAGE, "true").returncode == 0
-    try:
-        result = docker(engine, "commit", name, "labkit-never:1")
-        assert result.returncode != 0 and b"is not running" in result.stderr
-    finally:
-        docker(engine, "rm", name)
 
 
 def test_image_prune_removes_only_unnamed_unused_images(engine):
@@ -165,3 +156,36 @@ def test_save_of_several_names_keeps_every_image(engine, tmp_path):
         assert [len(entry["Layers"]) for entry in manifest] in ([1, 2], [2, 1])
     finally:
         assert docker(engine, "rmi", tag).returncode == 0
+
+
+def _objects_named(name: str) -> list:
+    """The kernel objects of one labkit container (mounts, directories, cgroups), read from the machine."""
+    return [item for item in cleanup.find_all(include_in_use=True) if name in str(item)]
+
+
+def test_commit_and_cp_of_a_stopped_container_then_rm_leaves_nothing(engine, tmp_path):
+    """As with dockerd, a stopped container keeps its writable layer until rm: commit and cp (both
+    ways) work on it; rm removes it, and nothing of the container is left on the machine."""
+    name, repo = cleanup.unique_name("stopped"), cleanup.unique_name("fromstopped")
+    tag = f"{repo}:1"
+    assert docker(engine, "run", "--name", name, IMAGE, "sh", "-c", "echo kept > /kept.txt").returncode == 0
+    try:
+        labkit_name = json.loads(docker(engine, "inspect", name).stdout)[0]["Labkit"]["LabkitName"]
+        root = json.loads(docker(engine, "inspect", name).stdout)[0]["Labkit"]["RootFS"]
+        assert labkit_name in Path("/proc/self/mountinfo").read_text()     # its root stays mounted
+        out = docker(engine, "cp", f"{name}:/kept.txt", str(tmp_path / "kept.txt"))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "kept.txt").read_text() == "kept\n"
+        (tmp_path / "in.txt").write_text("copied in\n")
+        out = docker(engine, "cp", str(tmp_path / "in.txt"), f"{name}:/")
+        assert out.returncode == 0, out.stderr
+        assert Path(root, "in.txt").read_text() == "copied in\n"           # in its overlay, not the host's /
+        out = docker(engine, "commit", name, tag)
+        assert out.returncode == 0, out.stderr
+        seen = docker(engine, "run", "--rm", tag, "cat", "/kept.txt", "/in.txt")
+        assert (seen.returncode, seen.stdout) == (0, b"kept\ncopied in\n"), seen.stderr
+    finally:
+        docker(engine, "rmi", tag)
+        assert docker(engine, "rm", name).returncode == 0
+    assert labkit_name not in Path("/proc/self/mountinfo").read_text()     # the overlay and its tmpfs
+    assert not Path(root).exists() and _objects_named(labkit_name) == []
