@@ -396,6 +396,15 @@ class Container:
                               "Debian's tini package: apt-get install tini, then rebuild the image)")
         return [INIT, "--", *self.command] if init else list(self.command)
 
+    def reuse_root(self, rootfs: _rootfs.RootFS) -> None:
+        """Run in a stopped container's kept root (delete(keep_root=True)) instead of a fresh one,
+        as dockerd restarts a container on its writable layer: the last run's changes stay."""
+        if self.status != "new" or not rootfs.mounted:
+            raise Conflict(f"container {self.name} is {self.status}, or {rootfs.name} is not mounted")
+        for stream in ("stdout", "stderr"):         # the last run's output was read already
+            (rootfs.dir / stream).unlink(missing_ok=True)
+        self.rootfs = rootfs
+
     def _create(self, gate: bool) -> "Container":
         """The container's process is forked by labkit.starter (a small single-threaded process),
         not by this one: see starter.py for why."""
@@ -404,7 +413,8 @@ class Container:
 
         if self.status != "new":
             raise Conflict(f"container {self.name} is {self.status} already")
-        self.rootfs.mount()                               # Conflict when the name is taken
+        if not self.rootfs.mounted:                       # (mounted: a kept root, reuse_root)
+            self.rootfs.mount()                           # Conflict when the name is taken
         self.status = "creating"
         try:
             self.cgroup = Cgroup.create(name=self.name, **self.limits)

@@ -234,11 +234,14 @@ FIELD_OF_OPTION = [
 ]
 
 
-def launch(spec: ContainerSpec, image, hostname: str = "") -> Running:
-    """Create and start a labkit Container for `spec` on `image` (an engine Image)."""
+def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None = None) -> Running:
+    """Create and start a labkit Container for `spec` on `image` (an engine Image); with `kept` (the
+    last run of a stopped container) in that run's root, so its writable layer carries over."""
     from ..container import Container
 
     container = Container(image.labkit_image(), spec.argv, **options(spec, hostname))  # a fresh labkit-ctr-...
+    if kept is not None:
+        container.reuse_root(kept.container.rootfs)
     try:
         container.create()          # like `runc create`: namespaces, cgroup, root; the process waits
         running = Running(container)

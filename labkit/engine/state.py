@@ -114,12 +114,16 @@ class Engine(EngineImages):
             record.manually_stopped = False
             kept, record.kept_root = record.kept_root, None
         try:
-            if kept is not None:            # a new run, a new root (the last run's changes go)
-                kept.release()
             image = self.images.find(record.image_id)
-            # Docker's default hostname is the first 12 characters of the container id.
-            process = self.runtime.launch(record.spec, image, hostname=record.id[:12])
+            # Docker's default hostname is the first 12 characters of the container id; a new run
+            # goes on in the last run's root, its writable layer (dockerd keeps it until rm).
+            process = self.runtime.launch(record.spec, image, hostname=record.id[:12], kept=kept)
         except BaseException as exc:
+            if kept is not None:    # a start that failed leaves no root behind (a second release: no-op)
+                try:
+                    kept.release()
+                except Exception:   # noqa: BLE001 - the start's own error is the one to report
+                    pass
             with self._changed:
                 record.starting, record.error = False, str(exc)
                 record.status = "exited"

@@ -137,6 +137,46 @@ def test_restart_policy_always_but_not_after_docker_stop(engine):
         docker(engine, "rm", "--force", name)
 
 
+def mounted(path: str) -> bool:
+    return any(line.split()[4] == path for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_start_and_restart_run_on_the_last_runs_writable_layer_until_rm(engine):
+    name = cleanup.unique_name("layer")
+    assert docker(engine, "run", "-d", "--name", name, IMAGE,
+                  "sh", "-c", "echo run >> /data; sleep 60").returncode == 0
+    try:
+        first = inspect(engine, name)
+        root = first["GraphDriver"]["Data"]["MergedDir"]        # labkit's rootfs/: the overlay
+        assert until(lambda: Path(f"/proc/{first['State']['Pid']}/root/data").exists())
+        assert docker(engine, "stop", "-t", "1", name).returncode == 0
+        assert docker(engine, "start", name).returncode == 0
+        again = inspect(engine, name)
+        pid = again["State"]["Pid"]
+        assert again["GraphDriver"]["Data"]["MergedDir"] == root
+        assert until(lambda: Path(f"/proc/{pid}/root/data").read_text() == "run\nrun\n")
+        assert docker(engine, "restart", "-t", "1", name).returncode == 0
+        pid = inspect(engine, name)["State"]["Pid"]
+        assert until(lambda: Path(f"/proc/{pid}/root/data").read_text() == "run\nrun\nrun\n")
+        assert docker(engine, "stop", "-t", "1", name).returncode == 0
+        assert mounted(root) and Path(root, "data").read_text() == "run\nrun\nrun\n"
+    finally:
+        assert docker(engine, "rm", "--force", name).returncode == 0
+    assert not mounted(root) and not Path(root).parent.exists()
+
+
+def test_restart_policy_runs_again_on_the_same_layer(engine):
+    name = cleanup.unique_name("again")
+    assert docker(engine, "run", "-d", "--name", name, "--restart", "on-failure:2", IMAGE,
+                  "sh", "-c", "echo run >> /data; wc -l < /data; exit 3").returncode == 0
+    try:
+        assert until(lambda: (lambda c: c["State"]["Status"] == "exited" and c["RestartCount"] == 2)(
+            inspect(engine, name)))
+        assert docker(engine, "logs", name).stdout.split() == [b"1", b"2", b"3"]
+    finally:
+        docker(engine, "rm", "--force", name)
+
+
 def test_logs_per_line_with_tail_timestamps_since_and_until(engine):
     name = cleanup.unique_name("logs")
     assert docker(engine, "run", "--name", name, IMAGE, "sh", "-c",

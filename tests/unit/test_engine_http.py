@@ -83,7 +83,7 @@ class FakeProcess:
     def oom_killed(self):
         return False
 
-    def release(self):
+    def release(self, keep_root=False):
         self.released = True
 
     def details(self):
@@ -97,7 +97,7 @@ class FakeRuntime:
     def validate(self, spec, image):
         pass
 
-    def launch(self, spec, image, hostname=""):
+    def launch(self, spec, image, hostname="", kept=None):
         if spec.argv[0] == "explode":
             from labkit.errors import LabkitError
             raise LabkitError("the runtime could not create the container")
