@@ -211,10 +211,10 @@ def wait(h, m, q):
     condition = q.get("condition") or "not-running"
     if condition not in state.WAIT_CONDITIONS:
         raise InvalidValue("condition", condition, " or ".join(state.WAIT_CONDITIONS))
-    engine.get(m["id"])                                       # 404 now, not after the headers
+    block = engine.watch(m["id"], condition)        # 404 now, not after the headers; watched from here
     h.start_stream(200, "application/json")
     try:
-        code = engine.wait(m["id"], condition, is_gone=lambda: wire.client_hung_up(h.connection))
+        code = block(is_gone=lambda: wire.client_hung_up(h.connection))
         body = {"StatusCode": code, "Error": None}
     except NotFound:                                          # removed while we waited
         body = {"StatusCode": 0, "Error": None}

@@ -245,14 +245,22 @@ class Engine(EngineImages):
         not-running: now, unless it is running; next-exit: its next exit from now; removed: gone.
         A client's wait ends when the engine shuts down; the engine's own waits do not.
         """
+        return self.watch(ref, condition)(timeout, give_up_at_shutdown, is_gone)
+
+    def watch(self, ref: str, condition: str = "not-running"):
+        """`wait` in two steps: find the container and note its state now, then return the function
+        that blocks (with wait's other arguments). The API answers the CLI's wait with headers in
+        between: a container that starts, fails and is removed meanwhile is still seen to end."""
         if condition in ("", None):
             condition = "not-running"
         if condition not in WAIT_CONDITIONS:
             raise InvalidValue("condition", condition, " or ".join(WAIT_CONDITIONS))
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             record = self._find(ref)
             exits_before = record.exits
+
+        def block(timeout: float | None = None, give_up_at_shutdown: bool = True, is_gone=None) -> int:
+            deadline = None if timeout is None else time.monotonic() + timeout
 
             def done() -> bool:
                 if record.removed:
@@ -263,14 +271,17 @@ class Engine(EngineImages):
                     return record.exits > exits_before
                 return False
 
-            while not done() and not (self._closing and give_up_at_shutdown):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"container {record.name} still {record.status} after {timeout} s")
-                if is_gone is not None and is_gone():
-                    raise ConnectionAbortedError("the client that waits has gone")
-                self._changed.wait(min(left, 1.0) if left is not None else 1.0)
-            return record.exit_code
+            with self._changed:
+                while not done() and not (self._closing and give_up_at_shutdown):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"container {record.name} still {record.status} after {timeout} s")
+                    if is_gone is not None and is_gone():
+                        raise ConnectionAbortedError("the client that waits has gone")
+                    self._changed.wait(min(left, 1.0) if left is not None else 1.0)
+                return record.exit_code
+
+        return block
 
     def kill(self, ref: str, signal: str | int | None = None) -> None:
         """Send a signal to pid 1. For SIGKILL, answer once the container is seen exited (as Docker:
