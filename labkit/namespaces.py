@@ -569,13 +569,19 @@ def run(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *,
         input = input.encode()
     proc = spawn(argv, namespaces, stdin=PIPE if input is not None else DEVNULL,
                  stdout=PIPE, stderr=PIPE, **options)
+    return finish(proc, input, timeout)
+
+
+def finish(proc: Process, input: bytes | None, timeout: float | None) -> Result:
+    """Feed `input`, collect the output, wait; kill the process if `timeout` passes first. What
+    `run` does after `spawn` (rootless.run shares it)."""
     with proc:
         try:
             out, err = proc.communicate(input, timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise LabkitError(f"{argv[0]!r} did not finish within {timeout} s; it was killed") from None
+            raise LabkitError(f"{proc.args[0]!r} did not finish within {timeout} s; it was killed") from None
     return Result(proc.args, proc.returncode, out.decode(errors="replace"),
                   err.decode(errors="replace"), proc.pid)
 

@@ -95,6 +95,28 @@ def _empty(value) -> bool:
     return value is None or value == "" or value == [] or value == {} or value is False or value == 0
 
 
+def read_process_identity(r: "Reader", proc: dict, where: str = "process"):
+    """The process's user (uid, gid), rlimits and oomScoreAdj, checked: what both labkit's bundle
+    reader and labkit-runtime hand the kernel for a container's process.
+    Returns (user object, uid, gid, {RLIMIT_*: (soft, hard)}, oomScoreAdj or None)."""
+    user = r.only(proc.get("user"), f"{where}.user", {"uid", "gid", "additionalGids", "umask"})
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    for key, value in (("uid", uid), ("gid", gid)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            r.bad(f"{where}.user.{key}", value, "a non-negative integer")
+    rlimits = {}
+    for i, item in enumerate(proc.get("rlimits") or []):
+        r.only(item, f"{where}.rlimits[{i}]", {"type", "hard", "soft"})
+        kind = getattr(resource, str(item.get("type")), None)
+        if not str(item.get("type")).startswith("RLIMIT_") or kind is None:
+            r.bad(f"{where}.rlimits[{i}].type", item.get("type"), "an RLIMIT_* name, e.g. RLIMIT_NOFILE")
+        rlimits[kind] = (int(item.get("soft", 0)), int(item.get("hard", 0)))
+    oom = proc.get("oomScoreAdj")
+    if oom is not None and not (isinstance(oom, int) and -1000 <= oom <= 1000):
+        r.bad(f"{where}.oomScoreAdj", oom, "an integer from -1000 to 1000")
+    return user, uid, gid, rlimits, oom
+
+
 class Reader:
     """Walks config.json; every key read is 'used'; anything left over is refused by name."""
 
@@ -173,23 +195,9 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
             capabilities = sorted(caps.canonical(c) for c in proc["capabilities"].get("bounding") or [])
         except InvalidValue as exc:
             r.bad("process.capabilities.bounding", exc.value, exc.accepted)
-    user = r.only(proc.get("user"), "process.user", {"uid", "gid", "additionalGids", "umask"})
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    for key, value in (("uid", uid), ("gid", gid)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            r.bad(f"process.user.{key}", value, "a non-negative integer")
+    user, uid, gid, rlimits, oom = read_process_identity(r, proc)
     groups = list(user.get("additionalGids") or [])
     umask = user.get("umask")
-    rlimits = {}
-    for i, item in enumerate(proc.get("rlimits") or []):
-        r.only(item, f"process.rlimits[{i}]", {"type", "hard", "soft"})
-        kind = getattr(resource, str(item.get("type")), None)
-        if not str(item.get("type")).startswith("RLIMIT_") or kind is None:
-            r.bad(f"process.rlimits[{i}].type", item.get("type"), "an RLIMIT_* name, e.g. RLIMIT_NOFILE")
-        rlimits[kind] = (int(item.get("soft", 0)), int(item.get("hard", 0)))
-    oom = proc.get("oomScoreAdj")
-    if oom is not None and not (isinstance(oom, int) and -1000 <= oom <= 1000):
-        r.bad("process.oomScoreAdj", oom, "an integer from -1000 to 1000")
 
     # -- root, hostname
     root_obj = r.only(top.get("root"), "root", {"path", "readonly"})

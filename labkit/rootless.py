@@ -32,7 +32,7 @@ from typing import Sequence
 
 from . import host, syscalls
 from .errors import LabkitError, NotFound, Unsupported
-from .namespaces import DEVNULL, PIPE, Process, Result, close_fds_except, read_exact
+from .namespaces import DEVNULL, PIPE, Process, Result, close_fds_except, finish, read_exact
 from .syscalls import PR_SET_DUMPABLE
 
 LEARNER = "labkit-learner"
@@ -225,16 +225,7 @@ def _run_helper(who: Learner, argv, report_w, ack_r, child_stdio, mount_ns, newu
 
 def run(argv: Sequence[str], *, timeout: float = 30, **options) -> Result:
     """Run `argv` rootless (see `spawn`), wait for it, return its output and exit status."""
-    proc = spawn(argv, stdout=PIPE, stderr=PIPE, **options)
-    with proc:
-        try:
-            out, err = proc.communicate(None, timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise LabkitError(f"{argv[0]!r} did not finish within {timeout} s; it was killed") from None
-    return Result(proc.args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
-                  proc.pid)
+    return finish(spawn(argv, stdout=PIPE, stderr=PIPE, **options), None, timeout)
 
 
 class Delegation:

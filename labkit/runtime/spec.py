@@ -9,12 +9,11 @@ way: `UnsupportedField` naming its dotted path, before anything is created.
 from __future__ import annotations
 
 import os
-import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidValue, NotFound
-from ..oci import NAMESPACES, Reader, UnsupportedField, read_config
+from ..oci import NAMESPACES, Reader, UnsupportedField, read_config, read_process_identity
 
 HOOK_KINDS = ("prestart", "createRuntime", "poststart", "poststop")   # run by the runtime itself
 # Sysctls that belong to a namespace the container has (the kernel refuses the others, and they would
@@ -96,26 +95,12 @@ def parse_process(proc, r: Reader, where: str = "process") -> Process:
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         r.bad(f"{where}.cwd", cwd, "an absolute path")
     size = r.only(proc.get("consoleSize"), f"{where}.consoleSize", {"height", "width"})
-    user = r.only(proc.get("user"), f"{where}.user", {"uid", "gid", "additionalGids", "umask"})
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    for key, value in (("uid", uid), ("gid", gid)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            r.bad(f"{where}.user.{key}", value, "a non-negative integer")
+    user, uid, gid, rlimits, oom = read_process_identity(r, proc, where)
     capabilities, inheritable, ambient = None, [], []
     if proc.get("capabilities"):
         capabilities, inheritable, ambient = _capabilities(proc["capabilities"], r, f"{where}.capabilities")
         if ambient and uid != 0:
             r.refuse(f"{where}.capabilities.ambient", "labkit raises ambient capabilities for root only")
-    rlimits = {}
-    for i, item in enumerate(proc.get("rlimits") or []):
-        r.only(item, f"{where}.rlimits[{i}]", {"type", "hard", "soft"})
-        kind = getattr(resource, str(item.get("type")), None)
-        if not str(item.get("type")).startswith("RLIMIT_") or kind is None:
-            r.bad(f"{where}.rlimits[{i}].type", item.get("type"), "an RLIMIT_* name, e.g. RLIMIT_NOFILE")
-        rlimits[kind] = (int(item.get("soft", 0)), int(item.get("hard", 0)))
-    oom = proc.get("oomScoreAdj")
-    if oom is not None and not (isinstance(oom, int) and -1000 <= oom <= 1000):
-        r.bad(f"{where}.oomScoreAdj", oom, "an integer from -1000 to 1000")
     return Process(args=args, env=env, cwd=cwd, terminal=bool(proc.get("terminal")),
                    console_size=(size["height"], size["width"]) if size else None, uid=uid, gid=gid,
                    groups=[g for g in user.get("additionalGids") or [] if g != gid],
