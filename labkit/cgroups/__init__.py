@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 from .. import cleanup, host
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
@@ -188,6 +189,23 @@ class Cgroup:
     def procs(self) -> list[int]:
         """Pids inside this cgroup and its sub-cgroups."""
         return self._impl.procs()
+
+    def wait_for_command(self, name: str, timeout: float = 10.0) -> int:
+        """Wait until a process whose command name (/proc/PID/comm) is `name` is inside this cgroup,
+        and return its pid. Members come and go while we look: one that exits between reading
+        cgroup.procs and reading its name is simply not it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for pid in self.procs():
+                try:
+                    with open(f"/proc/{pid}/comm") as comm:
+                        if comm.read().strip() == name:
+                            return pid
+                except OSError:
+                    continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no process named {name!r} in cgroup {self.name} after {timeout:g} s")
+            time.sleep(0.01)
 
     def oom_kills(self) -> int | None:
         """How many processes the OOM killer killed in here."""

@@ -363,3 +363,16 @@ def test_open_and_the_cleanup_hooks(cgroups):
         assert cg.name not in [i.name for i in find_leftovers()]
     finally:
         cg.delete()
+
+
+def test_wait_for_command_skips_members_that_come_and_go(cgroups):
+    """A shell that forks short-lived children (each gone before anyone reads its name), then execs
+    sleep: wait_for_command finds the sleep, never trips on a vanished member, and times out when
+    no member ever has the name."""
+    cg = cgroups(pids=50)
+    churn = "for i in $(seq 200); do true & /bin/true; done; wait; exec sleep 1000"
+    proc = run_in(cgroups, cg, ["sh", "-c", churn])
+    assert cg.wait_for_command("sleep", timeout=30) == proc.pid
+    assert read(f"/proc/{proc.pid}/comm") == "sleep"
+    with pytest.raises(TimeoutError, match="no process named 'nothing-like-this'"):
+        cg.wait_for_command("nothing-like-this", timeout=0.2)
