@@ -5,6 +5,7 @@
 #
 #   deploy/build-image.sh [--suite bookworm|trixie] [--tag NAME:TAG] [--mirror URL]
 #                         [--jupyterhub-version X.Y.Z] [--ca-bundle FILE] [--pip-conf FILE]
+#                         [--test-tools]
 #
 #   --suite               Debian 12 (bookworm, default) or 13 (trixie)
 #   --tag                 the image's name (default deep-dive-lab:latest; deploy/jupyterhub_config.py's
@@ -17,15 +18,18 @@
 #                         not left in the image
 #   --pip-conf FILE       a pip.conf (index URL of a local mirror, ...) for the build; not left in
 #                         the image either
+#   --test-tools          also pytest and nbval (pinned by constraints.txt) in the image's venv: the
+#                         classroom test stage (tests/classroom/) runs nbval inside learner containers
+#                         with --network none, so they must be in the image; a class image leaves them out
 #
-# Run as root on a Debian/Ubuntu host with debootstrap and docker. The chroot lives in
+# Run as root on a Debian/Ubuntu host with debootstrap and docker (DOCKER_HOST picks the daemon). The chroot lives in
 # /var/tmp/labkit-image.XXXXXX and is removed afterwards (--one-file-system: never through a mount).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 SUITE=bookworm TAG=deep-dive-lab:latest MIRROR=http://deb.debian.org/debian
-HUB_VERSION='' CA_BUNDLE='' PIP_CONF=''
+HUB_VERSION='' CA_BUNDLE='' PIP_CONF='' TEST_TOOLS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --suite|--tag|--mirror|--jupyterhub-version|--ca-bundle|--pip-conf)
@@ -35,7 +39,8 @@ while [ $# -gt 0 ]; do
                 --jupyterhub-version) HUB_VERSION=$2 ;; --ca-bundle) CA_BUNDLE=$2 ;; --pip-conf) PIP_CONF=$2 ;;
             esac
             shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --test-tools) TEST_TOOLS=1 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "build-image: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,7 +72,11 @@ bind() { mkdir -p "$ROOT$2"; mount "${@:3}" "$1" "$ROOT$2"; MOUNTS+=("$ROOT$2");
 
 start=$SECONDS
 say "debootstrap $SUITE into $ROOT ..."
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOT" "$MIRROR" >/dev/null
+# Its phases as progress ("I: Unpacking required packages..."), not its line per package.
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOT" "$MIRROR" \
+    | { grep --line-buffered -E '^I: [A-Z][a-z]+ [^ ]+ .*[.][.][.]$|^I: Base system' \
+          | sed -u 's/^I: /[build-image]   debootstrap: /' || true; }
+say "debootstrap done after $((SECONDS - start)) s"
 
 # The repository as the image will have it: tracked files only (no venv, no test output).
 mkdir -p "$ROOT/opt/labkit"
@@ -91,6 +100,12 @@ chroot "$ROOT" env -i "${ENV[@]}" bash /opt/labkit/vagrant/provision.sh --contai
 HUB_SPEC=jupyterhub${HUB_VERSION:+==$HUB_VERSION}
 say "pip install $HUB_SPEC (the single-user server must match the hub) ..."
 chroot "$ROOT" env -i "${ENV[@]}" /opt/labkit/.venv/bin/python -m pip install --progress-bar off -q "$HUB_SPEC"
+if [ "$TEST_TOOLS" = 1 ]; then
+    say "pip install pytest nbval (--test-tools) ..."
+    chroot "$ROOT" env -i "${ENV[@]}" /opt/labkit/.venv/bin/python -m pip install --progress-bar off -q \
+        -c /opt/labkit/constraints.txt pytest nbval
+fi
+say "provisioned after $((SECONDS - start)) s"
 
 # Nothing of the build stays: caches, the build's CA and pip config, the no-daemons policy.
 rm -f "$ROOT/usr/sbin/policy-rc.d" "$ROOT/tmp/build-ca.pem" "$ROOT/tmp/build-pip.conf" "$ROOT/etc/resolv.conf"

@@ -8,6 +8,8 @@
 #                    deploy/.hub-node: configurable-http-proxy from npm), so that build-image.sh
 #                    pins the image's jupyterhub to the same version
 #
+# LABKIT_HUB_VENV and LABKIT_HUB_NODE move those two directories (the classroom test caches them).
+#
 # It makes the learners' Docker network `classroom-net` (--internal: no route out through
 # dockerd's NAT; bridge classroom0, gateway 172.30.0.1) and a firewall chain CLASSROOM-HUB
 # that admits, from that bridge to this machine, only the hub's API port: learners can otherwise
@@ -16,7 +18,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-VENV=$HERE/.hub-venv NODE=$HERE/.hub-node
+VENV=${LABKIT_HUB_VENV:-$HERE/.hub-venv} NODE=${LABKIT_HUB_NODE:-$HERE/.hub-node}
 NETWORK=${LABKIT_HUB_NETWORK:-classroom-net}
 BRIDGE=classroom0 SUBNET=172.30.0.0/24 GATEWAY=172.30.0.1 HUB_PORT=8081
 CHAIN=CLASSROOM-HUB

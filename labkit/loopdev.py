@@ -147,7 +147,7 @@ def node_report(dev: str = "/dev") -> dict:
             "auto_nodes": dev_fs == "devtmpfs"}
 
 
-def _kernel_file(index: str) -> tuple[int, int] | None:
+def kernel_file(index: str) -> tuple[int, int] | None:
     """(device, inode) of the file loop device `index` reads, as the kernel holds them."""
     try:
         fd = os.open(f"/dev/{index}", os.O_RDONLY | os.O_CLOEXEC)
@@ -186,7 +186,7 @@ def _same_file(backing: str, held: tuple[int, int] | None) -> bool:
 def find_leftovers():
     for dev in attached_devices():
         name = _ours(dev["backing"])
-        if name is None or not _same_file(dev["backing"], _kernel_file(dev["name"])):
+        if name is None or not _same_file(dev["backing"], kernel_file(dev["name"])):
             continue                          # not from this labkit (another learner's, or none)
         # Its owner: whoever claimed the loop device (attached()), else the work directory's owner
         # (`mount -o loop` of a file in it, notebook 14).

@@ -7,6 +7,8 @@
 #     reliability    tests/reliability_report.py over integration.xml: faults, bad inputs, leaks
 #   3 notebooks      nbval --nbval-lax over every notebook
 #   4 v2tier         the pure cgroup-v2 tier inside a microVM (tests/v2tier/run.py, when it exists)
+#     classroom      the classroom image (deploy/build-image.sh, cached on its inputs), two learner
+#                    containers running nbval at once, the host clean after; the hub run (tests/classroom/)
 #     guest          the learner's platform: a fresh Debian 13 guest (systemd, pure cgroup v2) under qemu
 #                    runs the tests and every notebook (tests/guest/run.py; GUEST_STAGES picks which);
 #                    only with GUEST=1 (`make test GUEST=1`): see the README for its running time
@@ -142,6 +144,22 @@ v2tier() {
     return "$rc"
 }
 
+# Its pytest counts, plus the nbval cells both learner containers ran (their JUnit files).
+classroom() {
+    compgen -G 'tests/classroom/test_*.py' >/dev/null || { STAGE_NOTE="no tests/classroom/test_*.py"; return 77; }
+    rm -f "$OUT"/classroom-*.xml "$OUT"/classroom-*.log
+    TEST_OUTPUT=$OUT run_pytest classroom 1500 tests/classroom
+    local rc=$? note=$STAGE_NOTE xml counts cells=0
+    for xml in "$OUT"/classroom-labkit-*.xml; do
+        [ -f "$xml" ] || continue
+        counts=$("$PY" tests/junit_counts.py "$xml")
+        read -r p f s <<< "$counts"
+        PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + s)) cells=$((cells + p))
+    done
+    STAGE_NOTE="$note; $cells nbval cells passed in the learners"
+    return "$rc"
+}
+
 guest() {
     [ -f tests/guest/run.py ] || { STAGE_NOTE="tests/guest/run.py not written yet"; return 77; }
     # Opt-in for now: under TCG on 2 cores the whole guest tier takes longer than the rest of the suite
@@ -215,6 +233,7 @@ main() {
     stage reliability  120  "reliability report: faults, bad inputs, leaks (tests/reliability_report.py)" -- reliability
     stage notebooks    1800 "nbval --nbval-lax over every notebook (notebooks/)" -- notebooks
     stage v2tier       1200 "the cgroup-v2 tier in a microVM (tests/v2tier/run.py)" -- v2tier
+    stage classroom    1500 "classroom: the lab image, two learner containers at once, the hub (tests/classroom/)" -- classroom
     stage guest        2700 "the learner's platform: Debian 13 guest, systemd + cgroup v2 (tests/guest/run.py)" -- guest
     stage provision    900  "provisioning is idempotent (vagrant/provision.sh, second run)" -- provision_again
     stage vagrant      300  "vagrant validate (Vagrantfile)" -- vagrant_validate
