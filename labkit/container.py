@@ -227,12 +227,8 @@ class Container:
             if self.status == "running" and self.process.args[0] == INIT and \
                     sig not in (signal.SIGKILL, signal.SIGSTOP):
                 self._await_init_ready(sig)
-            process = self.process or self._gate
-            if getattr(process, "_pidfd", None) is None and self.status == "created":
-                _signal_waiting(self.pid, sig)   # no pidfd came with "created": it waits, its pid is its own
-            else:
-                # through the pidfd held since start: a pid number may name another process by now
-                process.send_signal(sig)
+            # through the pidfd held since create: a pid number may name another process by now
+            (self.process or self._gate).send_signal(sig)
 
     def _await_init_ready(self, sig: int, timeout: float = 2.0) -> None:
         """The kernel drops a signal to a pid namespace's pid 1 that has no handler for it. Right
@@ -558,21 +554,6 @@ class Container:
             self.status = "deleted" if self.status != "new" else "new"
         if errors:
             raise errors[0]
-
-
-def _signal_waiting(pid: int, sig: int) -> None:
-    """Signal a created container's process, which waits for start() before exec (so it cannot
-    have exited and left its pid to another process unless something killed it)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        signal.pidfd_send_signal(fd, sig)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def run(image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None, *,

@@ -128,8 +128,13 @@ class Process:
         return self._reap(0)
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is not None or self._pidfd is None:
+        """Signal the process through its pidfd; a no-op once it has exited, as Popen's."""
+        if self.returncode is not None:
             return
+        if self._pidfd is None:
+            if self.pid is None:    # never silently: a signal that goes nowhere teaches the wrong thing
+                raise LabkitError(f"cannot send signal {sig} to {self.args[0]!r}: it has no process yet")
+            return                  # it died before a pidfd could name it, as ProcessLookupError below
         try:
             signal.pidfd_send_signal(self._pidfd, sig)
         except ProcessLookupError:

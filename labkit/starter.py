@@ -207,6 +207,14 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+def _pidfd_of_waiting(pid: int) -> int | None:
+    """A pidfd for a created process (None if something killed it already: its status follows)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
 class StartedProcess(namespaces.Process):
     """The owner's handle on a process the starter started: a namespaces.Process (send_signal,
     kill, communicate... through the pidfd taken at start) whose status comes over the channel,
@@ -244,9 +252,13 @@ class StartedProcess(namespaces.Process):
         self.stamps[f"{kind}_seen"] = time.monotonic()
         if kind == "created":       # its fds: what setup steps handed over (a terminal's master)
             self.pid, self.handed_over = value, fds
+            # it waits for release() before exec, so its pid cannot have passed to another process
+            # yet: a pidfd taken now names it, and kill() works before start as runc's does
+            self._pidfd = _pidfd_of_waiting(value)
         elif kind == "started":
             self.pid = value
             if fds:
+                self._close_pidfd()
                 self._pidfd = fds[0]
         elif kind == "exited":
             self.returncode = value

@@ -201,6 +201,20 @@ def test_signals_go_through_the_pidfd_taken_at_start():
         assert box.wait(10) == -signal.SIGKILL
 
 
+def test_a_created_process_is_signalled_through_a_pidfd_too():
+    """Before release() the process waits before exec; it has a pidfd all the same, so a kill
+    before start reaches it (as `runc kill` of a created container does) instead of going nowhere."""
+    process = starter.spawn(["sleep", "30"], ["pid", "mnt"], gate=True)
+    try:
+        pid = process.pid
+        assert alive(pid)
+        process.send_signal(signal.SIGKILL)
+        assert until(lambda: not alive(pid))
+        assert process.wait(10) == -signal.SIGKILL
+    finally:
+        process.close()
+
+
 def test_a_container_that_cannot_join_its_cgroup_never_runs():
     """v1: the process moves itself into its cgroup (labkit.start_stamps.join_itself); when the kernel
     refuses (a cpuset cgroup without CPUs: ENOSPC), it must not exec outside its limits."""
