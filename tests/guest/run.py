@@ -7,7 +7,8 @@ checkout is shared at /vagrant as Vagrant's synced folder. Inside (tests/guest/i
 leaf, as a learner's kernels are. The closing line counts every stage's JUnit report.
 
     python tests/guest/run.py [--stages "unit notebooks integration"] [--rebuild] [--update-outputs]
-                              [--notebooks GLOBS] [--memory MiB] [--cpus N] [-- PYTEST_ARGS...]
+                              [--notebooks GLOBS] [--memory MiB] [--cpus N] [--timeout S]
+                              [-- PYTEST_ARGS...]
 
 --update-outputs executes every notebook in the guest and writes it back to notebooks/ (see
 tests/guest/outputs.py). Exit status: 0 all passed, 1 something failed, 77 (skipped) when qemu or
@@ -38,8 +39,9 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stages", default=os.environ.get("GUEST_STAGES", DEFAULT_STAGES),
-                   help=f"test stages to run in the guest, in order (default: {DEFAULT_STAGES})")
+    p.add_argument("--stages", default=os.environ.get("GUEST_STAGES"),
+                   help=f"test stages to run in the guest, in order (default: {DEFAULT_STAGES}; "
+                        "with --update-outputs none but the execution, unless named here)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the image even if the cached one is current")
     p.add_argument("--update-outputs", action="store_true",
                    help="execute every notebook in the guest and write it back to notebooks/")
@@ -48,7 +50,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--memory", type=int, default=int(os.environ.get("GUEST_MEMORY", 5120)), help="MiB")
     p.add_argument("--cpus", type=int, default=int(os.environ.get("GUEST_CPUS", min(2, os.cpu_count() or 1))))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("TEST_OUTPUT", PROJECT / "test-output")) / "guest")
+    p.add_argument("--timeout", type=int, default=int(os.environ.get("GUEST_TIMEOUT", 3000)),
+                   help="seconds the whole boot may take before qemu is killed")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)   # progress as it happens, also into a log file
 
     in_ci = os.environ.get("CI") == "true"
     missing = [tool for tool, found in (("qemu-system-x86_64", vm.qemu_binary()),
@@ -65,9 +70,12 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     img = image.ensure(rebuild=args.rebuild)
     t_image = time.monotonic() - t0
-    stages = "execute" if args.update_outputs else args.stages
+    if args.update_outputs:   # the execution first; other stages only when asked for (same boot)
+        stages = " ".join(["execute"] + (args.stages or "").split())
+    else:
+        stages = args.stages or DEFAULT_STAGES
     spec = boot.BootSpec(disk=img.disk, kernel=img.kernel, initrd=img.initrd, mode="test",
-                         memory_mib=args.memory, cpus=args.cpus, timeout=3000,
+                         memory_mib=args.memory, cpus=args.cpus, timeout=args.timeout,
                          request={"stages": stages, "pytest_args": " ".join(extra),
                                   "notebooks": args.notebooks})
     print(f"[guest] booting the image ({'cached' if img.reused else 'just built'}); stages: {stages}", flush=True)
