@@ -169,6 +169,10 @@ fi
 # a month apart install the same ones; `--test-tools` adds pyproject.toml's `test` extra. Reinstalled
 # only when pyproject.toml, constraints.txt or the base Python changed, or the test tools are wanted
 # and missing: the stamp records the first three and whether the extra is in.
+# The install is editable in setuptools' "compat" mode: a plain path line in a .pth file, instead of
+# the default import hook, which costs every Python start of the venv about 10 ms of imports (pathlib,
+# importlib.util ...) - and `docker run --runtime labkit` starts labkit-runtime four times.
+EDITABLE_MODE=compat
 pick_python() {
     local py real
     for py in "${LABKIT_PYTHON:-}" python3 /usr/bin/python3; do
@@ -197,7 +201,7 @@ else
 fi
 LOCK=$REPO/constraints.txt
 [ -f "$LOCK" ] || die "missing $LOCK (make lock writes it)"
-WANT_STAMP="$(cat "$REPO/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+WANT_STAMP="$(cat "$REPO/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1)-$EDITABLE_MODE $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
 HAVE_HASH='' HAVE_PY='' HAVE_EXTRA=''
 [ -f "$STAMP" ] && read -r HAVE_HASH HAVE_PY HAVE_EXTRA < "$STAMP"
 EXTRA=lab
@@ -211,7 +215,8 @@ else
     TARGET=$REPO
     [ "$EXTRA" = test ] && TARGET="${REPO}[test]"
     say "pip install -c constraints.txt -e $TARGET (labkit and its dependencies) ..."
-    "$VENV/bin/python" -m pip install --progress-bar off -c "$LOCK" -e "$TARGET"
+    "$VENV/bin/python" -m pip install --progress-bar off -c "$LOCK" \
+        --config-settings "editable_mode=$EDITABLE_MODE" -e "$TARGET"
     printf '%s %s\n' "$WANT_STAMP" "$EXTRA" > "$STAMP"
     changed "installed labkit and its Python dependencies ($EXTRA) into $VENV"
 fi
@@ -262,14 +267,52 @@ esac
 # `labkit-runtime` call would otherwise recompile what it imports. Not a change: the sources rule.
 "$VENV/bin/python" -m compileall -q "$REPO/labkit" >/dev/null || say "compileall: some modules did not compile"
 
-# labkit as a runtime for the real Docker (`docker run --runtime labkit`, notebook 41): merged into
-# /etc/docker/daemon.json as runtimes.labkit.path, keeping every other setting; a file that is not
-# valid JSON is left alone (an error, not a guess). dockerd reads `runtimes` again on SIGHUP, so a
-# running daemon (its pid file) is reloaded, and only when something changed.
+# labkit as a runtime for the real Docker (`docker run --runtime labkit`, notebook 41).
+# Docker knows it by one fixed path, $RUNTIME_ENTRY, whichever checkout provisioned: a small script
+# written here that names the checkout (and venv) whose code it runs. Several checkouts on one machine
+# (a CI clone beside the learner's, or several worktrees) then never rewrite daemon.json, and one of
+# them cannot silently take Docker's runtime away from another: the script is rewritten only when it
+# is missing, names this checkout already, or names a checkout whose venv is gone. A live other
+# checkout keeps it unless LABKIT_RUNTIME_TAKEOVER=1 (`make test` sets it: a test run must exercise
+# its own code; test_runtime.py checks that it does).
+# The script runs Python with -I -S: no .pth file is processed and nothing from the environment is
+# read, because containerd's shim starts the runtime at least four times per `docker run` and
+# labkit-runtime needs only labkit and the standard library (site-packages stays on the path, last).
+RUNTIME_ENTRY=/usr/local/lib/labkit/labkit-runtime
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+WANT_ENTRY="#!$VENV/bin/python -IS
+# Docker's runtime 'labkit' (/etc/docker/daemon.json), written by vagrant/provision.sh; it runs labkit from
+# $REPO
+import sys
+sys.path[:0] = [\"$REPO\"]
+sys.path.append(\"$SITE\")
+from labkit.runtime.cli import main
+sys.exit(main())"
+if [ "$(cat "$RUNTIME_ENTRY" 2>/dev/null)" = "$WANT_ENTRY" ]; then
+    say "docker: $RUNTIME_ENTRY runs this checkout's labkit-runtime"
+else
+    OWNER=$(sed -n '3s/^# //p' "$RUNTIME_ENTRY" 2>/dev/null || true)
+    OWNER_PY=$(sed -n '1s/^#!\([^ ]*\).*/\1/p' "$RUNTIME_ENTRY" 2>/dev/null || true)
+    if [ -n "$OWNER" ] && [ "$OWNER" != "$REPO" ] && [ -x "$OWNER_PY" ] \
+            && [ -f "$OWNER/labkit/runtime/cli.py" ] && [ "${LABKIT_RUNTIME_TAKEOVER:-0}" != 1 ]; then
+        say "docker: $RUNTIME_ENTRY runs the labkit of another live checkout, $OWNER: left alone"
+        say "        (LABKIT_RUNTIME_TAKEOVER=1 bash vagrant/provision.sh makes it run this one's)"
+    else
+        mkdir -p "$(dirname "$RUNTIME_ENTRY")"
+        printf '%s\n' "$WANT_ENTRY" > "$RUNTIME_ENTRY.labkit-tmp"
+        chmod 755 "$RUNTIME_ENTRY.labkit-tmp"
+        mv -f "$RUNTIME_ENTRY.labkit-tmp" "$RUNTIME_ENTRY"
+        changed "$RUNTIME_ENTRY runs labkit-runtime from $REPO${OWNER:+ (before: $OWNER)}"
+    fi
+fi
+
+# Merged into /etc/docker/daemon.json as runtimes.labkit.path, keeping every other setting; a file
+# that is not valid JSON is left alone (an error, not a guess). dockerd reads `runtimes` again on
+# SIGHUP, so a running daemon (its pid file) is reloaded, and only when something changed.
 DAEMON_JSON=/etc/docker/daemon.json
 if command -v dockerd >/dev/null 2>&1; then
     rc=0
-    "$VENV/bin/python" - "$DAEMON_JSON" "$VENV/bin/labkit-runtime" <<'PY' || rc=$?
+    "$VENV/bin/python" - "$DAEMON_JSON" "$RUNTIME_ENTRY" <<'PY' || rc=$?
 import json, os, sys
 path, runtime = sys.argv[1:]
 try:
@@ -291,7 +334,7 @@ with open(path + ".labkit-tmp", "w") as f:
 os.replace(path + ".labkit-tmp", path)
 PY
     case $rc in
-        0)  changed "registered labkit-runtime as Docker's runtime 'labkit' in $DAEMON_JSON"
+        0)  changed "registered $RUNTIME_ENTRY as Docker's runtime 'labkit' in $DAEMON_JSON"
             if [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
                 kill -HUP "$(cat /var/run/docker.pid)"
                 changed "reloaded the running dockerd (pid $(cat /var/run/docker.pid)) to read its runtimes"

@@ -12,7 +12,8 @@ import os
 
 from ..cgroups import backend
 from ..cgroups import files
-from ..errors import Conflict, NotFound, Unsupported
+from ..cgroups.v2 import enable_controllers
+from ..errors import Conflict, Unsupported
 
 DEVICES_ROOT = "/sys/fs/cgroup/devices"
 # The nodes every container gets in /dev (labkit.rootfs.populate_dev) and its pty devices: allowed
@@ -36,11 +37,11 @@ class RuntimeCgroup:
         self.impl.check_supported(limits)
         if self.impl.exists():
             raise Conflict(f"cgroup {self.relpath} exists already ({', '.join(self.impl.dirs())})")
+        self._make_parents()
         self.impl.create(limits)
         try:
             if self.devices and device_rules:
-                if not os.path.isdir(os.path.dirname(self.devices)):
-                    raise NotFound(f"parent cgroup {os.path.dirname(self.devices)} does not exist")
+                os.makedirs(os.path.dirname(self.devices), exist_ok=True)
                 files.mkdir(self.devices)
                 rules = [*device_rules, *("allow " + r for r in DEFAULT_ALLOWED)]
                 for rule in rules:                # "allow c 1:3 rwm" -> devices.allow <- "c 1:3 rwm"
@@ -53,6 +54,22 @@ class RuntimeCgroup:
         except BaseException:
             self.destroy()
             raise
+
+    def _make_parents(self) -> None:
+        """mkdir -p of cgroupsPath's parents, as runc does: /docker does not exist before a fresh
+        dockerd's first container. Like runc, `delete` leaves them (they are Docker's, not labkit's)."""
+        parts = self.relpath.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            for directory in backend()("/".join(parts[:depth])).dirs():
+                if os.path.isdir(directory):
+                    continue
+                parent = os.path.dirname(directory)
+                if self.version == "v2":      # the controllers must reach the container's level
+                    enable_controllers(parent)
+                os.mkdir(directory)
+                if self.version == "v1" and os.path.exists(f"{directory}/cpuset.cpus"):
+                    for name in ("cpuset.cpus", "cpuset.mems"):   # a new v1 cpuset group starts empty
+                        files.write(f"{directory}/{name}", files.read(f"{parent}/{name}").strip())
 
     def add(self, pid: int) -> None:
         """Before the process runs a single instruction of its own (spawn calls this)."""

@@ -50,7 +50,7 @@ def run(opts, log) -> int:
 def make(opts, log, detach: bool):
     """The container in the "created" state; (its state directory, the spawn thread's outcome)."""
     box = states.Container(opts.root, opts.id)
-    if box.dir.exists():
+    if os.path.exists(box.dir):
         raise Conflict(f"container with id exists: {opts.id}")
     spec = specs.load(opts.bundle or ".")
     limits = parse_limits(spec.limits)
@@ -58,8 +58,8 @@ def make(opts, log, detach: bool):
     group = RuntimeCgroup(spec.cgroups_path or opts.id)
     steps = setup.mount_steps(spec, group.relpath, group.version) + setup.path_steps(spec)
 
-    os.makedirs(box.dir.parent, mode=0o711, exist_ok=True)
-    box.dir.mkdir(mode=0o711)
+    os.makedirs(opts.root, mode=0o711, exist_ok=True)
+    os.mkdir(box.dir, mode=0o711)
     console = fifo = None
     try:
         old = os.umask(0)
@@ -91,7 +91,7 @@ def make(opts, log, detach: bool):
             group.destroy()
             raise
     except BaseException:
-        remove_state(box)
+        box.remove()
         raise
     finally:
         for fd in (fifo, console):
@@ -155,7 +155,3 @@ def write_pid_file(path: str, pid: int) -> None:
         f.write(str(pid))
     os.replace(partial, path)
 
-
-def remove_state(box) -> None:
-    import shutil
-    shutil.rmtree(box.dir, ignore_errors=True)

@@ -1,27 +1,31 @@
 """What the runtime remembers between two of its invocations: one directory per container under --root.
 
-    ROOT/ID/state.json   pid and its start time, bundle, cgroup path, created time, annotations
+    ROOT/ID/state.json   pid and its start time, bundle, cgroup path, created time, annotations, hooks
+    ROOT/ID/process      the same pid, start time and cgroup path on one plain line (and which of the
+                         hooks `start` and `delete` must run): the two calls after `create` in every
+                         `docker run` read only this, so they import neither json nor pathlib
     ROOT/ID/exec.fifo    exists while the container is "created": its process is blocked opening
                          the FIFO for writing; `start` opens it for reading, which lets it exec
 
 That is runc's design too: every verb is a fresh process, and the kernel (the pid, the FIFO, the
-freezer) is the state; state.json only says where to look. The status is never stored, it is read:
+freezer) is the state; the files only say where to look. The status is never stored, it is read:
 
     created   the process lives and exec.fifo still exists
     running   the process lives, the FIFO is gone            paused   ... and its cgroup is frozen
     stopped   the process is gone (or a zombie)
+
+This module imports only os: `state`, `start` and `delete` are called for every container.
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from ..errors import NotFound
 
 DEFAULT_ROOT = "/run/labkit-runtime"
 OCI_VERSION = "1.0.2"
 FIFO = "exec.fifo"
+LATE_HOOKS = ("poststart", "poststop")      # the hook kinds run after `create` (by start and delete)
 
 
 def start_time(pid: int) -> str | None:
@@ -43,42 +47,80 @@ class Container:
             from ..errors import InvalidValue
             raise InvalidValue("container id", cid, "a name without '/'")
         self.id = cid
-        self.dir = Path(root) / cid
+        self.dir = os.path.join(root, cid)
+        self.fifo = os.path.join(self.dir, FIFO)
         self._data: dict | None = None
-
-    @property
-    def fifo(self) -> Path:
-        return self.dir / FIFO
+        self._process: list[str] | None = None
 
     def exists(self) -> bool:
-        return (self.dir / "state.json").exists()
+        return os.path.exists(os.path.join(self.dir, "process"))
+
+    def _line(self) -> list[str]:
+        """ROOT/ID/process: "PID START_TICKS HOOK_KINDS CGROUP" (HOOK_KINDS: comma-separated or -)."""
+        if self._process is None:
+            try:
+                with open(os.path.join(self.dir, "process")) as f:
+                    self._process = f.read().rstrip("\n").split(" ", 3)
+            except FileNotFoundError:
+                raise NotFound("container does not exist") from None
+        return self._process
+
+    @property
+    def pid(self) -> int:
+        return int(self._line()[0])
+
+    @property
+    def cgroup_path(self) -> str:
+        return self._line()[3]
+
+    def has_hooks(self, kind: str) -> bool:
+        return kind in self._line()[2].split(",")
 
     @property
     def data(self) -> dict:
+        """Everything state.json holds (json is imported only by the verbs that need it)."""
         if self._data is None:
+            import json
             try:
-                self._data = json.loads((self.dir / "state.json").read_text())
+                with open(os.path.join(self.dir, "state.json")) as f:
+                    self._data = json.load(f)
             except FileNotFoundError:
                 raise NotFound("container does not exist") from None
         return self._data
 
     def save(self, data: dict) -> None:
-        partial = self.dir / ".state.json.tmp"
-        partial.write_text(json.dumps(data))
-        os.replace(partial, self.dir / "state.json")
-        self._data = data
+        """state.json, then the process line: each written whole and renamed into place, and the
+        process line last - the container "exists" for the other verbs only once both are there."""
+        import json
+        late = ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
+        for name, text in (("state.json", json.dumps(data)),
+                           ("process", f"{data['pid']} {data['pid_start']} {late} {data['cgroup']}\n")):
+            partial = os.path.join(self.dir, f".{name}.tmp")
+            with open(partial, "w") as f:
+                f.write(text)
+            os.replace(partial, os.path.join(self.dir, name))
+        self._data, self._process = data, None
 
-    @property
-    def pid(self) -> int:
-        return self.data["pid"]
+    def remove(self) -> None:
+        """The state directory and its few files (flat: no shutil needed)."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                pass
+        os.rmdir(self.dir)
 
     def alive(self) -> bool:
-        return start_time(self.pid) == self.data["pid_start"]
+        return start_time(self.pid) == self._line()[1]
 
     def cgroup(self):
         """The backend object (labkit.cgroups v1 or v2) for this container's cgroup."""
         from ..cgroups import backend
-        return backend()(self.data["cgroup"])
+        return backend()(self.cgroup_path)
 
     def frozen(self) -> bool:
         """Read from the freezer of the cgroup /proc/PID/cgroup names (v1: freezer.state is FROZEN;
@@ -99,7 +141,7 @@ class Container:
     def status(self) -> str:
         if not self.alive():
             return "stopped"
-        if self.fifo.exists():
+        if os.path.exists(self.fifo):
             return "created"
         return "paused" if self.frozen() else "running"
 

@@ -1,16 +1,14 @@
 """The small verbs: start, state, kill, delete, list, ps, pause, resume, features.
 
-Each reads ROOT/ID/state.json and asks the kernel the rest (is the pid alive, does exec.fifo exist,
-is the freezer frozen), so none of them imports the code that builds containers.
+Each reads the container's state directory (labkit.runtime.state) and asks the kernel the rest (is
+the pid alive, does exec.fifo exist, is the freezer frozen), so none of them imports the code that
+builds containers. `start` and `delete` run in every `docker run`: they import nothing beyond os
+unless a hook or a cgroup still in use asks for more (json, select, signal are imported where used).
 """
 from __future__ import annotations
 
-import json
 import os
-import select
-import signal
 import sys
-import time
 
 from ..errors import Conflict, LabkitError, NotFound
 from . import state as states
@@ -40,29 +38,35 @@ def start(opts, log) -> int:
 
 
 def release(box: states.Container) -> None:
-    poststart = (box.data.get("hooks") or {}).get("poststart")
+    import select
+    import time
+
     fd = os.open(box.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        box.fifo.unlink()                # the container is "running" from here on
+        os.unlink(box.fifo)              # the container is "running" from here on
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
         deadline = time.monotonic() + 10
-        while not select.select([fd], [], [], 0.05)[0] or not os.read(fd, 1):
+        while not waiting.poll(50) or not os.read(fd, 1):
             if not box.alive():
                 raise LabkitError("cannot start a container that has stopped")
             if time.monotonic() > deadline:
                 raise LabkitError("the container's process did not take the start signal within 10 s")
     finally:
         os.close(fd)
-    if poststart:
+    if box.has_hooks("poststart"):
         from . import hooks
         hooks.run(box.data["hooks"], "poststart", box.oci_state())
 
 
 def state(opts, log) -> int:
+    import json
     print(json.dumps(_existing(opts).oci_state(), indent=2))
     return 0
 
 
 def _signal_number(name: str | None) -> int:
+    import signal
     if not name:
         return signal.SIGTERM
     if name.isdigit():
@@ -75,6 +79,7 @@ def _signal_number(name: str | None) -> int:
 
 
 def kill(opts, log) -> int:
+    import signal
     box = _existing(opts)
     sig = _signal_number(opts.get("signal"))
     if opts.get("all"):
@@ -87,7 +92,7 @@ def kill(opts, log) -> int:
     except ProcessLookupError:
         raise LabkitError("container not running") from None
     try:
-        if states.start_time(box.pid) != box.data["pid_start"]:
+        if not box.alive():
             raise LabkitError("container not running")
         signal.pidfd_send_signal(fd, sig)
     except ProcessLookupError:
@@ -98,25 +103,27 @@ def kill(opts, log) -> int:
 
 
 def delete(opts, log, force: bool = False) -> int:
+    """Remove a stopped container (--force: any), as `runc delete`: with --force a container that
+    does not exist (the shim's second delete, after the first one) is not an error."""
+    force = force or bool(opts.get("force"))
     box = states.Container(opts.root, opts.id)
     if not box.exists():
-        if box.dir.exists():            # a create that died half-way
-            import shutil
-            shutil.rmtree(box.dir, ignore_errors=True)
+        if os.path.isdir(box.dir) or force:      # a create that died half-way, or nothing to do
+            box.remove()
             return 0
         raise NotFound("container does not exist")
     status = box.status()
-    if status in ("running", "paused") and not (force or opts.get("force")):
+    if status in ("running", "paused") and not force:
         raise Conflict(f"cannot delete container {opts.id} that is not stopped: {status}")
-    if not _remove_empty_cgroup(box.data["cgroup"]):
+    if not _remove_empty_cgroup(box.cgroup_path):
         from .cgroup import RuntimeCgroup
-        RuntimeCgroup(box.data["cgroup"]).destroy()   # kills what is left (a created container's pid 1 too)
-    from . import hooks
+        RuntimeCgroup(box.cgroup_path).destroy()   # kills what is left (a created container's pid 1 too)
     try:
-        hooks.run(box.data.get("hooks") or {}, "poststop", box.oci_state())
+        if box.has_hooks("poststop"):
+            from . import hooks
+            hooks.run(box.data["hooks"], "poststop", box.oci_state())
     finally:
-        import shutil
-        shutil.rmtree(box.dir, ignore_errors=True)
+        box.remove()
     log.write("info", f"deleted {opts.id}")
     return 0
 
@@ -141,6 +148,7 @@ def _remove_empty_cgroup(relpath: str) -> bool:
 
 
 def list_(opts, log) -> int:
+    import json
     boxes = states.all_containers(opts.root)
     if opts.get("quiet"):
         print("\n".join(b.id for b in boxes))
@@ -159,6 +167,7 @@ def list_(opts, log) -> int:
 
 def ps(opts, log) -> int:
     """The host pids of the container's processes (json), or `ps` output filtered to them."""
+    import json
     pids = _existing(opts).cgroup().procs()
     if opts.get("format") == "json":
         print(json.dumps(pids))
@@ -175,6 +184,7 @@ def ps(opts, log) -> int:
 
 
 def _freeze(box: states.Container, frozen: bool) -> None:
+    import time
     group = box.cgroup()
     if group.version == "v1":
         path, value = os.path.join(group.path("freezer"), "freezer.state"), "FROZEN" if frozen else "THAWED"
@@ -210,6 +220,7 @@ def features(opts, log) -> int:
     from .setup import FLAGS, PROPAGATION
     from ..capabilities import NAMES
     from ..oci import NAMESPACES
+    import json
     print(json.dumps({
         "ociVersionMin": "1.0.0", "ociVersionMax": states.OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "poststart", "poststop"],

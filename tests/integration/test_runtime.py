@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import labkit
 from labkit import cleanup, dockerd, rootfs
 
 pytestmark = pytest.mark.root
@@ -29,6 +30,11 @@ def image():
     with dockerd.Dockerd() as daemon:
         runtimes = json.loads(daemon.docker("info", "--format", "{{json .Runtimes}}").stdout)
         assert "labkit" in runtimes, "labkit-runtime is not registered with Docker: run vagrant/provision.sh"
+        entry = Path(runtimes["labkit"]["path"])
+        checkout = Path(labkit.__file__).resolve().parents[1]
+        assert f"sys.path[:0] = [\"{checkout}\"]" in entry.read_text(), (
+            f"Docker's runtime 'labkit' ({entry}) runs another checkout's labkit, not this one's "
+            f"({checkout}): LABKIT_RUNTIME_TAKEOVER=1 bash vagrant/provision.sh")
         ref = dockerd.import_rootfs(rootfs.base_layer().path)
         try:
             yield ref
