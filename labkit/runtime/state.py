@@ -39,6 +39,10 @@ def start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def _late_hooks(data: dict) -> str:
+    return ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
+
+
 class Container:
     """One container's state directory."""
 
@@ -53,16 +57,19 @@ class Container:
         self._process: list[str] | None = None
 
     def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.dir, "process"))
+        return os.path.exists(os.path.join(self.dir, "process")) or \
+            os.path.exists(os.path.join(self.dir, "state.json"))
 
     def _line(self) -> list[str]:
-        """ROOT/ID/process: "PID START_TICKS HOOK_KINDS CGROUP" (HOOK_KINDS: comma-separated or -)."""
+        """ROOT/ID/process: "PID START_TICKS HOOK_KINDS CGROUP" (HOOK_KINDS: comma-separated or -).
+        A container created by an older labkit-runtime has only state.json: the same from there."""
         if self._process is None:
             try:
                 with open(os.path.join(self.dir, "process")) as f:
                     self._process = f.read().rstrip("\n").split(" ", 3)
             except FileNotFoundError:
-                raise NotFound("container does not exist") from None
+                data = self.data
+                self._process = [str(data["pid"]), data["pid_start"], _late_hooks(data), data["cgroup"]]
         return self._process
 
     @property
@@ -92,9 +99,8 @@ class Container:
         """state.json, then the process line: each written whole and renamed into place, and the
         process line last - the container "exists" for the other verbs only once both are there."""
         import json
-        late = ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
         for name, text in (("state.json", json.dumps(data)),
-                           ("process", f"{data['pid']} {data['pid_start']} {late} {data['cgroup']}\n")):
+                           ("process", f"{data['pid']} {data['pid_start']} {_late_hooks(data)} {data['cgroup']}\n")):
             partial = os.path.join(self.dir, f".{name}.tmp")
             with open(partial, "w") as f:
                 f.write(text)
