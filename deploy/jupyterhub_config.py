@@ -19,7 +19,10 @@ IMAGE = os.environ.get("LABKIT_IMAGE", "deep-dive-lab:latest")        # deploy/b
 RUNTIME = os.environ.get("LABKIT_RUNTIME", "runc")                  # the isolation choice: runc or kata
 NETWORK = os.environ.get("LABKIT_HUB_NETWORK", "classroom-net")  # made --internal by start-hub.sh
 HUB_IP = os.environ.get("LABKIT_HUB_IP", "172.30.0.1")              # that network's gateway (the host)
+HUB_PORT = int(os.environ.get("LABKIT_HUB_PORT", "8081"))           # start-hub.sh admits only this port
 PUBLIC_URL = os.environ.get("LABKIT_HUB_URL", "http://127.0.0.1:8000")
+PROXY_API = os.environ.get("LABKIT_HUB_PROXY_API", "http://127.0.0.1:8001")
+PREFIX = os.environ.get("LABKIT_HUB_PREFIX", "classroom")           # of learners' containers and volumes
 CPUS = float(os.environ.get("LABKIT_LEARNER_CPUS", "1"))
 MEMORY = os.environ.get("LABKIT_LEARNER_MEMORY", "2G")
 PIDS = int(os.environ.get("LABKIT_LEARNER_PIDS", "2048"))
@@ -41,9 +44,11 @@ elif not PUBLIC_URL.startswith(("http://127.", "http://localhost", "http://[::1]
 # The hub API listens only on the learners' network's gateway: the single-user servers must reach
 # it, nobody else should (start-hub.sh's firewall admits only this port from that bridge).
 c.JupyterHub.hub_ip = HUB_IP
-c.JupyterHub.hub_port = 8081
+c.JupyterHub.hub_port = HUB_PORT
 c.JupyterHub.cleanup_servers = True
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:8001"
+c.ConfigurableHTTPProxy.api_url = PROXY_API
+if not PROXY_API.startswith(("http://127.", "http://localhost")):
+    raise SystemExit(f"LABKIT_HUB_PROXY_API={PROXY_API}: the proxy's API stays on loopback")
 
 # A rehearsal logs in with any name and one shared password; a real class uses the school's
 # authenticator (OAuthenticator, LDAPAuthenticator, NativeAuthenticator) instead of these lines.
@@ -57,11 +62,16 @@ if not c.DummyAuthenticator.password:
 c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
 c.DockerSpawner.image = IMAGE
 # Not labkit-...: labkit's sweep removes Docker objects of that prefix whose owner is dead, and the
-# hub's containers, volumes and image are not labkit's.
-c.DockerSpawner.name_template = "classroom-learner-{username}"
+# hub's containers, volumes and image are not labkit's (the classroom test, whose daemon no sweep
+# looks at, sets LABKIT_HUB_PREFIX=labkit-hubtest-...).
+c.DockerSpawner.name_template = PREFIX + "-learner-{username}"
 c.DockerSpawner.remove = True            # the container goes at stop; the learner's volumes stay
 c.DockerSpawner.network_name = NETWORK
 c.DockerSpawner.use_internal_ip = True
+# An --internal Docker network still gives each container a default route (only dockerd's iptables
+# rules, absent with --iptables=false, stop what uses it). The learner's server needs none: the hub
+# API is on its own subnet. So the route goes at start; start-hub.sh's firewall drops the rest.
+c.DockerSpawner.post_start_cmd = "ip route del default"
 c.DockerSpawner.notebook_dir = NOTEBOOKS
 c.DockerSpawner.default_url = "/lab/tree/00-welcome.ipynb"
 # The image's jupyterhub is pinned to this hub's version (build-image.sh --jupyterhub-version); the
@@ -77,9 +87,9 @@ c.Spawner.http_timeout = 120
 #                     devices there (on the container's own overlay root it refuses them: notebook 31);
 #   /var/lib/docker   Docker inside gets overlay2 instead of falling back to vfs.
 c.DockerSpawner.volumes = {
-    "classroom-{username}-notebooks": NOTEBOOKS,
-    "classroom-{username}-store": "/var/lib/labkit",
-    "classroom-{username}-docker": "/var/lib/docker",
+    PREFIX + "-{username}-notebooks": NOTEBOOKS,
+    PREFIX + "-{username}-store": "/var/lib/labkit",
+    PREFIX + "-{username}-docker": "/var/lib/docker",
 }
 
 # Limits per learner, set by dockerd in the container's cgroup.
@@ -94,5 +104,8 @@ c.DockerSpawner.extra_host_config = {
     # The learner's cgroup becomes their cgroup root: labkit's cgroups are made beneath it, and a
     # learner cannot see or touch another's.
     "cgroupns": "private",
-    "runtime": RUNTIME,
 }
+# runc is dockerd's default runtime: nothing to set, so a daemon whose default is a runc wrapper
+# (the classroom test's, tests/classroom/runc_capfit.py) uses it. kata must be named.
+if RUNTIME == "kata":
+    c.DockerSpawner.extra_host_config["runtime"] = "kata"

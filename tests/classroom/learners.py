@@ -76,6 +76,19 @@ def cgroup_pids(container_id: str) -> list[int]:
     return sorted(pids)
 
 
+def memory_of(container_id: str) -> dict[str, int]:
+    """A container's memory cgroup: usage now and peak, in bytes (cgroup v1 here; v2 names otherwise)."""
+    for d in cgroup_dirs(container_id):
+        if (d / "memory.usage_in_bytes").exists():
+            return {"now": int((d / "memory.usage_in_bytes").read_text()),
+                    "peak": int((d / "memory.max_usage_in_bytes").read_text())}
+        if (d / "memory.current").exists():
+            peak = d / "memory.peak"
+            return {"now": int((d / "memory.current").read_text()),
+                    "peak": int(peak.read_text()) if peak.exists() else 0}
+    return {}
+
+
 @dataclass
 class Learner:
     daemon: OwnDockerd
@@ -105,18 +118,6 @@ class Learner:
 
     def exec(self, *command: str, timeout: float = 300, check: bool = True):
         return self.daemon.docker(*self.exec_argv(*command), timeout=timeout, check=check)
-
-    def memory(self) -> dict[str, int]:
-        """Its memory cgroup's usage now and its peak, in bytes (cgroup v1 here; v2 names otherwise)."""
-        for d in cgroup_dirs(self.id):
-            if (d / "memory.usage_in_bytes").exists():
-                return {"now": int((d / "memory.usage_in_bytes").read_text()),
-                        "peak": int((d / "memory.max_usage_in_bytes").read_text())}
-            if (d / "memory.current").exists():
-                peak = d / "memory.peak"
-                return {"now": int((d / "memory.current").read_text()),
-                        "peak": int(peak.read_text()) if peak.exists() else 0}
-        return {}
 
     def volume_dirs(self) -> list[Path]:
         out = []

@@ -74,7 +74,7 @@ def test_two_learners_pass_nbval_at_once_and_leave_the_host_clean(daemon, lab_im
             xml = OUT / f"classroom-{learner.name}.xml"
             daemon.docker("cp", f"{learner.name}:/tmp/nbval.xml", str(xml))
             results[learner.name] = (proc.returncode, junit_counts(xml))
-            mem = learner.memory()
+            mem = learners.memory_of(learner.id)
             TIMINGS[f"{learner.name[-6:]} peak MiB"] = mem.get("peak", 0) / 2**20
         say("nbval: " + "; ".join(f"{n}: exit {rc}, {c['passed']} passed, {c['failures'] + c['errors']} failed"
                                   for n, (rc, c) in results.items()))

@@ -15,7 +15,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 def hub_config(monkeypatch, **env) -> Config:
     """deploy/jupyterhub_config.py executed as JupyterHub does: get_config() hands it a Config."""
-    for name in [n for n in os.environ if n.startswith("LABKIT_HUB") or n.startswith("LABKIT_RUNTIME")]:
+    for name in [n for n in os.environ if n.startswith(("LABKIT_HUB", "LABKIT_RUNTIME"))]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -31,12 +31,25 @@ def test_each_learner_gets_limits_volumes_and_a_private_cgroup_namespace(monkeyp
     assert spawner.cpu_limit == 1.0 and spawner.mem_limit == "2G"
     host = spawner.extra_host_config
     assert host["pids_limit"] > 0 and host["privileged"] is True
-    assert host["cgroupns"] == "private" and host["runtime"] == "runc"
+    assert host["cgroupns"] == "private" and "runtime" not in host     # runc: dockerd's default
+    assert spawner.post_start_cmd == "ip route del default"             # no route out of the network
     assert set(spawner.volumes.values()) == {"/opt/labkit/notebooks", "/var/lib/labkit", "/var/lib/docker"}
     assert all("{username}" in name for name in spawner.volumes)
     assert spawner.cmd == ["jupyterhub-singleuser", "--allow-root"]
     assert c.JupyterHub.bind_url.startswith("http://127.0.0.1:")
     assert c.JupyterHub.hub_ip != "0.0.0.0"
+    assert c.ConfigurableHTTPProxy.api_url.startswith("http://127.0.0.1:")
+    assert spawner.name_template == "classroom-learner-{username}"
+
+
+def test_the_names_and_ports_move_but_the_proxy_api_stays_on_loopback(monkeypatch):
+    c = hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_HUB_PREFIX="labkit-hubtest-1",
+                   LABKIT_HUB_PORT="18081", LABKIT_HUB_PROXY_API="http://127.0.0.1:18001")
+    assert c.DockerSpawner.name_template == "labkit-hubtest-1-learner-{username}"
+    assert all(name.startswith("labkit-hubtest-1-") for name in c.DockerSpawner.volumes)
+    assert c.JupyterHub.hub_port == 18081 and c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:18001"
+    with pytest.raises(SystemExit, match="LABKIT_HUB_PROXY_API"):
+        hub_config(monkeypatch, LABKIT_HUB_PASSWORD="x", LABKIT_HUB_PROXY_API="http://0.0.0.0:8001")
 
 
 def test_the_runtime_is_one_setting_and_unknown_ones_are_refused(monkeypatch):
