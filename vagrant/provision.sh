@@ -14,7 +14,7 @@
 #                  that the NAT port forward, bound to the HOST's 127.0.0.1 only, can reach it)
 #   --container    provision a classroom image (deploy/build-image.sh runs this in a chroot): no lab
 #                  is started and no unit installed (JupyterHub starts each learner's server), no
-#                  test tools, and the guest kernel's modules pruned to the twelve the microVM loads
+#                  test tools, and the guest kernel's modules pruned to the fifteen the microVM loads
 #
 # Environment: LABKIT_REPO (default: this script's repository), LABKIT_VENV (default: $REPO/.venv),
 # LABKIT_PYTHON (the Python to build the venv from; default: python3 on PATH if >= 3.11, else
@@ -221,10 +221,11 @@ else
     changed "installed labkit and its Python dependencies ($EXTRA) into $VENV"
 fi
 
-# A classroom image carries the guest kernel only for chapter 6's microVM, which loads twelve modules
-# (labkit.vm.initramfs.SHARE_MODULES): the other ~4000 go, a few hundred MB less per image.
+# A classroom image carries the guest kernel only for chapter 6's microVM, which loads fifteen modules
+# (labkit.vm.initramfs.guest_modules(): 9p and overlay to share the host, virtio_net for its NIC): the
+# other ~4000 go, a few hundred MB less per image.
 if [ "$CONTAINER" = 1 ]; then
-    KEEP=$("$VENV/bin/python" -c 'from labkit.vm.initramfs import SHARE_MODULES; print("|".join(SHARE_MODULES))')
+    KEEP=$("$VENV/bin/python" -c 'from labkit.vm.initramfs import guest_modules; print("|".join(guest_modules()))')
     for dir in /lib/modules/*/; do
         [ -d "$dir/kernel" ] || continue
         pruned=$(find "$dir/kernel" -name '*.ko*' -regextype posix-extended \

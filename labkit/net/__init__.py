@@ -39,8 +39,9 @@ holds Ctrl-C until a kernel object is made and recorded (see labkit.net.netlink)
 The package, one concern per module (lowest first):
 
     addresses   names and lab addresses (pure)       netlink    sockets in a namespace, off_loop
-    netns       namespaces: create, find, remove      links      veths, bridges, addresses, routes
+    netns       namespaces: create, find, remove, run links      veths, taps, bridges, addresses, routes
     topology    the kernel's state read back          probes     ping and TCP throughput
+    devices     drivers, tap flags, /proc/net/dev
     network     Network, Endpoint, reachability       isolation  chapter 3's exercise checker
     hostveth    one cable host <-> container          sweep      cleanup hooks
 The drawing is in labkit.netview (a view, like the other pictures), exported here as `draw`.
@@ -52,13 +53,14 @@ from .addresses import (BRIDGE_RANGE, DEFAULT_SUBNET, FIRST_HOST, HOST_LINK_RANG
                         check_ifname, check_lab_address, check_route, check_subnet, lab_ip, plan_addresses)
 from .hostveth import HostVeth, veth_to_host
 from .isolation import check_isolated, check_isolation_answer, endpoints_of
-from .links import (add_address, add_route, attach_to_bridge, create_bridge, create_veth, free_ifname,
+from .devices import Counters, driver_info, net_dev, tun_flags, tun_holders
+from .links import (add_address, add_route, attach_to_bridge, create_bridge, create_tap, create_veth, free_ifname,
                     move_link, set_up)
 from ..interrupts import hold_interrupts
 from .netlink import off_loop
-from .netns import (HOST, NETNS_DIR, Namespace, as_namespace, create_namespace, lab_namespaces, named,
-                    namespace_of, own_lab_namespaces, remove_namespace)
-from .network import Attachment, Endpoint, Network, attach_container, format_matrix, reachability
+from .netns import (HOST, NETNS_DIR, Namespace, as_namespace, create_namespace, in_namespace, lab_namespaces,
+                    named, namespace_of, own_lab_namespaces, remove_namespace)
+from .network import Attachment, Endpoint, Network, TapPort, attach_container, format_matrix, reachability
 from .probes import Throughput, checksum, echo_request, measure_throughput, ping, socket_in
 from .sweep import find_leftovers, remove_leftover
 from .topology import (Interface, NamespaceState, Route, Topology, read_bridge, read_docker0, read_routes,
@@ -66,13 +68,14 @@ from .topology import (Interface, NamespaceState, Route, Topology, read_bridge, 
 
 __all__ = [
     "BRIDGE_RANGE", "DEFAULT_SUBNET", "FIRST_HOST", "HOST", "HOST_LINK_RANGE", "IFNAMSIZ", "LAB_RANGE",
-    "NETNS_DIR", "Attachment", "Endpoint", "HostVeth", "Interface", "Namespace", "NamespaceState",
-    "Network", "Route", "Throughput", "Topology", "add_address", "add_route", "as_namespace",
+    "NETNS_DIR", "Attachment", "Counters", "Endpoint", "HostVeth", "Interface", "Namespace", "NamespaceState",
+    "Network", "Route", "TapPort", "Throughput", "Topology", "add_address", "add_route", "as_namespace",
     "attach_container", "attach_to_bridge", "check_ifname", "check_isolated", "check_isolation_answer",
     "check_lab_address", "check_route", "check_subnet", "checksum", "create_bridge", "create_namespace",
-    "create_veth", "draw", "echo_request", "endpoints_of", "find_leftovers", "format_matrix",
-    "free_ifname", "hold_interrupts", "lab_ip", "lab_namespaces", "measure_throughput", "move_link",
-    "named", "namespace_of", "off_loop", "own_lab_namespaces", "ping", "plan_addresses", "reachability",
+    "create_tap", "create_veth", "draw", "driver_info", "echo_request", "endpoints_of", "find_leftovers",
+    "format_matrix", "free_ifname", "hold_interrupts", "in_namespace", "lab_ip", "lab_namespaces",
+    "measure_throughput", "move_link", "named", "namespace_of", "net_dev", "off_loop", "own_lab_namespaces",
+    "ping", "plan_addresses", "reachability",
     "read_bridge", "read_docker0", "read_routes", "read_topology", "remove_leftover", "remove_namespace",
-    "set_up", "socket_in", "veth_to_host",
+    "set_up", "socket_in", "tun_flags", "tun_holders", "veth_to_host",
 ]

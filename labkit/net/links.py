@@ -57,6 +57,29 @@ def create_veth(ns: Namespace, name: str | None = None, peer: str | None = None)
 
 @off_loop
 @holding
+def create_tap(ns: Namespace, name: str | None = None) -> str:
+    """`ip tuntap add NAME mode tap vnet_hdr` inside ns: a NIC whose other end is a file descriptor.
+
+    A veth's two ends are both kernel devices. A tap's other end is /dev/net/tun, opened by a program
+    (qemu): every frame the kernel sends out of the tap is read() by that program, and every frame it
+    write()s arrives as if received. The tap is made persistent so that it exists, and can be plugged
+    into a bridge, before qemu opens it; deleting it (or its namespace) removes it.
+    """
+    refuse_host(ns, "create a tap in")
+    name = check_ifname(name or cleanup.unique_name("t", IFNAMSIZ - 1))
+    cleanup.claim("link", name)
+    flags = {"no_pi": True, "vnet_hdr": True, "one_queue": False, "multi_queue": False}
+    with rtnl(ns) as ipr:
+        try:
+            ipr.link("add", ifname=name, kind="tuntap", mode="tap", ifr=flags)
+        except Exception as exc:
+            cleanup.release("link", name)
+            raise netlink_error(exc, "create tap", name) from None
+    return name
+
+
+@off_loop
+@holding
 def move_link(src: Namespace, ifname: str, dst: Namespace, new_name: str | None = None) -> str:
     """Move a link into another namespace (`ip link set IFNAME netns DST`), optionally renaming it there.
 

@@ -27,15 +27,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from .. import cleanup
-from ..errors import InvalidValue, LabkitError, Unsupported
+from ..errors import InvalidValue, Unsupported
 from ..interrupts import holding
 from .addresses import HOST_LINK_RANGE, check_lab_address, check_subnet, lab_ip
 from .links import add_address, create_veth, move_link, refuse_host, set_up
 from .netlink import off_loop, rtnl
+from . import netns
 from .netns import Namespace, as_namespace, create_namespace, remove_namespace
 from .network import Endpoint, Network
 
@@ -51,10 +51,7 @@ def in_namespace(ns: Namespace, argv: list[str], check: bool = True) -> str:
     if missing:
         raise Unsupported(f"{', '.join(missing)} missing: install iptables, conntrack and util-linux "
                           "(vagrant/packages.txt)")
-    done = subprocess.run(["nsenter", f"--net={ns.path}", *argv], capture_output=True, text=True)
-    if check and done.returncode:
-        raise LabkitError(f"{' '.join(argv)} in {ns.label}: {done.stderr.strip() or done.returncode}")
-    return done.stdout
+    return netns.in_namespace(ns, argv, check=check)
 
 
 @off_loop

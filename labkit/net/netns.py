@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cleanup, host
-from ..errors import InvalidValue, NotFound, from_oserror
+from ..errors import InvalidValue, LabkitError, NotFound, Unsupported, from_oserror
 from ..interrupts import hold_interrupts, holding
 from .netlink import delete_link, link_kind, off_loop, rtnl
 
@@ -141,3 +143,16 @@ def lab_namespaces() -> list[Namespace]:
 def own_lab_namespaces() -> list[Namespace]:
     """Named lab namespaces whose owner record says this process made them (read from /run/netns)."""
     return [ns for ns in lab_namespaces() if cleanup.owner("netns", ns.name)[0] == os.getpid()]
+
+
+def in_namespace(ns: Namespace, argv: list[str], check: bool = True) -> str:
+    """Run a command inside a lab namespace (`nsenter --net=PATH ARGV`), never the host's; its stdout."""
+    if ns.is_host:
+        raise InvalidValue("namespace", "host", "a lab namespace: labkit does not run commands in the host namespace")
+    missing = [tool for tool in ("nsenter", argv[0]) if shutil.which(tool) is None]
+    if missing:
+        raise Unsupported(f"{', '.join(missing)} missing: install it (vagrant/packages.txt lists the lab's tools)")
+    done = subprocess.run(["nsenter", f"--net={ns.path}", *argv], capture_output=True, text=True)
+    if check and done.returncode:
+        raise LabkitError(f"{' '.join(argv)} in {ns.label}: {done.stderr.strip() or done.returncode}")
+    return done.stdout

@@ -9,7 +9,8 @@ from .. import cleanup, netview
 from ..errors import Conflict, InvalidValue, NotFound
 from ..interrupts import holding
 from .addresses import DEFAULT_SUBNET, FIRST_HOST, check_lab_address, check_subnet, plan_addresses
-from .links import add_address, attach_to_bridge, create_bridge, create_veth, free_ifname, move_link, set_up
+from .links import (add_address, attach_to_bridge, create_bridge, create_tap, create_veth, free_ifname, move_link,
+                    set_up)
 from .netlink import delete_link, link_kind, off_loop, rtnl, wait_until
 from .netns import NETNS_DIR, Namespace, as_namespace, create_namespace, host_inodes, remove_named
 from .probes import Throughput, measure_throughput, ping
@@ -35,6 +36,19 @@ class Endpoint:
         return self.namespace.label
 
 
+@dataclass
+class TapPort:
+    """A tap plugged into the bridge, for a NIC that lives outside the kernel (a VM's, emulated by qemu):
+    the frames the bridge sends to `name` are read by whichever program holds it open."""
+
+    name: str                          # the tap, a port of the bridge (inside the switch namespace)
+    address: ipaddress.IPv4Interface   # reserved for the NIC at the other end; nothing on the host holds it
+
+    @property
+    def ip(self) -> str:
+        return str(self.address.ip)
+
+
 class Network:
     """A bridge in its own labkit switch namespace, with members plugged in by veth pairs.
 
@@ -56,6 +70,7 @@ class Network:
         self.switch: Namespace | None = None
         self.bridge: str | None = None
         self.endpoints: list[Endpoint] = []
+        self.taps: list[TapPort] = []
         self._owned: list[Namespace] = []                    # bare namespaces this network created
         self._claimed_links: list[str] = []
 
@@ -101,9 +116,7 @@ class Network:
             raise InvalidValue("member", ns.label, "a namespace of its own, never the host's")
         if any(e.namespace.inode() == ns.inode() for e in self.endpoints):
             raise Conflict(f"{ns.label} is already connected to this network")
-        iface = check_lab_address(address) if address else self._next_address()
-        if iface.network != self.subnet:
-            raise InvalidValue("address", str(iface), f"an address in this network's subnet {self.subnet}")
+        iface = self._check_free(address) if address else self._next_address()
         port, peer = create_veth(self.switch)
         self._claimed_links += [port, peer]
         ifname = free_ifname(ns)
@@ -140,8 +153,46 @@ class Network:
         self.endpoints.append(endpoint)
         return endpoint
 
+    @off_loop
+    @holding
+    def plug_tap(self, address=None) -> TapPort:
+        """A tap in the switch namespace, plugged into the bridge, with an address of this subnet reserved
+        for whatever NIC its holder emulates (labkit.vm gives it to a VM's virtio-net card)."""
+        if self.switch is None:
+            self.create()
+        iface = self._check_free(address) if address else self._next_address()
+        tap = create_tap(self.switch)
+        self._claimed_links.append(tap)
+        attach_to_bridge(self.switch, tap, self.bridge)
+        port = TapPort(tap, iface)
+        self.taps.append(port)
+        return port
+
+    @off_loop
+    @holding
+    def unplug_tap(self, port: TapPort) -> None:
+        """Delete the tap (whoever holds it open keeps a descriptor to a device that is gone)."""
+        with rtnl(self.switch) as ipr:
+            found = ipr.link_lookup(ifname=port.name)
+            if found:
+                delete_link(ipr, found[0])
+            wait_until(lambda: not ipr.link_lookup(ifname=port.name), what=port.name)
+        cleanup.release("link", port.name)
+        self.taps.remove(port)
+
+    def _check_free(self, address) -> ipaddress.IPv4Interface:
+        iface = check_lab_address(address)
+        if iface.network != self.subnet:
+            raise InvalidValue("address", str(iface), f"an address in this network's subnet {self.subnet}")
+        if iface.ip in self._used():
+            raise Conflict(f"{iface.ip} is already used on this network")
+        return iface
+
+    def _used(self) -> set:
+        return {e.address.ip for e in self.endpoints} | {t.address.ip for t in self.taps}
+
     def _next_address(self) -> ipaddress.IPv4Interface:
-        used = {e.address.ip for e in self.endpoints}
+        used = self._used()
         for iface in plan_addresses(self.subnet, self.subnet.num_addresses - 1 - FIRST_HOST):
             if iface.ip not in used:
                 return iface
@@ -184,13 +235,14 @@ class Network:
             try:
                 if (NETNS_DIR / self.switch.name).exists():
                     with rtnl(self.switch) as ipr:
-                        # veths first (each takes its peer with it, synchronously), then the bridge
+                        # veths first (each takes its peer with it, synchronously), then taps and the bridge
                         for link in ipr.get_links():
                             if link_kind(link) == "veth":
                                 delete_link(ipr, link["index"])
-                        for link in ipr.get_links():
-                            if link_kind(link) == "bridge":
-                                delete_link(ipr, link["index"])
+                        for kind in ("tun", "bridge"):
+                            for link in ipr.get_links():
+                                if link_kind(link) == kind:
+                                    delete_link(ipr, link["index"])
                         wait_until(lambda: all(l["index"] == 1 for l in ipr.get_links()), what=f"links in {self.switch}")
             except Exception as exc:                           # keep going: remove what we can
                 errors.append(exc)
@@ -205,7 +257,7 @@ class Network:
                 errors.append(exc)
         for name in self._claimed_links:
             cleanup.release("link", name)
-        self.endpoints, self._owned, self._claimed_links = [], [], []
+        self.endpoints, self.taps, self._owned, self._claimed_links = [], [], [], []
         self.switch = self.bridge = None
         if errors:
             raise errors[0]

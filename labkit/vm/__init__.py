@@ -22,7 +22,9 @@ Two kinds of guest:
   runs in the guest - the pure cgroup-v2 test tier uses this.
 
 The guest talks back over its serial console (qemu's stdout); lines starting with ``@@LABKIT:``
-are markers the host parses (see `parse_marker`). The guest has no network device at all.
+are markers the host parses (see `parse_marker`). The guest has no network device unless it is
+given a `network` (a labkit.net.Network): then it gets a virtio-net card that qemu emulates, whose host
+side is a tap on that network's bridge, inside the lab's switch namespace (see labkit.vm.nic).
 
 Everything is released on success, error and interrupt: the qemu process (only the one started
 here) is killed and its scratch directory (/run/labkit/vm/labkit-vm-...) removed. Both are claimed
@@ -33,7 +35,7 @@ linux-image-arm64; written from qemu's documentation, not tested on an arm64 mac
 
 The package, one concern per module (lowest first): qemu (argv, RAM, vCPUs), kernel (Debian's
 kernel), console (the marker protocol), guest_init (/init scripts), initramfs (the cpio archive),
-accel (KVM probe), lifecycle (VM, boot, run), sweep (cleanup hooks). Progress bars are in
+accel (KVM probe), nic (the virtio-net card and its tap), lifecycle (VM, boot, run), sweep (cleanup hooks). Progress bars are in
 labkit.vmview, exported here too.
 """
 from __future__ import annotations
@@ -43,20 +45,21 @@ from ..vmview import notebook_progress, print_progress
 from .accel import KVM_DEVICE, KVM_PROBE_FILE, check_accel
 from .console import MARK, ConsoleReader, parse_info, parse_marker
 from .guest_init import init_script, stage2_script
-from .initramfs import (S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, SHARE_MODULES, build_initramfs, builtin_modules,
-                        cpio_newc)
+from .initramfs import (NET_MODULES, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, SHARE_MODULES, build_initramfs,
+                        builtin_modules, cpio_newc, guest_modules)
 from .kernel import KERNEL_CACHE, Kernel, fetch_kernel, find_kernel
+from .nic import VmNic, check_network
 from .lifecycle import (KIND, VM, VM_DIR, BootResult, Progress, ProgressCallback, VMError, boot,
                         choose_accel, kvm_usable, run)
 from .qemu import ARCHES, arch_info, check_cpus, kernel_cmdline, parse_memory, qemu_binary, qemu_command
 from .sweep import find_leftovers, remove_leftover
 
 __all__ = [
-    "ARCHES", "BUSYBOX_CANDIDATES", "KERNEL_CACHE", "KIND", "KVM_DEVICE", "KVM_PROBE_FILE", "MARK",
+    "ARCHES", "BUSYBOX_CANDIDATES", "KERNEL_CACHE", "KIND", "KVM_DEVICE", "KVM_PROBE_FILE", "MARK", "NET_MODULES",
     "S_IFCHR", "S_IFDIR", "S_IFLNK", "S_IFREG", "SHARE_MODULES", "VM", "VM_DIR", "BootResult",
-    "ConsoleReader", "Kernel", "Progress", "ProgressCallback", "VMError", "arch_info", "boot",
-    "build_initramfs", "builtin_modules", "check_accel", "check_cpus", "choose_accel", "cpio_newc",
-    "fetch_kernel", "find_busybox", "find_kernel", "find_leftovers", "init_script", "is_static_elf",
+    "ConsoleReader", "Kernel", "Progress", "ProgressCallback", "VMError", "VmNic", "arch_info", "boot",
+    "build_initramfs", "builtin_modules", "check_accel", "check_cpus", "check_network", "choose_accel", "cpio_newc",
+    "fetch_kernel", "find_busybox", "find_kernel", "find_leftovers", "guest_modules", "init_script", "is_static_elf",
     "kernel_cmdline", "kvm_usable", "notebook_progress", "parse_info", "parse_marker", "parse_memory",
     "print_progress", "qemu_binary", "qemu_command", "remove_leftover", "run", "stage2_script",
 ]

@@ -11,7 +11,7 @@ from .console import MARK
 
 
 def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str = "/",
-                modules: Iterable[str] = ()) -> str:
+                modules: Iterable[str] = (), nic: tuple[str, str] | None = None) -> str:
     """/init of the initramfs (busybox sh). It prints markers the host parses on the console."""
     lines = [
         "#!/bin/busybox sh",
@@ -20,13 +20,17 @@ def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str =
         "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev",
         "echo 1 > /proc/sys/kernel/printk   # keep kernel messages off the console we parse",
         f"echo '{MARK}INIT@@'",
-        f"echo \"{MARK}INFO@@ kernel=$(uname -r) cpus=$(nproc) "
-        "memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo) "
-        "boot_id=$(cat /proc/sys/kernel/random/boot_id) net=$(ls /sys/class/net | tr '\\n' ,)\"",
         "fail() { echo \"" + MARK + "FAIL@@ $*\"; poweroff -f; }",
     ]
+    if nic:  # no IPv6 chatter (router solicitations, DAD): every packet on the NIC is one we sent
+        lines.append("echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6")
+    lines += [f"insmod /modules/{m}.ko || fail insmod {m}" for m in modules]
+    if nic:
+        lines += _nic_lines(*nic)
+    lines.append(f"echo \"{MARK}INFO@@ kernel=$(uname -r) cpus=$(nproc) "
+                 "memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo) "
+                 "boot_id=$(cat /proc/sys/kernel/random/boot_id) net=$(ls /sys/class/net | tr '\\n' ,)\"")
     if share_host:
-        lines += [f"insmod /modules/{m}.ko || fail insmod {m}" for m in modules]
         lines += [
             f"echo '{MARK}STAGE@@ mounting the host filesystem (9p, read-only)'",
             "mkdir -p /host /rw /newroot",
@@ -47,6 +51,17 @@ def init_script(*, command: str | None, share_host: bool, hold: bool, cwd: str =
         return "\n".join(lines) + "\n"
     lines += _command_lines(command, hold, cwd, bb="")
     return "\n".join(lines) + "\n"
+
+
+def _nic_lines(mac: str, address: str) -> list[str]:
+    """Find the card by its MAC (the driver probes it asynchronously, so wait briefly), address it, up."""
+    return [
+        "i=0; until found=$(grep -l '^" + mac + "$' /sys/class/net/*/address 2>/dev/null); do "
+        "i=$((i+1)); [ $i -gt 100 ] && fail no NIC with MAC " + mac + "; sleep 0.1; done",
+        "nic=${found%/address}; nic=${nic##*/}",
+        "ip link set lo up && ip addr add " + address + " dev $nic && ip link set $nic up || fail configure $nic",
+        f"echo \"{MARK}NIC@@ ifname=$nic address={address} mac={mac}\"",
+    ]
 
 
 def stage2_script(*, command: str | None, hold: bool, cwd: str, env: dict[str, str]) -> str:

@@ -19,6 +19,16 @@ from .kernel import Kernel
 # virtio PCI transport, then 9p over virtio, then overlayfs; loop for the io-controller tests.
 SHARE_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                  "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay", "loop")
+# ... and a guest with a NIC (labkit.vm.nic): the same virtio PCI transport, then the virtio-net driver
+# (virtio_net needs net_failover, which needs failover: modules.dep of Debian's 6.1 kernel).
+NET_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+               "failover", "net_failover", "virtio_net")
+
+
+def guest_modules(share_host: bool = True, nic: bool = True) -> tuple[str, ...]:
+    """The modules a guest loads, in load order, each once (both lists by default: all a guest may need)."""
+    wanted = (SHARE_MODULES if share_host else ()) + (NET_MODULES if nic else ())
+    return tuple(dict.fromkeys(wanted))
 S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
 
 
@@ -75,25 +85,29 @@ def builtin_modules(modules_dir: Path) -> set[str]:
 
 def build_initramfs(*, kernel: Kernel | None, command: str | None = None, share_host: bool = False,
                     hold: bool = False, cwd: str = "/", env: dict[str, str] | None = None,
-                    busybox: Path | None = None) -> bytes:
-    """The whole initramfs for one VM, as bytes (written to the VM's scratch dir)."""
+                    busybox: Path | None = None, nic: tuple[str, str] | None = None) -> bytes:
+    """The whole initramfs for one VM, as bytes (written to the VM's scratch dir).
+
+    `nic` = (MAC, address/prefix): the guest has a virtio-net card (labkit.vm.nic) to configure."""
     busybox = busybox or find_busybox()
     entries = [(d, S_IFDIR | 0o755, b"", (0, 0))
                for d in ("bin", "dev", "proc", "sys", "modules", "labkit", "run", "tmp")]
     entries.append(("dev/console", S_IFCHR | 0o600, b"", (5, 1)))  # the kernel opens it before /init
     entries.append(("bin/busybox", S_IFREG | 0o755, busybox.read_bytes(), (0, 0)))
     modules = ()
-    if share_host:
+    if share_host or nic:
         if kernel is None or kernel.modules is None:
-            raise NotFound("sharing the host filesystem needs the kernel's modules (9p, virtio, overlay); "
-                           "run `labkit vm fetch-kernel`")
-        modules = [m for m in SHARE_MODULES if m not in builtin_modules(kernel.modules)]
+            raise NotFound("sharing the host filesystem or a NIC needs the kernel's modules (virtio, 9p, "
+                           "overlay, virtio_net); run `labkit vm fetch-kernel`")
+        builtin = builtin_modules(kernel.modules)
+        modules = [m for m in guest_modules(share_host, nic is not None) if m not in builtin]
         for name in modules:
             entries.append((f"modules/{name}.ko", S_IFREG | 0o644, _module_bytes(kernel.modules, name), (0, 0)))
+    if share_host:
         stage2 = stage2_script(command=command, hold=hold, cwd=cwd, env=env or {})
         entries.append(("labkit/stage2", S_IFREG | 0o755, stage2.encode(), (0, 0)))
     if command is not None:
         entries.append(("labkit/cmd", S_IFREG | 0o644, command.encode() + b"\n", (0, 0)))
-    init = init_script(command=command, share_host=share_host, hold=hold, cwd=cwd, modules=modules)
+    init = init_script(command=command, share_host=share_host, hold=hold, cwd=cwd, modules=modules, nic=nic)
     entries.append(("init", S_IFREG | 0o755, init.encode(), (0, 0)))
     return cpio_newc(entries)

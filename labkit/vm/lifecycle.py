@@ -20,6 +20,7 @@ from .accel import check_accel
 from .console import ConsoleReader, parse_info, parse_marker
 from .initramfs import build_initramfs
 from .kernel import find_kernel
+from .nic import VmNic
 from .qemu import arch_info, check_cpus, parse_memory, qemu_binary, qemu_command
 
 
@@ -57,11 +58,13 @@ class BootResult:
     guest_cpus: int
     guest_memtotal_kb: int
     guest_boot_id: str            # a fresh one per kernel boot: the guest is a kernel of its own
-    guest_net: list[str]          # network interfaces in the guest (no NIC is given: only lo)
+    guest_net: list[str]          # network interfaces in the guest (only lo unless a network was given)
     host_kernel: str
     kernel_image: str
     share_host: bool
     cgroup_controllers: list[str] = field(default_factory=list)  # in the guest, host-sharing only
+    nic: dict = field(default_factory=dict)  # the guest's NIC, as its /init reported it: ifname, address, mac
+    tap: str = ""                  # the tap on the lab bridge that is the NIC's host side
     returncode: int | None = None  # of the command, if one ran
     output: str = ""               # of the command
 
@@ -84,7 +87,7 @@ class VM:
                  share_host: bool = False, hold: bool = False, cwd: str = "/",
                  env: dict[str, str] | None = None, timeout: float = 120.0,
                  progress: ProgressCallback | None = None,
-                 on_output: Callable[[str], None] | None = None, cgroup: bool = True):
+                 on_output: Callable[[str], None] | None = None, cgroup: bool = True, network=None):
         # validate everything before anything is created
         self.memory_mib = parse_memory(memory)
         self.cpus = check_cpus(cpus)
@@ -97,6 +100,7 @@ class VM:
                               "(qemu-system-arm on arm64)")
         self.kernel = find_kernel()
         self.busybox = find_busybox()
+        self.nic = VmNic(network) if network is not None else None  # refuses anything but an open Network
         self.requested_accel, self.command, self.share_host, self.hold = accel, command, share_host, hold
         self.cwd, self.env, self.timeout = cwd, dict(env or {}), timeout
         self.progress, self.on_output, self.use_cgroup = progress, on_output, cgroup
@@ -107,6 +111,7 @@ class VM:
         self.accel = self.accel_reason = ""
         self.info: dict = {}
         self.controllers: list[str] = []
+        self.nic_info: dict = {}
         self.output_lines: list[str] = []
         self.returncode: int | None = None
         self.times: dict[str, float] = {}
@@ -133,14 +138,20 @@ class VM:
         cleanup.claim(KIND, self.name)
         try:
             self.dir.mkdir(parents=True)
+            if self.nic:
+                self.nic.plug()
             initrd = self.dir / "initrd.cpio"
             guest_env = {"LABKIT_ALLOW_HOST": "1", **self.env}
             initrd.write_bytes(build_initramfs(kernel=self.kernel, command=self.command,
                                                share_host=self.share_host, hold=self.hold,
-                                               cwd=self.cwd, env=guest_env, busybox=self.busybox))
+                                               cwd=self.cwd, env=guest_env, busybox=self.busybox,
+                                               nic=self.nic.guest() if self.nic else None))
             argv = qemu_command(qemu=self.qemu, kernel=self.kernel.image, initrd=initrd,
                                 memory_mib=self.memory_mib, cpus=self.cpus, accel=self.accel,
-                                name=self.name, share_host=self.share_host)
+                                name=self.name, share_host=self.share_host,
+                                nic=self.nic.qemu_args() if self.nic else ())
+            if self.nic:
+                argv = self.nic.enter(argv)
             self._stderr = open(self.dir / "qemu.stderr", "wb")
             self._t0 = time.monotonic()
             # own session: a Ctrl-C in the terminal reaches us, and we (not the tty) stop qemu
@@ -178,6 +189,8 @@ class VM:
         if self.cgroup is not None:
             self.cgroup.delete()
             self.cgroup = None
+        if self.nic is not None:
+            self.nic.unplug()
         shutil.rmtree(self.dir, ignore_errors=True)
         cleanup.release(KIND, self.name)
 
@@ -226,6 +239,8 @@ class VM:
             self._emit(text, 0.85)
         elif kind == "CGROUP":
             self.controllers = text.split()
+        elif kind == "NIC":
+            self.nic_info = parse_info(text)
         elif kind == "READY":
             self._sample_rss()
             self._emit("guest ready" + (", running the command" if self.command else ""), 0.95)
@@ -311,7 +326,8 @@ class VM:
             guest_net=[n for n in str(self.info.get("net", "")).split(",") if n],
             host_kernel=os.uname().release,
             kernel_image=str(self.kernel.image), share_host=self.share_host,
-            cgroup_controllers=self.controllers, returncode=self.returncode,
+            cgroup_controllers=self.controllers, nic=dict(self.nic_info),
+            tap=self.nic.tap if self.nic else "", returncode=self.returncode,
             output="\n".join(self.output_lines))
 
     def _mark_exit(self) -> None:
@@ -321,10 +337,11 @@ class VM:
 
 def boot(command: str | None = None, *, memory="256M", cpus=1, accel="auto", share_host=False,
          cwd="/", env=None, timeout=120.0, progress: ProgressCallback | None = None,
-         on_output: Callable[[str], None] | None = None) -> BootResult:
-    """Boot a VM, optionally run one shell command in it, power it off; measurements in the result."""
+         on_output: Callable[[str], None] | None = None, network=None) -> BootResult:
+    """Boot a VM, optionally run one shell command in it, power it off; measurements in the result.
+    `network`: a labkit.net.Network the VM joins with a virtio-net NIC (labkit.vm.nic)."""
     with VM(memory=memory, cpus=cpus, accel=accel, command=command, share_host=share_host, cwd=cwd,
-            env=env, timeout=timeout, progress=progress, on_output=on_output) as vm:
+            env=env, timeout=timeout, progress=progress, on_output=on_output, network=network) as vm:
         vm.wait_exit()
         if "READY" not in vm.times:
             raise vm.failure("the guest powered off before it was ready")
@@ -332,10 +349,10 @@ def boot(command: str | None = None, *, memory="256M", cpus=1, accel="auto", sha
 
 
 def run(command: str, *, memory="512M", cpus=1, accel="auto", cwd="/", env=None, timeout=180.0,
-        progress=None, on_output=None) -> BootResult:
+        progress=None, on_output=None, network=None) -> BootResult:
     """Run a shell command in a VM that sees the host's files read-only (writes go to guest RAM)."""
     return boot(command, memory=memory, cpus=cpus, accel=accel, share_host=True, cwd=cwd, env=env,
-                timeout=timeout, progress=progress, on_output=on_output)
+                timeout=timeout, progress=progress, on_output=on_output, network=network)
 
 
 def _boot_kvm_probe(timeout: float) -> None:

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import InvalidValue, Unsupported
 
@@ -60,12 +61,13 @@ def kernel_cmdline(console: str) -> str:
 
 
 def qemu_command(*, qemu: str, kernel: Path, initrd: Path, memory_mib: int, cpus: int, accel: str,
-                 name: str, share_host: bool, machine: str | None = None) -> list[str]:
-    """The qemu argv: no default devices, no network, no display; serial console on stdio."""
+                 name: str, share_host: bool, machine: str | None = None, nic: Sequence[str] = ()) -> list[str]:
+    """The qemu argv: no default devices, no display; serial console on stdio. No network card unless
+    `nic` (qemu options from labkit.vm.nic) gives one."""
     info = arch_info(machine)
     cmd = [qemu, "-name", name, "-nodefaults", "-no-user-config", "-display", "none",
            "-machine", info["machine"], "-m", str(memory_mib), "-smp", str(cpus),
-           "-serial", "stdio", "-no-reboot", "-net", "none",
+           "-serial", "stdio", "-no-reboot", *(nic or ["-net", "none"]),
            "-kernel", str(kernel), "-initrd", str(initrd), "-append", kernel_cmdline(info["console"])]
     cmd += ["-accel", "kvm"] if accel == "kvm" else ["-accel", "tcg"]
     cpu = info["cpu_kvm"] if accel == "kvm" else info["cpu_tcg"]

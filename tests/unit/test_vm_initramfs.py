@@ -88,7 +88,7 @@ def test_held_guest_waits_for_a_line_before_power_off(fake_busybox):
 
 def fake_kernel(tmp_path, compressed: bool = False) -> vm.Kernel:
     modules = tmp_path / "lib/modules/6.1.0-test-amd64"
-    for name in vm.SHARE_MODULES:
+    for name in vm.guest_modules():
         path = modules / "kernel" / f"{name}.ko"
         path.parent.mkdir(parents=True, exist_ok=True)
         if compressed:
