@@ -56,8 +56,8 @@ NOTEBOOKS = (
              "docker.io for the real-Docker half"),
     Notebook("41-swap-the-runtime.ipynb", "5 the engine", "Swap the runtime: labkit behind the real Docker", 25,
              "docker.io, runc and strace; labkit-runtime registered in daemon.json (provisioning)"),
-    Notebook("50-containers-vs-hypervisors.ipynb", "6 VMs", "A VM booted beside a container", 15,
-             "qemu and a guest kernel"),
+    Notebook("50-containers-vs-hypervisors.ipynb", "6 VMs", "A VM booted beside a container; its emulated NIC beside a veth",
+             20, "qemu and a guest kernel (with virtio_net); ethtool"),
 )
 
 

@@ -10,7 +10,7 @@ All of it is read, never written, and only in lab namespaces (or a given process
   flags `ip -d link` prints (`tun type tap pi off vnet_hdr on persist on`).
 - `tun_holders(pid)`: which of a process's file descriptors are attached to which tap: the kernel
   writes `iff:\tNAME` into /proc/PID/fdinfo/FD of a /dev/net/tun descriptor.
-- `net_dev(pid)`: /proc/PID/net/dev, the counters of every device in that process's network namespace.
+- `net_dev(pid or namespace)`: /proc/net/dev, the counters of every device in a network namespace.
 """
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ def parse_net_dev(text: str) -> dict[str, Counters]:
     return counters
 
 
-def net_dev(pid: int) -> dict[str, Counters]:
-    """The counters of every device in process `pid`'s network namespace (/proc/PID/net/dev)."""
-    with open(f"/proc/{int(pid)}/net/dev") as f:
+def net_dev(where: int | Namespace) -> dict[str, Counters]:
+    """The counters of every device in a network namespace: process `where`'s (/proc/PID/net/dev), or
+    a lab namespace's (/proc/net/dev read by `cat` inside it: /proc/net shows the reader's namespace)."""
+    if isinstance(where, Namespace):
+        return parse_net_dev(in_namespace(where, ["cat", "/proc/net/dev"]))
+    with open(f"/proc/{int(where)}/net/dev") as f:
         return parse_net_dev(f.read())
 
 
