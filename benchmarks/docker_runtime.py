@@ -8,7 +8,8 @@ ratio labkit / runc. Each such command makes containerd's shim call the runtime 
 (create, start, delete, delete --force), so the runtime's own start-up counts four times over.
 
 Part 2, one call: `state` of a running container, which only reads a JSON file and /proc, for
-`labkit-runtime`, `runc` and - the floor for any Python program - `python -c pass`. labkit-runtime's
+`labkit-runtime` (the path Docker runs: provisioning's /usr/local/lib/labkit/labkit-runtime, Python
+with -I -S), `runc` and - the floor for any Python program - `python -c pass`. labkit-runtime's
 verbs import only what they need (labkit/runtime/cli.py), so `state` should cost little more than
 Python's own start.
 
@@ -27,7 +28,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-RUNTIME = str(Path(sys.executable).with_name("labkit-runtime"))
 STATE_ROOT = "/run/docker/runtime-runc/moby"
 
 
@@ -64,10 +64,11 @@ def main() -> int:
                 for runtime in whole:
                     whole[runtime].append(timed([*docker, runtime, image, "true"]))
 
+            entry = runtimes["labkit"]["path"]             # what Docker itself runs
             cid = daemon.docker("run", "-d", "--network", "none", "--runtime", "labkit", "--name", box,
                                 image, "sleep", "600").stdout.decode().strip()
             calls = {"python -c pass": [sys.executable, "-c", "pass"],
-                     "labkit-runtime state": [RUNTIME, "--root", STATE_ROOT, "state", cid],
+                     "labkit-runtime state": [entry, "--root", STATE_ROOT, "state", cid],
                      "runc state": ["runc", "--root", STATE_ROOT, "state",
                                     daemon.docker("run", "-d", "--network", "none", "--runtime", "runc",
                                                   image, "sleep", "600").stdout.decode().strip()]}

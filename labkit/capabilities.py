@@ -10,7 +10,7 @@ back, for that process or anything it starts (see capabilities(7)).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import syscalls
 from .errors import InvalidValue

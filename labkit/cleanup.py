@@ -32,7 +32,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import Conflict, InvalidValue, LabkitError, NotFound
 

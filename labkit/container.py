@@ -44,7 +44,7 @@ import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import capabilities as _caps, cleanup, container_options, container_steps, rootfs as _rootfs, starter, syscalls
 from .container_options import DEFAULT_PATH  # noqa: F401 - its public name here since before the split

@@ -11,7 +11,7 @@ import os
 import struct
 import termios
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import start_stamps, syscalls
 from .errors import LabkitError

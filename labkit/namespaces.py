@@ -39,7 +39,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from . import host, nssetup, syscalls
 from .errors import InvalidValue, LabkitError, NotFound, from_oserror

@@ -40,7 +40,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from . import cleanup, host, mountinfo, syscalls
 from .binaries import find_busybox, is_static_executable

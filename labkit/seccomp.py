@@ -27,7 +27,7 @@ import ctypes
 import errno as _errno
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import InvalidValue, Unsupported
 from .syscalls import PR_SET_SECCOMP, SECCOMP_MODE_FILTER

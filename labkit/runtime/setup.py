@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import socket
 import struct
 from functools import partial
 
@@ -220,6 +219,8 @@ def console_step(console_socket: int, size: tuple[int, int] | None):
     """A pty made from the container's own /dev/ptmx (so `tty` inside names /dev/pts/0); the master
     goes to whoever listens on --console-socket, the slave becomes the controlling terminal."""
 
+    import socket                       # here, in the caller: the step itself imports nothing
+
     def step() -> None:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))               # unlockpt
@@ -242,6 +243,7 @@ def console_step(console_socket: int, size: tuple[int, int] | None):
 
 def connect_console(path: str) -> int:
     """Connect to the caller's --console-socket; the fd is handed to the container's process."""
+    import socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
