@@ -2,7 +2,8 @@
 
 labkit.cgroups' backends write the limits (memory, swap, cpu, cpuset, pids) and join the usual
 controllers; the runtime adds what a Docker container needs beyond a labkit one: the device rules
-of v1's `devices` controller (which device nodes the container may open or mknod), and
+(which device nodes the container may open or mknod) - v1's `devices` controller, or on v2 an eBPF
+program attached to the cgroup (labkit.runtime.devices) - and
 memory.oom_control for `--oom-kill-disable`. The path belongs to whoever asked for it (containerd
 removes nothing; `delete` does), so unlike a labkit cgroup it is not claimed for labkit's sweeps.
 """
@@ -14,6 +15,7 @@ from ..cgroups import backend
 from ..cgroups import files
 from ..cgroups.v2 import enable_controllers
 from ..errors import Conflict, Unsupported
+from . import devices
 
 DEVICES_ROOT = "/sys/fs/cgroup/devices"
 # The nodes every container gets in /dev (labkit.rootfs.populate_dev) and its pty devices: allowed
@@ -31,19 +33,20 @@ class RuntimeCgroup:
             os.path.isdir(DEVICES_ROOT) else None
 
     def create(self, limits, device_rules: list[str], oom_kill_disable: bool) -> None:
-        if device_rules and self.devices is None:
-            raise Unsupported("linux.resources.devices is not supported by labkit on cgroup v2 (it needs "
-                              "an eBPF device program); run Docker with cgroup v1, or without device rules")
+        if device_rules and self.version == "v1" and self.devices is None:
+            raise Unsupported("linux.resources.devices: this cgroup v1 host has no devices hierarchy")
         self.impl.check_supported(limits)
         if self.impl.exists():
             raise Conflict(f"cgroup {self.relpath} exists already ({', '.join(self.impl.dirs())})")
         self._make_parents()
         self.impl.create(limits)
         try:
-            if self.devices and device_rules:
+            rules = [*device_rules, *("allow " + r for r in DEFAULT_ALLOWED)]
+            if device_rules and self.version == "v2":     # an eBPF program judges each device access
+                devices.restrict(self.impl.dir, rules)
+            elif device_rules:
                 os.makedirs(os.path.dirname(self.devices), exist_ok=True)
                 files.mkdir(self.devices)
-                rules = [*device_rules, *("allow " + r for r in DEFAULT_ALLOWED)]
                 for rule in rules:                # "allow c 1:3 rwm" -> devices.allow <- "c 1:3 rwm"
                     verb, _, entry = rule.partition(" ")
                     files.write(f"{self.devices}/devices.{verb}", entry)
