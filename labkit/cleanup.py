@@ -35,6 +35,7 @@ from pathlib import Path
 from collections.abc import Iterable
 
 from .errors import Conflict, InvalidValue, LabkitError, NotFound
+from .pidstart import start_time  # noqa: F401 - owner records name a process by (pid, start time)
 
 PREFIX = "labkit-"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
@@ -52,7 +53,6 @@ SWEEP_MODULES = (
     "labkit.cleanup",     # owner records and work directories nobody owns any more
 )
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")      # the unit of /proc/PID/stat's start time
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -103,26 +103,6 @@ def checked_name(name: str, max_len: int = 64) -> str:
 
 
 # --- ownership ----------------------------------------------------------------------------------
-
-def start_time(pid: int) -> str | None:
-    """Process start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone.
-
-    With the pid it names one process for good: a pid is reused, a (pid, start time) pair is not.
-    psutil reads the field (as seconds since the epoch); owner records keep the kernel's tick count.
-    A zombie counts as gone: it has exited, only its parent has not collected its status yet (a
-    killed notebook kernel stays a zombie until Jupyter reaps it), and its objects are leftovers.
-    """
-    import psutil   # here, not at the top: every labkit command imports cleanup (start-up speed)
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return None
-        since_boot = proc.create_time() - psutil.boot_time()
-    except (psutil.Error, ValueError):
-        return None
-    return str(round(since_boot * _CLOCK_TICKS))
-
 
 def _owner_file(kind: str, name: str) -> Path:
     return OWNERS_DIR / kind / name

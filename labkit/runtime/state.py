@@ -21,22 +21,12 @@ from __future__ import annotations
 import os
 
 from ..errors import NotFound
+from ..pidstart import start_time
 
 DEFAULT_ROOT = "/run/labkit-runtime"
 OCI_VERSION = "1.0.2"
 FIFO = "exec.fifo"
 LATE_HOOKS = ("poststart", "poststop")      # the hook kinds run after `create` (by start and delete)
-
-
-def start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in ticks), or None if gone or a zombie: a pid names the
-    same process only together with its start time."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _late_hooks(data: dict) -> str:
