@@ -13,13 +13,19 @@ with -I -S), `runc` and - the floor for any Python program - `python -c pass`. l
 verbs import only what they need (labkit/runtime/cli.py), so `state` should cost little more than
 Python's own start.
 
+Part 3, the CLI: `labkit run --memory 128M --cpu 1 --pids 64 -- /bin/true` against `runc run` of a
+`runc spec` bundle with the same limits and namespaces (benchmarks/start_latency.py makes it), whole
+processes, interleaved; after each `labkit run` the script waits, untimed, for the watchdog it started.
+
 Uses the running dockerd or starts one (labkit.dockerd); the image is labkit's busybox root imported
-with `docker import`. Writes benchmarks/results/docker_runtime.{json,md}.
+with `docker import`. Prints the two ratios the issue sets targets for (docker run <= 1.3x runc,
+labkit run <= 1.5x runc) and writes benchmarks/results/docker_runtime.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +46,37 @@ def timed(argv: list[str]) -> float:
 def summary(samples: list[float]) -> dict:
     q = statistics.quantiles(samples, n=4)
     return {"median_ms": statistics.median(samples) * 1000, "iqr_ms": (q[2] - q[0]) * 1000, "runs": len(samples)}
+
+
+def cli_against_runc(runs: int) -> dict[str, list[float]]:
+    """Part 3: `labkit run` and `runc run`, one of each, `runs` times (after one untimed round)."""
+    import shutil
+    import tempfile
+
+    from start_latency import CPU, MEMORY, PIDS, make_bundle, settle
+
+    labkit = [str(Path(sys.executable).with_name("labkit")), "run", "--memory", str(MEMORY), "--cpu", str(CPU),
+              "--pids", str(PIDS), "--", "/bin/true"]
+    work = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
+    times = {"labkit run -- /bin/true": [], "runc run (same limits)": []}
+    try:
+        bundle = make_bundle(work / "bundle")
+        for i in range(runs + 1):
+            for name in times:
+                argv = labkit if name.startswith("labkit") else ["runc", "run", "-b", str(bundle),
+                                                                  f"bench-{os.getpid()}-{i}"]
+                start = time.perf_counter()
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                if proc.wait() != 0:
+                    sys.exit(f"{' '.join(argv)} failed with status {proc.returncode}")
+                if i:
+                    times[name].append(time.perf_counter() - start)
+                if name.startswith("labkit"):
+                    settle([proc.pid])      # its watchdog, untimed: it would slow the next row
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return times
 
 
 def main() -> int:
@@ -82,18 +119,25 @@ def main() -> int:
             cleanup.release("docker-container", box)
             dockerd.remove_image(image)
 
+    cli = cli_against_runc(args.runs)
+
     rows = {f"docker run --rm --runtime {r} busybox true": summary(s) for r, s in whole.items()}
     rows.update({name: summary(s) for name, s in one.items()})
+    rows.update({name: summary(s) for name, s in cli.items()})
     ratio = rows["docker run --rm --runtime labkit busybox true"]["median_ms"] / \
         rows["docker run --rm --runtime runc busybox true"]["median_ms"]
     state_vs_python = rows["labkit-runtime state"]["median_ms"] / rows["python -c pass"]["median_ms"]
+    cli_ratio = rows["labkit run -- /bin/true"]["median_ms"] / rows["runc run (same limits)"]["median_ms"]
     lines = [f"| what | median | IQR | runs |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['median_ms']:.0f} ms | {r['iqr_ms']:.0f} ms | {r['runs']} |" for name, r in rows.items()]
-    lines += ["", f"docker run --rm, labkit / runc: **{ratio:.2f}x** (target <= 1.3x)",
+    lines += ["", f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+              f"docker run --rm, labkit / runc: **{ratio:.2f}x** (target <= 1.3x)",
+              f"labkit run / runc run: **{cli_ratio:.2f}x** (target <= 1.5x)",
               f"labkit-runtime state / python -c pass: {state_vs_python:.2f}x"]
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "docker_runtime.json").write_text(json.dumps({"rows": rows, "ratio_docker_run": ratio,
+                                                             "ratio_labkit_run": cli_ratio,
                                                              "ratio_state_to_python": state_vs_python}, indent=2))
     (RESULTS / "docker_runtime.md").write_text("\n".join(lines) + "\n")
     return 0
