@@ -162,6 +162,10 @@ def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
         kinds.append(NAMESPACES[ns["type"]])
     if "mnt" not in kinds:
         r.bad("linux.namespaces", kinds, "a list that includes {'type': 'mount'}")
+    if ":" in str(linux.get("cgroupsPath") or ""):
+        r.refuse("linux.cgroupsPath", f"{linux['cgroupsPath']!r} names a systemd unit (slice:prefix:name, "
+                                      "Docker's systemd cgroup driver); labkit makes cgroupfs paths itself "
+                                      "(Docker's native.cgroupdriver=cgroupfs)")
     hostname = top.get("hostname") or None
     if hostname and "uts" not in kinds:
         r.bad("hostname", hostname, "a uts namespace in linux.namespaces too")
