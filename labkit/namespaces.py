@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import resource
 import select
-import selectors
 import signal
 import struct
 import subprocess
@@ -190,6 +189,8 @@ def _collect(proc: Process, input: bytes | None, timeout: float | None):
     """Feed stdin while reading stdout and stderr, all in one loop: a command that answers before it
     has read all its input (cat) would otherwise fill its output pipe and wait for us, while we wait
     for it to take more input. Writes may be short; the timeout covers the whole exchange."""
+    import selectors        # here: only communicate() needs it, labkit-runtime never does
+
     chunks = {proc.stdout: [], proc.stderr: []}
     pending = memoryview(input or b"")
     with selectors.DefaultSelector() as sel:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import json
 import os
 import stat
@@ -161,6 +160,7 @@ def _fill_busybox(root: Path) -> dict:
 
 def _base_spec() -> dict:
     """What the base layer is made of; its digest names the layer's directory."""
+    import hashlib      # here: only building or naming a layer needs it (labkit-runtime never does)
     busybox = _busybox_binary()
     st = busybox.stat()
     key = (str(busybox), st.st_size, st.st_mtime_ns)
@@ -189,6 +189,7 @@ def base_layer(rebuild: bool = False) -> Layer:
 
 
 def _digest(meta: dict) -> str:
+    import hashlib
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
@@ -209,6 +210,7 @@ def layer(name: str, files: Mapping[str, str | bytes] = {}, delete: Iterable[str
             raise InvalidValue("path in layer", rel, "a path inside the root without '..'")
     spec = json.dumps([sorted((k, v if isinstance(v, str) else v.hex()) for k, v in files.items()),
                        sorted(delete), sorted(modes.items())])
+    import hashlib
     digest = hashlib.sha256(spec.encode()).hexdigest()
 
     def fill(root: Path) -> dict:
