@@ -103,12 +103,9 @@ class Log:
         if not self.path:
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
-        if self.fmt == "json" and msg.isascii() and msg.isprintable() and not set('"\\') & set(msg):
-            # the usual "start ID": nothing to escape, so no json import for a line every verb writes
-            line = f'{{"level": "{level}", "msg": "{msg}", "time": "{stamp}"}}'
-        elif self.fmt == "json":
-            import json
-            line = json.dumps({"level": level, "msg": msg, "time": stamp})
+        if self.fmt == "json":
+            from .plainjson import dumps      # a line every verb writes: json only if it must escape
+            line = dumps({"level": level, "msg": msg, "time": stamp})
         else:
             line = f'time="{stamp}" level={level} msg="{msg}"'
         try:

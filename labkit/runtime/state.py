@@ -1,9 +1,9 @@
 """What the runtime remembers between two of its invocations: one directory per container under --root.
 
     ROOT/ID/state.json   pid and its start time, bundle, cgroup path, created time, annotations, hooks
-    ROOT/ID/process      the same pid, start time and cgroup path on one plain line (and which of the
-                         hooks `start` and `delete` must run): the two calls after `create` in every
-                         `docker run` read only this, so they import neither json nor pathlib
+    ROOT/ID/facts        the same, but the hooks and annotations, as plain `key value` lines (plus which
+                         hook kinds `start` and `delete` must run): `start`, `delete` and `state` read
+                         only this unless there are hooks or annotations, so they import no json
     ROOT/ID/exec.fifo    exists while the container is "created": its process is blocked opening
                          the FIFO for writing; `start` opens it for reading, which lets it exec
 
@@ -29,8 +29,11 @@ FIFO = "exec.fifo"
 LATE_HOOKS = ("poststart", "poststop")      # the hook kinds run after `create` (by start and delete)
 
 
-def _late_hooks(data: dict) -> str:
-    return ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
+def _facts(data: dict) -> dict[str, str]:
+    late = ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
+    return {"pid": str(data["pid"]), "pid_start": data["pid_start"], "cgroup": data["cgroup"],
+            "late_hooks": late, "bundle": data["bundle"], "rootfs": data["rootfs"],
+            "created": data["created"], "annotated": "yes" if data.get("annotations") else "no"}
 
 
 class Container:
@@ -44,34 +47,34 @@ class Container:
         self.dir = os.path.join(root, cid)
         self.fifo = os.path.join(self.dir, FIFO)
         self._data: dict | None = None
-        self._process: list[str] | None = None
+        self._facts: dict[str, str] | None = None
 
     def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.dir, "process")) or \
+        return os.path.exists(os.path.join(self.dir, "facts")) or \
             os.path.exists(os.path.join(self.dir, "state.json"))
 
-    def _line(self) -> list[str]:
-        """ROOT/ID/process: "PID START_TICKS HOOK_KINDS CGROUP" (HOOK_KINDS: comma-separated or -).
-        A container created by an older labkit-runtime has only state.json: the same from there."""
-        if self._process is None:
+    @property
+    def facts(self) -> dict[str, str]:
+        """ROOT/ID/facts as a dict. A container created by an older labkit-runtime has only
+        state.json: the same facts from there."""
+        if self._facts is None:
             try:
-                with open(os.path.join(self.dir, "process")) as f:
-                    self._process = f.read().rstrip("\n").split(" ", 3)
+                with open(os.path.join(self.dir, "facts")) as f:
+                    self._facts = dict(line.rstrip("\n").split(" ", 1) for line in f)
             except FileNotFoundError:
-                data = self.data
-                self._process = [str(data["pid"]), data["pid_start"], _late_hooks(data), data["cgroup"]]
-        return self._process
+                self._facts = _facts(self.data)
+        return self._facts
 
     @property
     def pid(self) -> int:
-        return int(self._line()[0])
+        return int(self.facts["pid"])
 
     @property
     def cgroup_path(self) -> str:
-        return self._line()[3]
+        return self.facts["cgroup"]
 
     def has_hooks(self, kind: str) -> bool:
-        return kind in self._line()[2].split(",")
+        return kind in self.facts["late_hooks"].split(",")
 
     @property
     def data(self) -> dict:
@@ -86,16 +89,20 @@ class Container:
         return self._data
 
     def save(self, data: dict) -> None:
-        """state.json, then the process line: each written whole and renamed into place, and the
-        process line last - the container "exists" for the other verbs only once both are there."""
+        """state.json, then the facts: each written whole and renamed into place, the facts last -
+        the container "exists" for the other verbs only once both are there."""
         import json
+        facts = _facts(data)
+        if any("\n" in value for value in facts.values()):
+            from ..errors import InvalidValue
+            raise InvalidValue("container facts", facts, "values without a newline")
         for name, text in (("state.json", json.dumps(data)),
-                           ("process", f"{data['pid']} {data['pid_start']} {_late_hooks(data)} {data['cgroup']}\n")):
+                           ("facts", "".join(f"{key} {value}\n" for key, value in facts.items()))):
             partial = os.path.join(self.dir, f".{name}.tmp")
             with open(partial, "w") as f:
                 f.write(text)
             os.replace(partial, os.path.join(self.dir, name))
-        self._data, self._process = data, None
+        self._data, self._facts = data, None
 
     def remove(self) -> None:
         """The state directory and its few files (flat: no shutil needed)."""
@@ -111,7 +118,7 @@ class Container:
         os.rmdir(self.dir)
 
     def alive(self) -> bool:
-        return start_time(self.pid) == self._line()[1]
+        return start_time(self.pid) == self.facts["pid_start"]
 
     def cgroup(self):
         """The backend object (labkit.cgroups v1 or v2) for this container's cgroup."""
@@ -143,12 +150,12 @@ class Container:
 
     def oci_state(self) -> dict:
         """The runtime-spec state (plus runc's rootfs, created and owner fields)."""
-        status = self.status()
-        data = self.data
+        status, facts = self.status(), self.facts
+        annotations = self.data.get("annotations") or {} if facts["annotated"] == "yes" else {}
         return {"ociVersion": OCI_VERSION, "id": self.id,
-                "pid": data["pid"] if status != "stopped" else 0, "status": status,
-                "bundle": data["bundle"], "rootfs": data["rootfs"], "created": data["created"],
-                "owner": "", "annotations": data.get("annotations") or {}}
+                "pid": self.pid if status != "stopped" else 0, "status": status,
+                "bundle": facts["bundle"], "rootfs": facts["rootfs"], "created": facts["created"],
+                "owner": "", "annotations": annotations}
 
 
 def all_containers(root: str) -> list[Container]:

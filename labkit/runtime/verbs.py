@@ -60,8 +60,8 @@ def release(box: states.Container) -> None:
 
 
 def state(opts, log) -> int:
-    import json
-    print(json.dumps(_existing(opts).oci_state(), indent=2))
+    from .plainjson import dumps
+    print(dumps(_existing(opts).oci_state(), indent=2))
     return 0
 
 
