@@ -118,7 +118,7 @@ tar -C "$ROOT" --numeric-owner -cf - . | docker import \
     --change 'ENV PATH=/opt/labkit/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LABKIT_VENV=/opt/labkit/.venv' \
     --change 'WORKDIR /opt/labkit/notebooks' \
-    --change 'CMD ["jupyterhub-singleuser", "--allow-root"]' \
+    --change 'CMD ["labkit", "lab", "leaf", "--", "jupyterhub-singleuser", "--allow-root"]' \
     - "$TAG" >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
 say "built $TAG: $((size / 1048576)) MiB, in $((SECONDS - start)) s"

@@ -76,7 +76,10 @@ c.DockerSpawner.notebook_dir = NOTEBOOKS
 c.DockerSpawner.default_url = "/lab/tree/00-welcome.ipynb"
 # The image's jupyterhub is pinned to this hub's version (build-image.sh --jupyterhub-version); the
 # server runs as root because labkit creates kernel objects.
-c.DockerSpawner.cmd = ["jupyterhub-singleuser", "--allow-root"]
+# `labkit lab leaf` first: on a cgroup-v2 host it moves the container's processes into a `jupyter/`
+# leaf and makes `labkit/` beside it for the notebooks' cgroups (v2 forbids processes and enabled
+# children in one cgroup); elsewhere it only execs the server.
+c.DockerSpawner.cmd = ["labkit", "lab", "leaf", "--", "jupyterhub-singleuser", "--allow-root"]
 # Ten learners logging in at once on 2 cores took ~25 s to a ready JupyterLab: leave room.
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 120

@@ -171,6 +171,10 @@ def _cmd_lab(args) -> int:
     if args.lab_action == "serve":
         lab.serve(settings)                  # execs JupyterLab: does not return
         return 1
+    if args.lab_action == "leaf":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        lab.exec_in_leaf(command)            # execs the command: does not return
+        return 1
     if args.lab_action == "start":
         result = lab.start(settings, mode=args.mode)
         verb = "started" if result["started"] else "already running"
@@ -352,8 +356,9 @@ def _add_vm(sub) -> None:
 
 def _add_lab(sub) -> None:
     p = sub.add_parser("lab", help="JupyterLab for the workbook: url, start, stop, status")
-    p.add_argument("lab_action", choices=("url", "start", "stop", "status", "serve"),
-                   help="serve = run it in the foreground (what the service runs)")
+    p.add_argument("lab_action", choices=("url", "start", "stop", "status", "serve", "leaf"),
+                   help="serve = run it in the foreground (what the service runs); leaf -- CMD = exec "
+                        "CMD in the jupyter/ leaf cgroup on v2 (a classroom learner's server)")
     p.add_argument("--ip", help="listen address (default 127.0.0.1; 0.0.0.0 inside a VM)")
     p.add_argument("--port", help="port (default 8888)")
     p.add_argument("--notebook-dir", help="directory JupyterLab serves (default: the repo's notebooks/)")
@@ -362,6 +367,7 @@ def _add_lab(sub) -> None:
     p.add_argument("--run-dir", help="pid file and log (/run/labkit/lab)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--quiet", action="store_true", help="status: only the exit code (0 = running as set)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="leaf: the command to exec, after --")
     p.set_defaults(func=_cmd_lab)
 
 

@@ -360,25 +360,41 @@ def _own_v2_cgroup() -> str | None:
 
 
 def _enter_leaf_cgroup() -> str | None:
-    """Under a systemd-delegated v2 subtree: move into `jupyter/` and return where labkit's cgroups go
-    (see `delegated_layout`). None when not started by systemd on a pure v2 host."""
-    if not os.environ.get("INVOCATION_ID"):          # not started by systemd: nothing delegated
-        return None
-    if host.cgroup_mode() != "v2":                   # v1/hybrid: no "no internal processes" rule
+    """On cgroup v2, where a subtree is ours: move JupyterLab into `jupyter/` and return where labkit's
+    cgroups go (see `delegated_layout`). Two such places:
+
+    * a systemd-delegated service (Delegate=yes): its cgroup; only this process moves;
+    * a container with its own cgroup namespace (--cgroupns=private: a classroom's learner): the
+      namespace's root, which is the container's cgroup on the host - every process in it moves,
+      since they are all the container's.
+
+    None elsewhere (v1 and hybrid hosts have no "no internal processes" rule; on a plain host the
+    root cgroup is the kernel's, not ours)."""
+    if host.cgroup_mode() != "v2":
         return None
     own = _own_v2_cgroup()
-    if not own or own == "/":
-        return None
-    return delegated_layout(Path(host.CGROUP_ROOT), own)
+    root = Path(host.CGROUP_ROOT)
+    if os.environ.get("INVOCATION_ID") and own and own != "/":
+        return delegated_layout(root, own)
+    if own == "/" and container_cgroup_root(root):
+        return delegated_layout(root, "/", move_all=True)
+    return None
 
 
-def delegated_layout(root: Path, own: str) -> str:
+def container_cgroup_root(root: Path) -> bool:
+    """Is the v2 root we see a cgroup namespace's root rather than the kernel's? Only a non-root
+    cgroup has `cgroup.type` (and limits such as memory.max): the kernel's root has neither."""
+    return (root / "cgroup.type").exists()
+
+
+def delegated_layout(root: Path, own: str, move_all: bool = False) -> str:
     """Lay out the delegated cgroup `own` (relative to the v2 root `root`) as
 
         own/jupyter   this process (a leaf: v2 lets a cgroup hold processes or children, not both)
         own/labkit    labkit's cgroups, with the controllers enabled for them
 
-    and return `own/labkit` for LABKIT_CGROUP_PARENT."""
+    and return `own/labkit` for LABKIT_CGROUP_PARENT (relative to `root`). With move_all, every
+    process in `own` moves into the leaf, not only this one (a container's processes)."""
     own = own.rstrip("/")
     if own.endswith("/jupyter"):                      # a restart that kept us in the leaf
         own = own[: -len("/jupyter")]
@@ -386,6 +402,8 @@ def delegated_layout(root: Path, own: str) -> str:
     leaf = base / "jupyter"
     leaf.mkdir(exist_ok=True)
     (leaf / "cgroup.procs").write_text("0")           # "0" moves the writing process itself
+    if move_all:
+        _move_processes(base, leaf)
     available = set((base / "cgroup.controllers").read_text().split())
     wanted = " ".join("+" + c for c in V2_CONTROLLERS if c in available)
     labkit_dir = base / "labkit"
@@ -393,7 +411,36 @@ def delegated_layout(root: Path, own: str) -> str:
     if wanted:                                        # only now that `base` holds no process
         (base / "cgroup.subtree_control").write_text(wanted)
         (labkit_dir / "cgroup.subtree_control").write_text(wanted)
-    return own.lstrip("/") + "/labkit"
+    return "/".join(p for p in (own.strip("/"), "labkit") if p)
+
+
+def _move_processes(source: Path, leaf: Path, rounds: int = 5) -> None:
+    """Every process of `source` into `leaf`, one pid per write (as the kernel wants); a process that
+    forks meanwhile leaves a child behind, so look again a few times."""
+    for _ in range(rounds):
+        pids = (source / "cgroup.procs").read_text().split()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                (leaf / "cgroup.procs").write_text(pid)
+            except ProcessLookupError:                # it exited meanwhile
+                continue
+
+
+def exec_in_leaf(argv: list[str]) -> None:
+    """Exec `argv` after moving into the leaf (where there is one to move to), with
+    LABKIT_CGROUP_PARENT set for every labkit it starts: `labkit lab leaf -- jupyterhub-singleuser ...`
+    is a classroom learner's command (deploy/), so that JupyterHub's single-user server and its
+    kernels get the same layout as `labkit lab serve`."""
+    if not argv:
+        raise InvalidValue("command", "", "the command to run in the leaf, after --")
+    env = dict(os.environ)
+    parent = _enter_leaf_cgroup()
+    if parent:
+        env["LABKIT_CGROUP_PARENT"] = parent
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
 
 
 def serve(settings: LabSettings) -> None:

@@ -148,7 +148,7 @@ v2tier() {
 classroom() {
     compgen -G 'tests/classroom/test_*.py' >/dev/null || { STAGE_NOTE="no tests/classroom/test_*.py"; return 77; }
     rm -f "$OUT"/classroom-*.xml "$OUT"/classroom-*.log
-    TEST_OUTPUT=$OUT run_pytest classroom 1500 tests/classroom
+    TEST_OUTPUT=$OUT run_pytest classroom 1500 -s tests/classroom    # -s: the build's progress, live
     local rc=$? note=$STAGE_NOTE xml counts cells=0
     for xml in "$OUT"/classroom-labkit-*.xml; do
         [ -f "$xml" ] || continue

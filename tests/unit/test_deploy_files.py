@@ -3,6 +3,7 @@ refuses what it cannot do safely, and the Helm values select Kata and deny egres
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_each_learner_gets_limits_volumes_and_a_private_cgroup_namespace(monkeyp
     assert spawner.post_start_cmd == "ip route del default"             # no route out of the network
     assert set(spawner.volumes.values()) == {"/opt/labkit/notebooks", "/var/lib/labkit", "/var/lib/docker"}
     assert all("{username}" in name for name in spawner.volumes)
-    assert spawner.cmd == ["jupyterhub-singleuser", "--allow-root"]
+    assert spawner.cmd == ["labkit", "lab", "leaf", "--", "jupyterhub-singleuser", "--allow-root"]
     assert c.JupyterHub.bind_url.startswith("http://127.0.0.1:")
     assert c.JupyterHub.hub_ip != "0.0.0.0"
     assert c.ConfigurableHTTPProxy.api_url.startswith("http://127.0.0.1:")
@@ -73,7 +74,7 @@ def test_helm_values_select_kata_deny_egress_and_prepull():
     values = yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())
     user = values["singleuser"]
     assert user["extraPodConfig"]["runtimeClassName"] == "kata"
-    assert user["cmd"] == ["jupyterhub-singleuser", "--allow-root"]
+    assert user["cmd"] == ["labkit", "lab", "leaf", "--", "jupyterhub-singleuser", "--allow-root"]
     policy = user["networkPolicy"]
     assert policy["enabled"] and policy["egress"] == [] and not any(policy["egressAllowRules"].values())
     mounts = {m["mountPath"] for m in user["storage"]["extraVolumeMounts"]}
@@ -83,6 +84,58 @@ def test_helm_values_select_kata_deny_egress_and_prepull():
     runtime_class = yaml.safe_load((DEPLOY / "kata" / "runtimeclass.yaml").read_text())
     assert runtime_class["kind"] == "RuntimeClass" and runtime_class["metadata"]["name"] == "kata"
     assert "privileged_without_host_devices = true" in (DEPLOY / "kata" / "containerd-kata.toml").read_text()
+
+
+# No helm here, and the Zero to JupyterHub chart (with its values.schema.json) comes from a Helm
+# repository, not from PyPI or npm: so no `helm template` and no schema validation in the suite. What
+# runs instead is this structural check. Every key path the values set, each one looked up in the
+# chart's values.schema.yaml (chart 4.x, JupyterHub 5) when it was added - the schema there sets
+# additionalProperties: false, so a key it does not list makes `helm install` fail. A new key must be
+# checked there and added here. hub.config.* is free-form (traitlets), so it stops at the class.
+CHART_KEY_PATHS = {
+    "cull.enabled", "cull.timeout", "ingress.enabled", "proxy.service.type",
+    "prePuller.continuous.enabled", "prePuller.hook.enabled",
+    "hub.config.Authenticator", "hub.config.DummyAuthenticator", "hub.config.JupyterHub", "hub.config.KubeSpawner",
+    "singleuser.allowPrivilegeEscalation", "singleuser.cloudMetadata.blockWithIptables", "singleuser.cmd",
+    "singleuser.cpu.guarantee", "singleuser.cpu.limit", "singleuser.memory.guarantee", "singleuser.memory.limit",
+    "singleuser.defaultUrl", "singleuser.extraPodConfig.runtimeClassName", "singleuser.fsGid", "singleuser.uid",
+    "singleuser.image.name", "singleuser.image.tag", "singleuser.startTimeout",
+    "singleuser.networkPolicy.enabled", "singleuser.networkPolicy.egress",
+    *(f"singleuser.networkPolicy.egressAllowRules.{rule}" for rule in (
+        "cloudMetadataServer", "dnsPortsCloudMetadataServer", "dnsPortsKubeSystemNamespace",
+        "dnsPortsPrivateIPs", "nonPrivateIPs", "privateIPs")),
+    "singleuser.storage.type", "singleuser.storage.capacity", "singleuser.storage.homeMountPath",
+    "singleuser.storage.dynamic.subPath", "singleuser.storage.extraVolumeMounts",
+}
+
+
+def key_paths(values: dict, prefix: str = ""):
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and not path.startswith("hub.config."):
+            yield from key_paths(value, path)
+        else:
+            yield path
+
+
+def test_helm_values_use_only_keys_and_types_the_chart_accepts():
+    values = yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())
+    unknown = set(key_paths(values)) - CHART_KEY_PATHS
+    assert not unknown, f"keys not checked against the chart's values.schema.yaml: {sorted(unknown)}"
+    user = values["singleuser"]
+    # the types the chart's schema gives these (a wrong one fails helm's validation, too)
+    assert isinstance(user["cpu"]["limit"], (int, float)) and isinstance(user["cpu"]["guarantee"], (int, float))
+    quantity = r"^\d+(\.\d+)?[KMGT]i?$"
+    assert all(re.match(quantity, str(user["memory"][k])) for k in ("limit", "guarantee"))
+    assert re.match(quantity, user["storage"]["capacity"])
+    assert user["storage"]["type"] in ("dynamic", "static", "none")
+    assert all(set(m) <= {"name", "mountPath", "subPath", "readOnly"} and {"name", "mountPath"} <= set(m)
+               for m in user["storage"]["extraVolumeMounts"])
+    assert isinstance(user["startTimeout"], int) and isinstance(values["cull"]["timeout"], int)
+    assert isinstance(user["uid"], int) and isinstance(user["fsGid"], int)
+    assert isinstance(user["image"]["tag"], str)            # "latest", quoted: a bare number would be a float
+    assert values["proxy"]["service"]["type"] in ("ClusterIP", "NodePort", "LoadBalancer")
+    assert all(isinstance(v, bool) for v in user["networkPolicy"]["egressAllowRules"].values())
 
 
 @pytest.mark.parametrize("script", ["build-image.sh", "start-hub.sh"])

@@ -30,7 +30,8 @@ from labkit.errors import LabkitError  # noqa: E402
 # places into cgroups: the sampler (its v2 counter files) and the starter (placement by the parent);
 # and labkit-runtime's device rules, which v2 enforces with an eBPF program.
 SKIPPED = 77
-TEST_FILES = ("tests/v2tier/test_v2_only.py", "tests/v2tier/test_v2_devices.py", "tests/integration/test_cgroups.py",
+TEST_FILES = ("tests/v2tier/test_v2_only.py", "tests/v2tier/test_v2_devices.py",
+              "tests/v2tier/test_container_leaf.py", "tests/integration/test_cgroups.py",
               "tests/integration/test_monitor.py", "tests/integration/test_starter.py")
 # the live-plot tests import numpy, which stops with "Illegal instruction" under TCG's default CPU
 DESELECT = "not plot"
