@@ -34,8 +34,8 @@ pytestmark = [
 # through `labkit lab leaf`, and reports what the kernel shows it; then labkit makes a cgroup with a
 # memory limit under LABKIT_CGROUP_PARENT.
 INSIDE = r"""
-mount -t cgroup2 none /sys/fs/cgroup
-sleep 120 &
+umount /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup   # the same superblock: not on top
+sleep 120 </dev/null >/dev/null 2>&1 &     # not on our pipe: we read it to its end
 echo "sibling=$!"
 exec {labkit} lab leaf -- sh -c '
   echo "own=$(grep ^0:: /proc/self/cgroup)"
@@ -45,8 +45,8 @@ exec {labkit} lab leaf -- sh -c '
   exec {python} -c "
 from labkit.cgroups import Cgroup
 with Cgroup.create(memory=\"32M\", pids=20) as cg:
-    print(\"made=\" + str(cg.path))
-    print(\"memory.max=\" + open(str(cg.path) + \"/memory.max\").read().strip())
+    print(\"made=\" + str(cg.path()))
+    print(\"memory.max=\" + open(str(cg.path()) + \"/memory.max\").read().strip())
 "'
 """
 
