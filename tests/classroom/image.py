@@ -4,8 +4,8 @@ Built the way an instructor builds it (debootstrap of Debian 12, vagrant/provisi
 a chroot, `docker import`; no registry), plus `--test-tools` (pytest and nbval: the learners run
 with --network none, so nbval must be in the image). The build takes minutes, so the result is kept
 in the stage's own dockerd (daemon.py) as `labkit-classroom-base:KEY`, KEY a hash of what the build
-reads (KEY_FILES, the Debian suite, the hub's jupyterhub version); a change in any makes a new build
-and the stale tags go.
+reads (KEY_FILES, its flags, the hub's jupyterhub version); a change in any makes a new build,
+and all but the newest few go.
 
 Every run then adds this checkout on top (`docker build`: FROM the base, COPY the tracked files to
 /opt/labkit; labkit is installed editable there), so a change to labkit or a notebook is tested
@@ -27,13 +27,15 @@ from tests.guest.image import ca_bundle, pip_conf
 PROJECT = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
 KEY_FILES = ("vagrant/packages.txt", "pyproject.toml", "constraints.txt", "vagrant/provision.sh",
-             "vagrant/jupyterlab-settings/overrides.json", "deploy/build-image.sh", "tests/classroom/image.py")
+             "vagrant/jupyterlab-settings/overrides.json", "deploy/build-image.sh")
+BUILD_FLAGS = ("--suite", SUITE, "--test-tools")      # part of the key too
 BASE = "labkit-classroom-base"
 RUN = "labkit-classroom-run"
+KEEP = 3                      # cached base images kept, the newest
 
 
 def key(hub_version: str) -> str:
-    h = hashlib.sha256(f"{SUITE}\0{hub_version}\0".encode())
+    h = hashlib.sha256("\0".join((*BUILD_FLAGS, hub_version, "")).encode())
     for name in KEY_FILES:
         h.update(name.encode() + b"\0" + (PROJECT / name).read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -50,10 +52,12 @@ def ensure_base(d: OwnDockerd, hub_version: str) -> tuple[str, float | None]:
     if tag in _tags(d, BASE):
         say(f"lab image {tag}: cached (its inputs have not changed)")
         return tag, None
-    for stale in _tags(d, BASE):
+    # keep the newest few: two checkouts of different inputs on one machine (a CI clone beside a
+    # working tree) would otherwise remove each other's image at every run
+    for stale in _tags(d, BASE)[KEEP - 1:]:
         d.docker("rmi", stale, check=False)
-    argv = ["bash", str(PROJECT / "deploy/build-image.sh"), "--suite", SUITE, "--tag", tag,
-            "--jupyterhub-version", hub_version, "--test-tools"]
+    argv = ["bash", str(PROJECT / "deploy/build-image.sh"), *BUILD_FLAGS, "--tag", tag,
+            "--jupyterhub-version", hub_version]
     if ca_bundle():
         argv += ["--ca-bundle", ca_bundle()]
     if pip_conf():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from labkit import loopdev
+from labkit import loopdev, mountinfo
 from tests.classroom.daemon import OwnDockerd
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -34,29 +34,40 @@ def host_namespaces() -> set[int]:
     return {ino for kind in NS_KINDS if (ino := _ns_inode(f"/proc/self/ns/{kind}"))}
 
 
+def _nsfs_mounts(pid: int) -> list[tuple[int, str]]:
+    """(namespace inode, mount point) of every namespace bind mount (`ip netns add`) `pid` sees."""
+    try:
+        mounts = mountinfo.read(pid)
+    except OSError:
+        return []
+    return [(int(m.group(1)), mount["mountpoint"]) for mount in mounts if mount["fstype"] == "nsfs"
+            and (m := re.fullmatch(r"[a-z_]+:\[(\d+)\]", mount["root"]))]
+
+
 def namespaces_of(pids: list[int]) -> set[int]:
-    """Every namespace these processes are in, or keep mounted (nsfs bind mounts: `ip netns add`)."""
+    """Every namespace these processes are in, or keep mounted."""
     found = set()
     for pid in pids:
         found |= {ino for kind in NS_KINDS if (ino := _ns_inode(f"/proc/{pid}/ns/{kind}"))}
-        try:
-            mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
-        except OSError:
-            continue
-        found |= {int(m) for m in re.findall(r" [a-z]+:\[(\d+)\] ", mountinfo)}
+        found |= {ino for ino, _ in _nsfs_mounts(pid)}
     return found
 
 
-def namespaces_alive(inodes: set[int], since: float) -> set[int]:
-    """Which of these namespaces the kernel still has: entered by a process, or mounted in its mount
-    namespace - counting only processes that existed at `since` (time.time() of the learners' stop).
-    The kernel hands a freed namespace's inode number to the next new namespace, and on a shared
-    machine someone else's fresh process may get one of these numbers; it is not a leftover."""
-    pids = []
-    for p in psutil.process_iter(["create_time"]):
-        if (p.info["create_time"] or since) < since:
-            pids.append(p.pid)
-    return namespaces_of(pids) & inodes
+def namespaces_alive(inodes: set[int], since: float, under: Path) -> set[int]:
+    """Which of these namespaces the kernel still has after the learners stopped at `since`
+    (time.time()): a process is in one, or a mount below `under` (the stage's Docker data root, where
+    the learners' root filesystems and volumes are on the host) keeps one.
+
+    Only what could be the learners' counts: the kernel hands a freed namespace's inode number to the
+    next new namespace, and on a shared machine other tests make namespaces all the time - a process
+    started after the stop, or their `ip netns add` mounts elsewhere, may carry one of these numbers."""
+    alive = set()
+    for proc in psutil.process_iter(["create_time"]):
+        if (proc.info["create_time"] or since) >= since:
+            continue
+        alive |= {ino for kind in NS_KINDS if (ino := _ns_inode(f"/proc/{proc.pid}/ns/{kind}"))} & inodes
+        alive |= {ino for ino, where in _nsfs_mounts(proc.pid) if ino in inodes and Path(where).is_relative_to(under)}
+    return alive
 
 
 def cgroup_dirs(container_id: str) -> list[Path]:

@@ -22,7 +22,7 @@ import pytest
 from labkit import cleanup, dockerd
 from tests.classroom import learners
 from tests.classroom.conftest import TIMINGS
-from tests.classroom.daemon import say
+from tests.classroom.daemon import CACHE, say
 
 pytestmark = pytest.mark.root
 
@@ -102,7 +102,7 @@ def test_two_learners_pass_nbval_at_once_and_leave_the_host_clean(daemon, lab_im
     # the host, after the stop
     left_cgroups = [str(d) for x in pair for d in learners.cgroup_dirs(x.id)]
     assert not left_cgroups, f"cgroups of stopped learners remain: {left_cgroups}"
-    assert not learners.namespaces_alive(namespaces, stopped_at), "namespaces of stopped learners remain"
+    assert not learners.namespaces_alive(namespaces, stopped_at, CACHE / "docker"), "namespaces of stopped learners remain"
     loops = learners.loops_backed_by(root_devs, learners.files_in(volume_dirs))
     for learner in pair:
         learner.remove_volumes()
