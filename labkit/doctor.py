@@ -133,22 +133,6 @@ def init_system() -> str:
         return "unknown"
 
 
-def _delegated_by(path: str) -> str:
-    """The cgroup (relative to the root) systemd delegated `path` from, or "" (systemd marks a cgroup
-    it hands over with Delegate=yes by the extended attribute trusted.delegate)."""
-    root = os.path.realpath(host.CGROUP_ROOT)
-    current = os.path.realpath(path)
-    while current.startswith(root) and current != root:
-        for name in ("trusted.delegate", "user.delegate"):
-            try:
-                if os.getxattr(current, name) == b"1":
-                    return "/" + os.path.relpath(current, root)
-            except OSError:
-                pass
-        current = os.path.dirname(current)
-    return ""
-
-
 def cgroup_parent() -> dict:
     """cgroup v2: where labkit will make its cgroups (LABKIT_CGROUP_PARENT, else the root), which
     controllers its cgroups can get there, whether a systemd unit delegated it, and its processes."""
@@ -167,5 +151,5 @@ def cgroup_parent() -> dict:
             info["processes"] = len(f.read().split())
     except OSError:
         pass
-    info["delegated_by"] = _delegated_by(path)
+    info["delegated_by"] = host.delegated_by(path)
     return info

@@ -85,3 +85,19 @@ def require_lab_host(action: str = "create kernel objects") -> None:
     if not is_lab_host():
         raise NotPermitted(f"to {action} labkit needs a lab host: this machine has no {LAB_HOST_MARKER}. "
                            f"Provision it with `make lab` (or vagrant up), or opt in with {ALLOW_ENV}=1")
+
+
+def delegated_by(path: str) -> str:
+    """The cgroup (relative to the root) systemd delegated `path` from, or "" (systemd marks a cgroup
+    it hands over with Delegate=yes by the extended attribute trusted.delegate)."""
+    root = os.path.realpath(CGROUP_ROOT)
+    current = os.path.realpath(path)
+    while current.startswith(root) and current != root:
+        for name in ("trusted.delegate", "user.delegate"):
+            try:
+                if os.getxattr(current, name) == b"1":
+                    return "/" + os.path.relpath(current, root)
+            except OSError:
+                pass
+        current = os.path.dirname(current)
+    return ""

@@ -369,12 +369,18 @@ def _enter_leaf_cgroup() -> str | None:
       since they are all the container's.
 
     None elsewhere (v1 and hybrid hosts have no "no internal processes" rule; on a plain host the
-    root cgroup is the kernel's, not ours)."""
+    root cgroup is the kernel's, not ours; a unit without Delegate=yes keeps its cgroup as it is)."""
     if host.cgroup_mode() != "v2":
         return None
     own = _own_v2_cgroup()
     root = Path(host.CGROUP_ROOT)
     if os.environ.get("INVOCATION_ID") and own and own != "/":
+        unit = own[: -len("/jupyter")] if own.endswith("/jupyter") else own
+        # Only a cgroup systemd delegated to this unit is ours. Another unit's (a plain service, a test
+        # runner systemd started) is systemd's, and its other processes would make the kernel refuse
+        # the controllers (EBUSY) after we had moved ourselves into a jupyter/ we had no right to.
+        if host.delegated_by(str(root / unit.lstrip("/"))) != unit:
+            return None
         return delegated_layout(root, own)
     if own == "/" and container_cgroup_root(root):
         return delegated_layout(root, "/", move_all=True)

@@ -66,6 +66,22 @@ def test_delegated_layout_puts_jupyter_in_a_leaf_and_labkit_beside_it(tmp_path):
     assert lab.delegated_layout(tmp_path, "/system.slice/deep-dive-lab.service/jupyter") == parent
 
 
+def test_a_unit_systemd_did_not_delegate_is_left_as_it_is(tmp_path, monkeypatch):
+    """`labkit lab start --mode direct` run from another systemd unit (a test runner, a plain service):
+    INVOCATION_ID is set, but the unit's cgroup is systemd's (no trusted.delegate mark) and holds other
+    processes; laying it out would move us into a jupyter/ there and then fail with EBUSY (seen in the
+    Debian 13 guest). No jupyter/ is made and no parent is returned."""
+    unit = tmp_path / "system.slice" / "kernel-command-line.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    monkeypatch.setattr(lab.host, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(lab.host, "cgroup_mode", lambda *a: "v2")
+    monkeypatch.setattr(lab, "_own_v2_cgroup", lambda: "/system.slice/kernel-command-line.service")
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    assert lab._enter_leaf_cgroup() is None
+    assert not (unit / "jupyter").exists() and not (unit / "cgroup.subtree_control").exists()
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_the_systemd_unit_is_valid_and_delegates(tmp_path):
     """systemd's own parser reads the unit `labkit lab start` writes (a typo would print a warning)."""
