@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from labkit import cleanup, dockerd, rootfs
+from labkit.cgroups.base import parent_from_env
 from labkit.engine import EngineProcess, Tracer, registry, streams
 from labkit.engine.wire import UnixHTTPConnection
 
@@ -70,7 +71,12 @@ def engine_objects(engine) -> list:
 
 
 def cgroup_dirs(name: str) -> list[Path]:
-    return [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}") if p.is_dir()]
+    """The container's cgroup directories: one per v1 hierarchy (/sys/fs/cgroup/CONTROLLER/NAME), or the
+    one v2 group wherever labkit's parent is (/sys/fs/cgroup/NAME, or under LABKIT_CGROUP_PARENT)."""
+    root = Path("/sys/fs/cgroup")
+    if root.joinpath("cgroup.controllers").exists():              # pure v2
+        return [p for p in (root / parent_from_env() / name,) if p.is_dir()]
+    return [p for p in root.glob(f"*/{name}") if p.is_dir()]
 
 
 def api(engine, method, path, body: bytes | None = None):
