@@ -244,6 +244,9 @@ def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None 
         container.reuse_root(kept.container.rootfs)
     try:
         container.create()          # like `runc create`: namespaces, cgroup, root; the process waits
+        if spec.console_size and container.tty_master is not None:
+            from .execs import resize
+            resize(container.tty_master, *spec.console_size)   # before pid 1 runs: it starts at that size
         running = Running(container)
         container.start()           # like `runc start`: the command runs
     except BaseException:

@@ -26,6 +26,7 @@ APPLIED = {
     "Config.Domainname": "uts namespace: /proc/sys/kernel/domainname",
     "Config.User": "/proc/PID/status Uid/Gid (names looked up in the image's /etc/passwd, /etc/group)",
     "Config.Tty": "pid 1's stdin/stdout/stderr are a pty (/proc/PID/fd/0 -> /dev/pts/N), its controlling tty",
+    "HostConfig.ConsoleSize": "that pty's window size before pid 1 runs (TIOCGWINSZ on it: `stty size` inside)",
     "Config.OpenStdin": "pid 1's stdin is a pipe the engine holds (/proc/PID/fd/0 -> pipe:[...])",
     "Config.AttachStdin": "the attach connection carries the client's input to pid 1's stdin",
     "Config.StdinOnce": "pid 1's stdin is closed when the attached client half-closes",
@@ -120,7 +121,6 @@ REFUSED = {
     "HostConfig.CpuPercent": ("--cpu-percent", "Windows only"),
     "HostConfig.IOMaximumIOps": ("--io-maxiops", "Windows only"),
     "HostConfig.IOMaximumBandwidth": ("--io-maxbandwidth", "Windows only"),
-    "HostConfig.ConsoleSize": ("--console-size", "no terminals"),
 }
 
 # Zero values that are not false-y: what the docker CLI sends when the flag was not given.
@@ -170,6 +170,7 @@ class ContainerSpec:
     cgroupns: bool = False
     restart_policy: tuple = ("no", 0)    # (name, MaximumRetryCount)
     tty: bool = False
+    console_size: tuple[int, int] | None = None   # (rows, columns) of the pty; Docker 23+ clients send it
     open_stdin: bool = False
     stdin_once: bool = False
     stop_signal: str = "SIGTERM"
@@ -333,6 +334,20 @@ def _ulimits(value) -> dict:
                                "CAP_SYS_RESOURCE, which the engine does not have here)")
         limits[kind] = (soft, hard)
     return limits
+
+
+def _console_size(value, tty: bool) -> tuple[int, int] | None:
+    """HostConfig.ConsoleSize [rows, columns]: the pty's size from the start (`docker run -t` of a
+    Docker 23+ client sends the terminal's). [0, 0] or absent: unset; set without -t: refused."""
+    if value in (None, [0, 0]):
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and 0 < v < 65536 for v in value)):
+        raise InvalidValue("HostConfig.ConsoleSize (--console-size)", value, "[rows, columns], each 1-65535")
+    if not tty:
+        raise InvalidValue("HostConfig.ConsoleSize (--console-size)", value,
+                           "it unset without Tty (-t): only a terminal has a size")
+    return value[0], value[1]
 
 
 def _security_opt(value) -> bool:
@@ -547,6 +562,7 @@ def parse_create(body, image_config) -> ContainerSpec:
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidValue("Labels", labels, "a JSON object of strings")
+    console_size = _console_size(host.get("ConsoleSize"), bool(body.get("Tty")))
     stop_signal = body.get("StopSignal") or "SIGTERM"
     parse_signal(stop_signal)                               # refuse a bad name now, not at stop
     stop_timeout = body.get("StopTimeout")
@@ -584,7 +600,8 @@ def parse_create(body, image_config) -> ContainerSpec:
         extra_hosts=_extra_hosts(host.get("ExtraHosts")), sysctls=dict(sysctls), oom_score_adj=oom,
         masked_paths=_strings(host.get("MaskedPaths"), "HostConfig.MaskedPaths"),
         readonly_paths=_strings(host.get("ReadonlyPaths"), "HostConfig.ReadonlyPaths"),
-        cgroupns=cgroupns, restart_policy=restart_policy, tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
+        cgroupns=cgroupns, restart_policy=restart_policy, tty=bool(body.get("Tty")), console_size=console_size,
+        open_stdin=bool(body.get("OpenStdin")),
         stdin_once=bool(body.get("StdinOnce")), stop_signal=stop_signal, stop_timeout=stop_timeout, log_driver=log_driver,
         network_mode=network or "none", auto_remove=bool(host.get("AutoRemove")), labels=labels,
         config=body, host_config=host)

@@ -9,8 +9,11 @@ fails here, and a field the engine starts to apply fails here until it gets a ke
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
+import termios
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,7 +80,6 @@ REFUSED_SAMPLES = {
     "HostConfig.Cgroup": "host", "HostConfig.Links": ["other:alias"], "HostConfig.PidMode": "host",
     "HostConfig.Privileged": True, "HostConfig.PublishAllPorts": True,
     "HostConfig.StorageOpt": {"size": "1G"}, "HostConfig.UTSMode": "host",
-    "HostConfig.ConsoleSize": [24, 80],
 }
 
 
@@ -182,6 +184,21 @@ def check_tty(engine):
         assert all(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/pts/") for fd in (0, 1, 2))
         assert status_line(pid, "NSsid").split()[-1] == "1"           # session leader: its own terminal
     assert out(engine, "-t", IMAGE, "sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty") == "on-a-tty\r\n"
+
+
+def check_console_size(engine):
+    """Docker 23+ clients send the terminal's size with `run -t` (HostConfig.ConsoleSize): the kernel's
+    window size of pid 1's pty (TIOCGWINSZ on its stdin, read from the host) is that size."""
+    with running(engine, body={"Tty": True, "HostConfig": {"ConsoleSize": [33, 101]}}) as pid:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY)
+        try:
+            rows, columns = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        finally:
+            os.close(fd)
+        assert (rows, columns) == (33, 101)
+    status, answer = api(engine, "POST", "/v1.41/containers/create",
+                         {"Image": IMAGE, "Cmd": ["true"], "HostConfig": {"ConsoleSize": [33, 101]}})
+    assert status == 400 and "ConsoleSize" in answer["message"], answer     # a size without a terminal
 
 
 def check_open_stdin(engine):
@@ -506,7 +523,7 @@ def _wait_for(condition) -> bool:
 APPLIED = {
     "Config.Hostname": check_hostname, "Config.Domainname": check_domainname, "Config.User": check_user,
     "Config.AttachStdout": check_attach_streams, "Config.AttachStderr": check_attach_streams,
-    "Config.Env": check_env, "Config.Tty": check_tty, "Config.OpenStdin": check_open_stdin,
+    "Config.Env": check_env, "Config.Tty": check_tty, "HostConfig.ConsoleSize": check_console_size, "Config.OpenStdin": check_open_stdin,
     "Config.AttachStdin": check_attach_stdin, "Config.StdinOnce": check_attach_stdin, "Config.Cmd": check_cmd, "Config.Entrypoint": check_entrypoint,
     "Config.Image": check_image, "Config.WorkingDir": check_working_dir,
     "Config.NetworkDisabled": check_network_disabled, "Config.Labels": check_labels,

@@ -108,6 +108,11 @@ def test_cpu_quota_and_period_give_a_fraction():
     assert create(HostConfig__CpuQuota=50_000).cpu == 0.5       # Docker's default period: 100 ms
 
 
+def test_console_size_is_the_terminals_and_zero_means_unset():
+    assert create(Tty=True, HostConfig__ConsoleSize=[33, 101]).console_size == (33, 101)
+    assert create(Tty=True, HostConfig__ConsoleSize=[0, 0]).console_size is None
+
+
 def test_image_default_command_and_entrypoint():
     assert create(Cmd=None).argv == ["sh"]
     assert create(Entrypoint=["echo"], Cmd=["a", "b"]).argv == ["echo", "a", "b"]
@@ -124,7 +129,7 @@ def test_the_docker_clis_zero_values_are_accepted():
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(HostConfig__ConsoleSize=[24, 80]), "--console-size"),
+    (dict(HostConfig__ConsoleSize=[24, 80]), "without Tty"),
     (dict(Healthcheck={"Test": ["CMD", "true"]}), "--health-cmd"),
     (dict(HostConfig__Binds=["/:/host"]), "-v"),
     (dict(HostConfig__PortBindings={"80/tcp": [{"HostPort": "8080"}]}), "-p"),
