@@ -170,7 +170,7 @@ class ContainerSpec:
     cgroupns: bool = False
     restart_policy: tuple = ("no", 0)    # (name, MaximumRetryCount)
     tty: bool = False
-    console_size: tuple[int, int] | None = None   # (rows, columns) of the pty; Docker 23+ clients send it
+    console_size: tuple[int, int] | None = None   # (rows, columns) of the pty
     open_stdin: bool = False
     stdin_once: bool = False
     stop_signal: str = "SIGTERM"
@@ -336,18 +336,11 @@ def _ulimits(value) -> dict:
     return limits
 
 
-def _console_size(value, tty: bool) -> tuple[int, int] | None:
-    """HostConfig.ConsoleSize [rows, columns]: the pty's size from the start (`docker run -t` of a
-    Docker 23+ client sends the terminal's). [0, 0] or absent: unset; set without -t: refused."""
-    if value in (None, [0, 0]):
-        return None
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, int) and 0 < v < 65536 for v in value)):
-        raise InvalidValue("HostConfig.ConsoleSize (--console-size)", value, "[rows, columns], each 1-65535")
-    if not tty:
-        raise InvalidValue("HostConfig.ConsoleSize (--console-size)", value,
-                           "it unset without Tty (-t): only a terminal has a size")
-    return value[0], value[1]
+def _console_size(value, tty: bool) -> tuple[int, int] | None:   # [rows, columns], sent with -t; [0, 0]: unset
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and 0 < v < 65536 for v in value)
+    if value not in (None, [0, 0]) and not (ok and tty):
+        raise InvalidValue("HostConfig.ConsoleSize (--console-size)", value, "[rows, columns] (1-65535) with Tty (-t)")
+    return (value[0], value[1]) if ok else None
 
 
 def _security_opt(value) -> bool:
@@ -562,7 +555,6 @@ def parse_create(body, image_config) -> ContainerSpec:
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidValue("Labels", labels, "a JSON object of strings")
-    console_size = _console_size(host.get("ConsoleSize"), bool(body.get("Tty")))
     stop_signal = body.get("StopSignal") or "SIGTERM"
     parse_signal(stop_signal)                               # refuse a bad name now, not at stop
     stop_timeout = body.get("StopTimeout")
@@ -600,8 +592,8 @@ def parse_create(body, image_config) -> ContainerSpec:
         extra_hosts=_extra_hosts(host.get("ExtraHosts")), sysctls=dict(sysctls), oom_score_adj=oom,
         masked_paths=_strings(host.get("MaskedPaths"), "HostConfig.MaskedPaths"),
         readonly_paths=_strings(host.get("ReadonlyPaths"), "HostConfig.ReadonlyPaths"),
-        cgroupns=cgroupns, restart_policy=restart_policy, tty=bool(body.get("Tty")), console_size=console_size,
-        open_stdin=bool(body.get("OpenStdin")),
+        cgroupns=cgroupns, restart_policy=restart_policy, tty=bool(body.get("Tty")),
+        console_size=_console_size(host.get("ConsoleSize"), bool(body.get("Tty"))), open_stdin=bool(body.get("OpenStdin")),
         stdin_once=bool(body.get("StdinOnce")), stop_signal=stop_signal, stop_timeout=stop_timeout, log_driver=log_driver,
         network_mode=network or "none", auto_remove=bool(host.get("AutoRemove")), labels=labels,
         config=body, host_config=host)

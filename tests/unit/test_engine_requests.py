@@ -129,7 +129,7 @@ def test_the_docker_clis_zero_values_are_accepted():
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(HostConfig__ConsoleSize=[24, 80]), "without Tty"),
+    (dict(HostConfig__ConsoleSize=[24, 80]), "with Tty"),
     (dict(Healthcheck={"Test": ["CMD", "true"]}), "--health-cmd"),
     (dict(HostConfig__Binds=["/:/host"]), "-v"),
     (dict(HostConfig__PortBindings={"80/tcp": [{"HostPort": "8080"}]}), "-p"),
