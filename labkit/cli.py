@@ -367,7 +367,8 @@ def _add_lab(sub) -> None:
     p.add_argument("--run-dir", help="pid file and log (/run/labkit/lab)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--quiet", action="store_true", help="status: only the exit code (0 = running as set)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="leaf: the command to exec, after --")
+    # "*", not REMAINDER: REMAINDER took `serve --config-dir X --run-dir Y` for a command (defaults served)
+    p.add_argument("command", nargs="*", help="leaf: the command to exec, after --")
     p.set_defaults(func=_cmd_lab)
 
 

@@ -92,3 +92,17 @@ def test_the_systemd_unit_is_valid_and_delegates(tmp_path):
     path.write_text(unit)
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_lab_serve_reads_its_options_and_leaf_takes_the_command_after_the_dashes():
+    """`lab serve --config-dir X --run-dir Y` is what `lab start` runs: a positional that swallowed the
+    rest (argparse.REMAINDER) made the server ignore both and serve the default settings."""
+    import argparse
+
+    from labkit import cli
+    parser = argparse.ArgumentParser()
+    cli._add_lab(parser.add_subparsers())
+    serve = parser.parse_args(["lab", "serve", "--config-dir", "/tmp/etc", "--run-dir", "/tmp/run"])
+    assert (serve.config_dir, serve.run_dir, serve.command) == ("/tmp/etc", "/tmp/run", [])
+    leaf = parser.parse_args(["lab", "leaf", "--", "jupyterhub-singleuser", "--port", "8000"])
+    assert leaf.command[-3:] == ["jupyterhub-singleuser", "--port", "8000"]
