@@ -172,9 +172,11 @@ def _cmd_lab(args) -> int:
         lab.serve(settings)                  # execs JupyterLab: does not return
         return 1
     if args.lab_action == "leaf":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        lab.exec_in_leaf(command)            # execs the command: does not return
+        lab.exec_in_leaf(args.command)       # execs the command: does not return
         return 1
+    if args.command:
+        raise InvalidValue("command", " ".join(args.command), f"nothing: only `lab leaf -- CMD` takes one, "
+                           f"not `lab {args.lab_action}`")
     if args.lab_action == "start":
         result = lab.start(settings, mode=args.mode)
         verb = "started" if result["started"] else "already running"
@@ -367,7 +369,8 @@ def _add_lab(sub) -> None:
     p.add_argument("--run-dir", help="pid file and log (/run/labkit/lab)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--quiet", action="store_true", help="status: only the exit code (0 = running as set)")
-    # "*", not REMAINDER: REMAINDER took `serve --config-dir X --run-dir Y` for a command (defaults served)
+    # "*", not argparse.REMAINDER: a REMAINDER positional swallows every option after the action
+    # (`lab start --port 9000` would start on the saved port); `leaf -- CMD --its-options` still works
     p.add_argument("command", nargs="*", help="leaf: the command to exec, after --")
     p.set_defaults(func=_cmd_lab)
 

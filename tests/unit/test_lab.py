@@ -94,15 +94,20 @@ def test_the_systemd_unit_is_valid_and_delegates(tmp_path):
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
-def test_lab_serve_reads_its_options_and_leaf_takes_the_command_after_the_dashes():
-    """`lab serve --config-dir X --run-dir Y` is what `lab start` runs: a positional that swallowed the
-    rest (argparse.REMAINDER) made the server ignore both and serve the default settings."""
-    import argparse
-
+def test_lab_options_after_the_action_are_parsed_not_swallowed():
+    """`lab serve --config-dir D --run-dir R` (what the direct mode's child runs) and `lab start --port N`
+    keep their options; `lab leaf -- CMD --its-options` passes CMD's options through untouched."""
     from labkit import cli
-    parser = argparse.ArgumentParser()
-    cli._add_lab(parser.add_subparsers())
-    serve = parser.parse_args(["lab", "serve", "--config-dir", "/tmp/etc", "--run-dir", "/tmp/run"])
-    assert (serve.config_dir, serve.run_dir, serve.command) == ("/tmp/etc", "/tmp/run", [])
-    leaf = parser.parse_args(["lab", "leaf", "--", "jupyterhub-singleuser", "--port", "8000"])
-    assert leaf.command[-3:] == ["jupyterhub-singleuser", "--port", "8000"]
+
+    args = cli.build_parser("lab").parse_args(["lab", "serve", "--config-dir", "/d", "--run-dir", "/r"])
+    assert (args.config_dir, args.run_dir, args.command) == ("/d", "/r", [])
+    assert cli.build_parser("lab").parse_args(["lab", "start", "--port", "9000"]).port == "9000"
+    leaf = cli.build_parser("lab").parse_args(["lab", "leaf", "--", "jupyterhub-singleuser", "--port=1"])
+    assert leaf.command == ["jupyterhub-singleuser", "--port=1"] and leaf.port is None
+
+
+def test_a_command_given_to_another_lab_action_is_refused_by_name(capsys):
+    from labkit import cli
+
+    assert cli.main(["lab", "status", "stray"]) == 2
+    assert "command" in capsys.readouterr().err
