@@ -269,7 +269,12 @@ def _start_direct(settings: LabSettings) -> None:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=settings.notebook_dir)
     settings.pid_file.write_text(f"{proc.pid} {psutil.Process(proc.pid).create_time()}\n")
-    _wait_until_answering(settings, alive=lambda: proc.poll() is None)
+    try:
+        _wait_until_answering(settings, alive=lambda: proc.poll() is None)
+    except LabkitError:
+        _stop_direct(settings, timeout=5)   # a server that never answered where asked: leave nothing
+        proc.wait()
+        raise
 
 
 UNIT_TEMPLATE = """\
@@ -322,6 +327,10 @@ def stop(settings: LabSettings, timeout: float = 20.0) -> bool:
         was = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE]).returncode == 0
         subprocess.run(["systemctl", "stop", SERVICE], check=True)
         return was
+    return _stop_direct(settings, timeout)
+
+
+def _stop_direct(settings: LabSettings, timeout: float) -> bool:
     import psutil
 
     pid = _read_pid(settings)

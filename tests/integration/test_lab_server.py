@@ -231,3 +231,19 @@ def test_delegated_layout_on_the_real_v2_hierarchy():
                 (service / leaf).rmdir()
         service.rmdir()
         cleanup.release("cgroup", name)
+
+
+def test_a_server_that_does_not_answer_in_time_is_stopped_not_left_running(tmp_path, monkeypatch):
+    """lab.start gives up when the server does not answer on its port within START_TIMEOUT (here 0.3 s,
+    too short for any JupyterLab): the server it started must be gone then, not left holding a port."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    settings = lab.LabSettings(port=_free_port(0), notebook_dir=str(notebooks),
+                               config_dir=str(tmp_path / "etc"), run_dir=str(tmp_path / "run"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    monkeypatch.setattr(lab, "START_TIMEOUT", 0.3)
+    with pytest.raises(lab.LabkitError, match="did not answer"):
+        lab.start(settings, mode="direct")
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert [p.pid for p in started if p.status() != psutil.STATUS_ZOMBIE] == []
+    assert not settings.pid_file.exists()
