@@ -19,6 +19,8 @@ from .kernel import Kernel
 # virtio PCI transport, then 9p over virtio, then overlayfs; loop for the io-controller tests.
 SHARE_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                  "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay", "loop")
+# Newer kernels (Debian 13's 6.12) fold fscache into netfs: no fscache.ko, nothing to load for it.
+FOLDED_INTO = {"fscache": "netfs"}
 # ... and a guest with a NIC (labkit.vm.nic): the same virtio PCI transport, then the virtio-net driver
 # (virtio_net needs net_failover, which needs failover: modules.dep of Debian's 6.1 kernel).
 NET_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
@@ -100,7 +102,8 @@ def build_initramfs(*, kernel: Kernel | None, command: str | None = None, share_
             raise NotFound("sharing the host filesystem or a NIC needs the kernel's modules (virtio, 9p, "
                            "overlay, virtio_net); run `labkit vm fetch-kernel`")
         builtin = builtin_modules(kernel.modules)
-        modules = [m for m in guest_modules(share_host, nic is not None) if m not in builtin]
+        modules = [m for m in guest_modules(share_host, nic is not None) if m not in builtin
+                   and not (m in FOLDED_INTO and not any(kernel.modules.rglob(m + ".ko*")))]
         for name in modules:
             entries.append((f"modules/{name}.ko", S_IFREG | 0o644, _module_bytes(kernel.modules, name), (0, 0)))
     if share_host:

@@ -121,6 +121,19 @@ def test_sharing_initramfs_loads_modules_in_order_then_switches_root(tmp_path, f
     assert "/run/labkit-guest/busybox poweroff -f" in stage2
 
 
+def test_a_kernel_that_folds_fscache_into_netfs_loads_no_fscache(tmp_path, fake_busybox):
+    """Debian 13's 6.12 has no fscache.ko (netfs holds it): the guest loads the rest, in order; any
+    other module missing is still an error that names it."""
+    kernel = fake_kernel(tmp_path, False)
+    next(kernel.modules.rglob("fscache.ko")).unlink()
+    members = read_newc(vm.build_initramfs(kernel=kernel, command="id", share_host=True, busybox=fake_busybox))
+    assert "modules/fscache.ko" not in members and "insmod /modules/fscache.ko" not in members["init"][1].decode()
+    assert "modules/netfs.ko" in members and "modules/9p.ko" in members
+    next(kernel.modules.rglob("9p.ko")).unlink()
+    with pytest.raises(NotFound, match="9p"):
+        vm.build_initramfs(kernel=kernel, command="id", share_host=True, busybox=fake_busybox)
+
+
 def test_sharing_needs_the_kernels_modules(fake_busybox):
     kernel = vm.Kernel(Path("/nonexistent/vmlinuz"), "x", None, "/boot")
     with pytest.raises(NotFound, match="modules"):
