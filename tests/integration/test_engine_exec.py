@@ -4,6 +4,7 @@ joined its cgroup, with the container's capabilities, user, no_new_privs and rli
 and without a terminal (driven through a real pty, as a learner's terminal would)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -127,8 +128,10 @@ def _talk(master: int, send: bytes, expect: bytes, timeout: float = 20) -> bytes
     return seen
 
 
-def _interactive(engine, *args) -> tuple[subprocess.Popen, int]:
-    """The docker CLI on a real terminal (a pty), the way a learner types into it."""
+@contextlib.contextmanager
+def _interactive(engine, *args):
+    """The docker CLI on a real terminal (a pty), the way a learner types into it: (process, master);
+    the CLI is killed if still running at the end, and the terminal closed."""
     master, slave = pty.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))   # the learner's window
     os.set_blocking(master, True)
@@ -136,19 +139,8 @@ def _interactive(engine, *args) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen([dockerd.DOCKER, *args], stdin=slave, stdout=slave, stderr=slave, env=env,
                                start_new_session=True, close_fds=True)
     os.close(slave)
-    return process, master
-
-
-def test_exec_it_gives_an_interactive_shell_on_a_pty(engine, box):
-    name, pid = box
-    process, master = _interactive(engine, "exec", "-it", name, "sh")
     try:
-        _talk(master, b"echo $((6*7))\n", b"42")
-        _talk(master, b"stty size\n", b"33 101")             # the CLI passed its window size on
-        seen = _talk(master, b"tty\n", b"/dev/pts/")          # a pty of the container's own devpts
-        assert b"not a tty" not in seen
-        _talk(master, b"exit 5\n", b"exit 5")
-        assert process.wait(timeout=30) == 5
+        yield process, master
     finally:
         if process.poll() is None:
             process.kill()
@@ -156,9 +148,19 @@ def test_exec_it_gives_an_interactive_shell_on_a_pty(engine, box):
         os.close(master)
 
 
+def test_exec_it_gives_an_interactive_shell_on_a_pty(engine, box):
+    name, pid = box
+    with _interactive(engine, "exec", "-it", name, "sh") as (process, master):
+        _talk(master, b"echo $((6*7))\n", b"42")
+        _talk(master, b"stty size\n", b"33 101")             # the CLI passed its window size on
+        seen = _talk(master, b"tty\n", b"/dev/pts/")          # a pty of the container's own devpts
+        assert b"not a tty" not in seen
+        _talk(master, b"exit 5\n", b"exit 5")
+        assert process.wait(timeout=30) == 5
+
+
 def test_docker_run_it_sh_is_usable_interactively(engine):
-    process, master = _interactive(engine, "run", "-it", "--rm", IMAGE, "sh")
-    try:
+    with _interactive(engine, "run", "-it", "--rm", IMAGE, "sh") as (process, master):
         _talk(master, b"echo $((6*7))\n", b"42")
         _talk(master, b"stty size\n", b"33 101")                 # the CLI's window size, via resize
         _talk(master, b"echo ready; cat\n", b"ready\r\n")      # the shell runs the line, then cat reads
@@ -166,29 +168,18 @@ def test_docker_run_it_sh_is_usable_interactively(engine):
         _talk(master, b"\x03", b"#")                              # ^C ends cat, the shell stays
         _talk(master, b"exit 6\n", b"exit 6")
         assert process.wait(timeout=30) == 6
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
 
 
 def test_docker_run_t_gives_pid_1_a_terminal_of_its_own_devpts(engine):
     """pid 1's terminal is a pty of the container's devpts (as dockerd's): `tty` names it /dev/pts/N
     inside, and the kernel shows it as the controlling terminal of pid 1's session."""
-    process, master = _interactive(engine, "run", "-t", "--rm", IMAGE, "sh", "-c",
-                                   "tty; test -t 0 && echo stdin-is-a-tty; "
-                                   "echo sid=$(cut -d' ' -f6 /proc/1/stat) tty_nr=$(cut -d' ' -f7 /proc/1/stat)")
-    try:
+    script = ("tty; test -t 0 && echo stdin-is-a-tty; "
+              "echo sid=$(cut -d' ' -f6 /proc/1/stat) tty_nr=$(cut -d' ' -f7 /proc/1/stat)")
+    with _interactive(engine, "run", "-t", "--rm", IMAGE, "sh", "-c", script) as (process, master):
         seen = _talk(master, b"", b"\r\nsid=")
         while not seen.endswith(b"\n"):                    # the rest of the last line
             seen += _talk(master, b"", b"\n")
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
     lines = seen.decode().replace("\r", "").split("\n")
     assert lines[0].startswith("/dev/pts/") and "not a tty" not in seen.decode(), seen
     assert "stdin-is-a-tty" in lines, seen

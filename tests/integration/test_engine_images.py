@@ -96,18 +96,24 @@ def test_cp_both_ways_resolves_paths_inside_the_container(engine, tmp_path):
         docker(engine, "rm", "--force", name)
 
 
-def test_save_and_load_speak_dockers_image_tar_format(engine, tmp_path):
-    """An image committed on labkit's engine, saved, and loaded back - and into the real dockerd,
-    where a container of it (--network none) sees the same files and the same deletion."""
-    name, repo = cleanup.unique_name("saver"), cleanup.unique_name("saved")
-    tag = f"{repo}:1"
+def _commit(engine, tag: str, path: str, text: str, also: str = "true") -> None:
+    """An image `tag` committed from a running container that wrote `text` to `path` (and ran `also`)."""
+    name = cleanup.unique_name("saver")
     assert docker(engine, "run", "-d", "--name", name, IMAGE, "sh", "-c",
-                  "echo saved > /s.txt; rm /etc/os-release; sleep 600").returncode == 0
+                  f"echo {text} > {path}; {also}; sleep 600").returncode == 0
     try:
-        assert docker(engine, "exec", name, "cat", "/s.txt").stdout == b"saved\n"
+        assert docker(engine, "exec", name, "cat", path).stdout == f"{text}\n".encode()
         assert docker(engine, "commit", name, tag).returncode == 0
     finally:
         docker(engine, "rm", "--force", name)
+
+
+def test_save_and_load_speak_dockers_image_tar_format(engine, tmp_path):
+    """An image committed on labkit's engine, saved, and loaded back - and into the real dockerd,
+    where a container of it (--network none) sees the same files and the same deletion."""
+    repo = cleanup.unique_name("saved")
+    tag = f"{repo}:1"
+    _commit(engine, tag, "/s.txt", "saved", also="rm /etc/os-release")
     archive = tmp_path / "saved.tar"
     assert docker(engine, "save", "-o", str(archive), tag).returncode == 0
     with tarfile.open(archive) as tar:
@@ -136,15 +142,8 @@ def test_save_and_load_speak_dockers_image_tar_format(engine, tmp_path):
 
 def test_save_of_several_names_keeps_every_image(engine, tmp_path):
     """docker save a b: one archive with both images (the CLI asks ?names=a&names=b), each once."""
-    name, repo = cleanup.unique_name("saver"), cleanup.unique_name("saved")
-    tag = f"{repo}:2"
-    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sh", "-c",
-                  "echo two > /two.txt; sleep 600").returncode == 0
-    try:
-        assert docker(engine, "exec", name, "cat", "/two.txt").stdout == b"two\n"
-        assert docker(engine, "commit", name, tag).returncode == 0
-    finally:
-        docker(engine, "rm", "--force", name)
+    tag = f"{cleanup.unique_name('saved')}:2"
+    _commit(engine, tag, "/two.txt", "two")
     try:
         archive = tmp_path / "two.tar"
         assert docker(engine, "save", "-o", str(archive), IMAGE, tag, IMAGE).returncode == 0
