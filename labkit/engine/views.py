@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+
 from .tracer import Call
 
 NAMESPACE_KINDS = ("pid", "mnt", "uts", "ipc", "net", "user", "cgroup", "time")
@@ -165,11 +167,6 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def _ppid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def _cmdline(pid: int, width: int = 48) -> str:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -187,8 +184,8 @@ def ancestry(pid: int, stop_at: int | None = None) -> list[dict]:
             chain.append({"pid": pid, "comm": _comm(pid), "cmdline": _cmdline(pid)})
             if pid == stop_at:
                 break
-            pid = _ppid(pid)
-        except OSError:
+            pid = psutil.Process(pid).ppid()      # /proc/PID/stat's 4th field, parsed by psutil
+        except (OSError, psutil.Error):
             break
     return chain
 
