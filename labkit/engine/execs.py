@@ -101,10 +101,6 @@ class Execs:
             raise NotFound(f"No such exec instance: {exec_id}")
         return record
 
-    def of_container(self, container_id: str) -> list[str]:
-        with self._lock:
-            return [r.id for r in self._records.values() if r.container_id == container_id]
-
     def forget_container(self, container_id: str) -> None:
         with self._lock:
             for exec_id in [r.id for r in self._records.values() if r.container_id == container_id]:
