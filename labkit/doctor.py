@@ -11,7 +11,8 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 
-from . import host, incontainer, loopdev, vm
+from . import binaries, host, incontainer, loopdev, vm
+from .errors import NotFound
 from .host import Controller
 from .cgroups.base import PARENT_ENV, parent_from_env
 from .nskinds import KINDS, kind_available
@@ -23,8 +24,17 @@ def tools() -> dict[str, str | None]:
     qemu = vm.ARCHES.get(arch, {}).get("qemu", "qemu-system-" + arch)
     names = {"qemu": qemu, "docker": "docker", "dockerd": "dockerd", "busybox": "busybox",
              "runc": "runc", "unshare": "unshare", "ip": "ip", "vagrant": "vagrant"}
-    return {key: shutil.which(cmd) or (f"/usr/bin/{cmd}" if os.path.exists(f"/usr/bin/{cmd}") else None)
-            for key, cmd in names.items()}
+    found = {key: shutil.which(cmd) or (f"/usr/bin/{cmd}" if os.path.exists(f"/usr/bin/{cmd}") else None)
+             for key, cmd in names.items()}
+    found["busybox"] = _static_busybox()    # any busybox on PATH is not enough: the one labkit's roots use
+    return found
+
+
+def _static_busybox() -> str | None:
+    try:
+        return str(binaries.find_busybox())
+    except NotFound:
+        return None
 
 
 @dataclass
@@ -117,7 +127,7 @@ def _problems(report: HostReport) -> list[str]:
                             "controllers only to the children of a cgroup without processes; "
                             f"point {PARENT_ENV} at an empty cgroup")
     if not report.tools.get("busybox"):
-        problems.append("busybox is missing: `apt-get install busybox-static` (chapter 4 rootfs)")
+        problems.append("no statically linked busybox: `apt-get install busybox-static` (chapter 4 rootfs)")
     return problems
 
 
