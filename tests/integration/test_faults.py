@@ -749,6 +749,7 @@ import json, os, sys, time
 from labkit.container import Container
 from labkit.errors import Conflict
 box = Container("busybox", ["sleep", "1000"], name=sys.argv[1])
+print("READY", flush=True)
 while not os.path.exists(sys.argv[2]):      # both processes start here together
     time.sleep(0.001)
 try:
@@ -767,7 +768,8 @@ def test_two_processes_start_a_container_with_the_same_name_at_once(tmp_path):
     name, go = cleanup.unique_name("twin"), tmp_path / "go"
     twins = [subprocess.Popen([PY, "-c", SAME_NAME, name, str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
-    time.sleep(1.0)                              # both imported labkit and wait at the line
+    for twin in twins:                           # both imported labkit and wait at the line
+        assert twin.stdout.readline() == "READY\n", twin.stderr.read()[-2000:]
     go.touch()
     first = [t.stdout.readline().split(" ", 1) for t in twins]
     assert sorted(word for word, _ in first) == ["CONFLICT", "STARTED"], first
