@@ -40,11 +40,17 @@ def test_sampler_sees_a_busy_process_use_cpu_and_the_quota_as_limit():
     assert sampler.count("throttled") >= 1   # a fifth of a CPU for a busy loop: throttled every period
 
 
+async def samples_taken(sampler, count: int) -> None:
+    """Wait (on the sampler's own loop) until it has read the cgroup's files `count` times."""
+    while len(sampler.samples) < count:
+        await asyncio.sleep(0.01)
+
+
 def test_sampler_stops_by_itself_when_the_cgroup_is_deleted():
     async def scenario(cg):
         sampler = Sampler(cg, rate=50)
         task = sampler.start()
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(samples_taken(sampler, 2), timeout=10)
         cg.delete()
         await asyncio.wait_for(task, timeout=5)  # ends on its own: no cancel here
         return sampler
@@ -60,7 +66,7 @@ def test_cancelling_the_task_stops_sampling_a_live_cgroup():
     async def scenario(cg):
         sampler = Sampler(cg, rate=50)
         task = sampler.start()
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(samples_taken(sampler, 2), timeout=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
