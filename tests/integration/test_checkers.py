@@ -8,6 +8,7 @@ back as "checker fault" and fails the test - the learner would have seen a bug, 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -21,6 +22,7 @@ from labkit.cgroups import Cgroup
 from labkit.engine import views
 from labkit.exercise import SelfCheck
 from labkit.namespaces import enter, run, spawn
+from labkit.propagation import is_mounted
 
 pytestmark = pytest.mark.root
 MiB = 2**20
@@ -104,6 +106,15 @@ def test_04_private_mount(group, tmp_path):
     with started(good, sleeper("mnt", group), sleeper("uts", group)) as (_, unmounted, shared):
         check = lambda pid: checkers.private_mount(pid, directory)
         assert_checker(check, good.pid, [unmounted.pid, shared.pid], parse=int)
+        # Mounted in this (the host's) namespace first, then a new mnt namespace copied it: the box sees
+        # a tmpfs there, but so does everyone - not a private mount.
+        subprocess.run(["mount", "-t", "tmpfs", "labkit-ex-host", directory], check=True)
+        try:
+            with started(sleeper("mnt", group)) as (copied,):
+                assert is_mounted(directory, copied.pid)
+                assert outcome(check, copied.pid, int) == "not yet"
+        finally:
+            subprocess.run(["umount", directory], check=True)
 
 
 def test_05_loopback_up(group):
