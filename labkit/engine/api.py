@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 
 from .. import __version__
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound
-from . import archive, docker_api, images as images_mod, observe, spec as spec_mod, state, streams, wire
+from . import archive, docker_api, images as images_mod, observe, ps, spec as spec_mod, state, streams, wire
 from .interactive import attach, exec_create, exec_inspect, exec_resize, exec_start, resize
 from .requests import (API_VERSION, MAX_ARCHIVE, MAX_BODY, MIN_API_VERSION, HTTPError, flag,  # noqa: F401
                        parse_json_body, read_request_body, split_target)
@@ -55,7 +55,7 @@ def summary(record: Record) -> dict:
     return {
         "Id": record.id, "Names": ["/" + record.name], "Image": spec.image, "ImageID": record.image_id,
         "Command": " ".join(spec.argv), "Created": int(record.created), "Ports": [],
-        "Labels": spec.labels, "State": "paused" if record.paused else record.status, "Status": status_text(record),
+        "Labels": spec.labels, "State": ps.state_name(record), "Status": status_text(record),
         "HostConfig": {"NetworkMode": spec.network_mode}, "NetworkSettings": {"Networks": {}},
         "Mounts": [],
     }
@@ -69,7 +69,7 @@ def inspect(record: Record) -> dict:
     return {
         "Id": record.id, "Created": rfc3339(record.created),
         "Path": spec.argv[0], "Args": spec.argv[1:],
-        "State": {"Status": "paused" if record.paused else "restarting" if record.restarting else record.status,
+        "State": {"Status": ps.state_name(record),
                   "Running": record.running, "Paused": record.paused, "Restarting": record.restarting, "OOMKilled": record.oom_killed, "Dead": False,
                   "Pid": record.pid, "ExitCode": record.exit_code, "Error": record.error,
                   "StartedAt": rfc3339(record.started_at), "FinishedAt": rfc3339(record.finished_at)},
@@ -152,38 +152,8 @@ def info(h, m, q):
                      "containers live in memory and go when the engine stops"]})
 
 
-def _matches(record: Record, key: str, value: str, images) -> bool:
-    """One `docker ps --filter key=value`."""
-    if key == "name":
-        return re.search(value.lstrip("/"), record.name) is not None
-    if key == "id":
-        return record.id.startswith(value)
-    if key == "status":
-        return record.status == value
-    if key == "exited":
-        return record.status == "exited" and value.lstrip("-").isdigit() and record.exit_code == int(value)
-    if key == "label":
-        name, sep, wanted = value.partition("=")
-        return name in record.spec.labels and (not sep or record.spec.labels[name] == wanted)
-    if key == "ancestor":
-        try:
-            return images.find(value).id == record.image_id
-        except NotFound:
-            return False
-    raise InvalidValue("filter", key, "name, id, status, exited, label or ancestor")
-
-
 def list_containers(h, m, q):
-    filters = parse_json_body(q.get("filters", "").encode()) if q.get("filters") else {}
-    if not isinstance(filters, dict):
-        raise InvalidValue("filters", q.get("filters"), 'a JSON object like {"status": ["exited"]}')
-    # A status filter looks at stopped containers too, as dockerd's does (exited=N needs -a there).
-    records = h.engine.list(all=flag(q, "all") or "status" in filters)
-    for key, values in filters.items():
-        values = [v for v, on in values.items() if on] if isinstance(values, dict) else \
-            (values if isinstance(values, list) else [values])
-        # Values of one key are alternatives; different keys must all match (as dockerd does).
-        records = [r for r in records if any(_matches(r, key, str(v), h.engine.images) for v in values)]
+    records = ps.select(h.engine, q.get("filters", ""), all=flag(q, "all"))
     limit = q.get("limit", "-1") or "-1"
     if not limit.lstrip("-").isdigit():
         raise InvalidValue("limit", limit, "a number")

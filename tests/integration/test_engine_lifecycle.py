@@ -50,6 +50,9 @@ def test_pause_freezes_the_cgroup_and_unpause_thaws_it(engine, box):
     assert state.read_text().strip() in ("FROZEN", "1")
     assert inspect(engine, name)["State"]["Status"] == "paused"
     assert "(Paused)" in docker(engine, "ps", "--format", "{{.Status}}", "--filter", f"name={name}").stdout.decode()
+    listed = lambda status: docker(engine, "ps", "-q", "--no-trunc", "--filter", f"status={status}").stdout.decode().split()
+    box_id = inspect(engine, name)["Id"]
+    assert box_id in listed("paused") and box_id not in listed("running")     # as dockerd's StateString
     stop = docker(engine, "stop", name)
     assert stop.returncode != 0 and b"paused" in stop.stderr
     assert docker(engine, "unpause", name).returncode == 0
@@ -209,6 +212,11 @@ def test_ps_filters_and_container_prune(engine, box):
         assert running in names("status=running") and exited not in names("status=running")
         assert set(names(f"ancestor={IMAGE}")) >= {running, exited}
         assert names(f"name={running}") == [running]
+        # A wrong filter is refused naming it, as dockerd does ("invalid filter 'status=stopped'").
+        for wrong, named in (("status=stopped", "status=stopped"), ("exited=three", "exited=three"),
+                             ("colour=red", "colour")):
+            refused = docker(engine, "ps", "-a", "--filter", wrong)
+            assert refused.returncode != 0 and f"'{named}'".encode() in refused.stderr, refused.stderr
         pruned = docker(engine, "container", "prune", "-f")
         assert pruned.returncode == 0 and json.loads(docker(engine, "inspect", running).stdout)
         assert exited not in names() and running in names()
