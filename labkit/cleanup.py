@@ -147,6 +147,7 @@ def claim(kind: str, name: str, pid: int | None = None) -> None:
         os.replace(partial, path)
 
 
+WATCHDOG_NICE = 10                   # the watchdog's niceness: below any process doing the lab's work
 _watched_pid: int | None = None      # the process whose watchdog was started (a fork needs its own)
 _watchdog_lock = threading.Lock()
 
@@ -164,9 +165,14 @@ def ensure_watchdog() -> None:
         if _watched_pid == os.getpid() or os.environ.get("LABKIT_NO_WATCHDOG") == "1":
             return
         _watched_pid = os.getpid()
-    subprocess.Popen([sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+    dog = subprocess.Popen([sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True, close_fds=True)
+    # Housekeeping at a low priority from its first instruction: Popen returns as soon as it has
+    # exec'd, so its Python start-up already yields the CPU to us (a `labkit run` is over in the time
+    # that start-up takes). It still runs whenever a CPU is free, so it never falls behind.
+    with contextlib.suppress(ProcessLookupError):
+        os.setpriority(os.PRIO_PROCESS, dog.pid, WATCHDOG_NICE)
 
 
 def release(kind: str, name: str) -> None:

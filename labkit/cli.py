@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import InvalidValue, LabkitError
@@ -432,5 +433,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def command() -> None:
+    """The installed `labkit` program (pyproject.toml's entry point).
+
+    `labkit run` must start a container about as fast as `runc run` does: once it has finished and
+    its output is flushed, it leaves without the interpreter's orderly teardown of the 150 modules
+    it loaded (about 8 ms of CPU, a tenth of the command). Nothing is skipped that matters: the
+    container is gone and its objects released by then, and the one exit handler registered
+    (labkit.starter's) only closes a socket, which the kernel closes at exit anyway."""
+    code = main()
+    if sys.argv[1:2] == ["run"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -5,7 +5,7 @@ Each refuses a bad value naming the option (InvalidValue), before anything is cr
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import syscalls
 from .errors import InvalidValue

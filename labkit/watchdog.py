@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     # Housekeeping, not the work itself: at a low priority, and the sweep of what dead owners left
     # (it imports every sweep module, pyroute2 included) waits until the owner is done or has been
     # running for SWEEP_DELAY s - so a short `labkit run` does not share its 2 CPUs with it.
-    os.nice(10)
+    os.setpriority(os.PRIO_PROCESS, 0, cleanup.WATCHDOG_NICE)   # already so if ensure_watchdog started us
     _wait_for(args.owner, SWEEP_DELAY)
     errors: list[str] = []
     # leftovers of owners that died before we started: a failure here must not cost the owner its
