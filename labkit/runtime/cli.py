@@ -135,15 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         glob = _parse(argv[:verb_at], GLOBAL, {}, [], "labkit-runtime")
         log = Log(glob.get("log"), glob.get("log-format") or "text", bool(glob.get("debug")))
-        if glob.get("systemd-cgroup"):
-            raise UsageError("--systemd-cgroup is not supported: labkit writes cgroupfs paths itself "
-                             "(configure Docker with native.cgroupdriver=cgroupfs)")
         if verb not in VERBS:
             raise UsageError(f"unknown command {verb!r} (commands: {', '.join(VERBS)})")
         module, function, flags, short, positional = VERBS[verb]
         opts = Options(_parse(argv[verb_at + 1:], flags, short, positional, verb,
                               stop_at_positional=verb in ("exec", "ps")))
         opts["root"] = glob.get("root") or "/run/labkit-runtime"
+        opts["systemd-cgroup"] = bool(glob.get("systemd-cgroup"))   # create: the cgroup is a systemd scope
         opts["verb"] = verb
         log.write("info" if verb in ("create", "start", "delete", "exec", "run") else "debug",
                   f"{verb} {opts.get('id', '')}".strip())

@@ -4,7 +4,8 @@
 
 1. config.json is read and checked (labkit.runtime.spec): anything labkit cannot apply is refused
    here, naming the field, before anything exists.
-2. The state directory ROOT/ID with exec.fifo, and the cgroup at linux.cgroupsPath with its limits.
+2. The state directory ROOT/ID with exec.fifo, and the cgroup at linux.cgroupsPath with its limits
+   (with --systemd-cgroup: checked now, made by systemd as a scope when pid 1 exists, in step 3).
 3. labkit.namespaces.spawn with detach=True: a child unshares the namespaces and forks the
    container's pid 1, which is placed in the cgroup before it runs, and the child exits at once - so
    pid 1 is re-parented to containerd's shim (a subreaper), which will collect its exit status.
@@ -52,10 +53,14 @@ def make(opts, log, detach: bool):
     box = states.Container(opts.root, opts.id)
     if os.path.exists(box.dir):
         raise Conflict(f"container with id exists: {opts.id}")
-    spec = specs.load(opts.bundle or ".")
+    spec = specs.load(opts.bundle or ".", systemd=bool(opts.systemd_cgroup))
     limits = parse_limits(spec.limits)
     syscall_filter = seccomp.build(spec.seccomp) if spec.seccomp else None
-    group = RuntimeCgroup(spec.cgroups_path or opts.id)
+    if opts.systemd_cgroup:              # a scope unit that systemd makes (labkit.runtime.systemd)
+        from .systemd import parse_path
+        group = RuntimeCgroup.of_scope(parse_path(spec.cgroups_path or "", opts.id))
+    else:
+        group = RuntimeCgroup(spec.cgroups_path or opts.id)
     steps = setup.mount_steps(spec, group.relpath, group.version) + setup.path_steps(spec)
 
     os.makedirs(opts.root, mode=0o711, exist_ok=True)
@@ -79,6 +84,7 @@ def make(opts, log, detach: bool):
             pid, outcome = start_held(spec, group, steps, fifo, console, detach)
             box.save({"id": opts.id, "pid": pid, "pid_start": states.start_time(pid),
                       "bundle": str(spec.bundle), "rootfs": str(spec.root), "cgroup": group.relpath,
+                      "unit": group.unit, "slice": group.slice,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
                       + f".{time.time_ns() % 10**9:09d}Z",
                       "annotations": spec.annotations, "hooks": spec.hooks,
@@ -97,7 +103,8 @@ def make(opts, log, detach: bool):
         for fd in (fifo, console):
             if fd is not None:
                 os.close(fd)
-    log.write("info", f"created {opts.id}: pid {pid}, cgroup /{group.relpath}")
+    log.write("info", f"created {opts.id}: pid {pid}, cgroup /{group.relpath}"
+                      + (f" (systemd scope {group.unit})" if group.unit else ""))
     return box, outcome
 
 

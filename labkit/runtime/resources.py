@@ -31,7 +31,7 @@ def update(opts, log) -> int:
     group = box.cgroup()
     limits = parse_limits(wanted.limits, current=group.limits())
     group.check_supported(limits)
-    group.apply(limits)
+    box.runtime_cgroup().update(limits)      # systemd's unit properties too, with --systemd-cgroup
     return 0
 
 

@@ -73,8 +73,9 @@ class Spec:
     annotations: dict = field(default_factory=dict)
 
 
-def load(bundle: str | os.PathLike) -> Spec:
-    return parse(*read_config(bundle))
+def load(bundle: str | os.PathLike, systemd: bool = False) -> Spec:
+    """systemd: the runtime was called with --systemd-cgroup (cgroupsPath names a scope unit)."""
+    return parse(*read_config(bundle), systemd=systemd)
 
 
 def parse_process(proc, r: Reader, where: str = "process") -> Process:
@@ -134,7 +135,7 @@ def _capabilities(caps: dict, r: Reader, where: str) -> tuple[list[str], list[st
     return sorted(bounding), sorted(sets.get("inheritable", ())), sorted(sets.get("ambient", ()))
 
 
-def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
+def parse(document: dict, path: Path, config: Path | None = None, systemd: bool = False) -> Spec:
     config = config or path / "config.json"
     r = Reader(config)
     top = r.only(document, "", {"ociVersion", "process", "root", "hostname", "mounts", "hooks",
@@ -162,10 +163,13 @@ def parse(document: dict, path: Path, config: Path | None = None) -> Spec:
         kinds.append(NAMESPACES[ns["type"]])
     if "mnt" not in kinds:
         r.bad("linux.namespaces", kinds, "a list that includes {'type': 'mount'}")
-    if ":" in str(linux.get("cgroupsPath") or ""):
+    if ":" in str(linux.get("cgroupsPath") or "") and not systemd:
         r.refuse("linux.cgroupsPath", f"{linux['cgroupsPath']!r} names a systemd unit (slice:prefix:name, "
-                                      "Docker's systemd cgroup driver); labkit makes cgroupfs paths itself "
-                                      "(Docker's native.cgroupdriver=cgroupfs)")
+                                      "Docker's systemd cgroup driver) but the runtime was called without "
+                                      "--systemd-cgroup")
+    if systemd and "/" in str(linux.get("cgroupsPath") or ""):
+        r.bad("linux.cgroupsPath", linux["cgroupsPath"], "slice:prefix:name with --systemd-cgroup, not a "
+                                                          "cgroupfs path")
     hostname = top.get("hostname") or None
     if hostname and "uts" not in kinds:
         r.bad("hostname", hostname, "a uts namespace in linux.namespaces too")

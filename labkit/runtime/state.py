@@ -1,6 +1,7 @@
 """What the runtime remembers between two of its invocations: one directory per container under --root.
 
-    ROOT/ID/state.json   pid and its start time, bundle, cgroup path, created time, annotations, hooks
+    ROOT/ID/state.json   pid and its start time, bundle, cgroup path (and systemd scope unit and slice
+                         with --systemd-cgroup), created time, annotations, hooks
     ROOT/ID/facts        the same, but the hooks and annotations, as plain `key value` lines (plus which
                          hook kinds `start` and `delete` must run): `start`, `delete` and `state` read
                          only this unless there are hooks or annotations, so they import no json
@@ -32,7 +33,7 @@ LATE_HOOKS = ("poststart", "poststop")      # the hook kinds run after `create` 
 def _facts(data: dict) -> dict[str, str]:
     late = ",".join(k for k in LATE_HOOKS if (data.get("hooks") or {}).get(k)) or "-"
     return {"pid": str(data["pid"]), "pid_start": data["pid_start"], "cgroup": data["cgroup"],
-            "late_hooks": late, "bundle": data["bundle"], "rootfs": data["rootfs"],
+            "unit": data.get("unit") or "-", "slice": data.get("slice") or "-", "late_hooks": late, "bundle": data["bundle"], "rootfs": data["rootfs"],
             "created": data["created"], "annotated": "yes" if data.get("annotations") else "no"}
 
 
@@ -72,6 +73,18 @@ class Container:
     @property
     def cgroup_path(self) -> str:
         return self.facts["cgroup"]
+
+    @property
+    def unit(self) -> tuple[str, str] | None:
+        """(scope unit, slice) when systemd made the cgroup (--systemd-cgroup), else None."""
+        unit = self.facts.get("unit", "-")
+        return None if unit == "-" else (unit, self.facts.get("slice", "-"))
+
+    def runtime_cgroup(self):
+        """labkit.runtime.cgroup's view of it: what `delete` and `update` change (systemd: via the unit)."""
+        from .cgroup import RuntimeCgroup
+        unit, slice_name = self.unit or (None, None)
+        return RuntimeCgroup(self.cgroup_path, unit=unit, slice_name=slice_name)
 
     def has_hooks(self, kind: str) -> bool:
         return kind in self.facts["late_hooks"].split(",")

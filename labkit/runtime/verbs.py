@@ -115,9 +115,8 @@ def delete(opts, log, force: bool = False) -> int:
     status = box.status()
     if status in ("running", "paused") and not force:
         raise Conflict(f"cannot delete container {opts.id} that is not stopped: {status}")
-    if not _remove_empty_cgroup(box.cgroup_path):
-        from .cgroup import RuntimeCgroup
-        RuntimeCgroup(box.cgroup_path).destroy()   # kills what is left (a created container's pid 1 too)
+    if box.unit or not _remove_empty_cgroup(box.cgroup_path):
+        box.runtime_cgroup().destroy()   # kills what is left (a created container's pid 1 too); stops a unit
     try:
         if box.has_hooks("poststop"):
             from . import hooks
@@ -226,7 +225,7 @@ def features(opts, log) -> int:
         "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": sorted([*FLAGS, *PROPAGATION]),
         "linux": {"namespaces": sorted(NAMESPACES), "capabilities": ["CAP_" + n for n in NAMES],
-                  "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+                  "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": False},
                   "seccomp": {"enabled": True}, "apparmor": {"enabled": True},
                   "selinux": {"enabled": False}},
         "annotations": {"org.labkit.runtime": "labkit-runtime (the Docker Deep Dive Lab's OCI runtime)"},
