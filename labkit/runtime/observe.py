@@ -2,14 +2,20 @@
 /proc, cgroupfs and the system calls strace saw.
 
     kernel_facts(pid)        the facts that must be equal whichever runtime made the container
+    docker_layout(pid)       where Docker keeps a container's bundle, runtime state and containerd -
+                             read from the shim that holds its pid 1, not from known paths
+    cgroup_of(pid)           the container's cgroup as /proc/PID/cgroup names it
+    cgroup_for(path, id, systemd)  what linux.cgroupsPath becomes under either cgroup driver
     syscall_steps(trace)     an `strace -f` log cut down to the container-making calls
     compare_configs(a, b)    two config.json documents, field by field
     check_pid_one(cid, answer)  the exercise's checker: is `answer` the host pid of cid's pid 1?
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
 from .. import capabilities
 
@@ -32,7 +38,7 @@ def kernel_facts(pid: int, container_id: str = "") -> dict:
     """Namespaces of its own, cgroup and limits, capabilities, seccomp, parent - read from /proc."""
     status = _status(pid)
     groups = _cgroups(pid)
-    memory_path = groups.get("memory") or groups.get("", "")
+    memory_path = cgroup_of(pid)
     root = "/sys/fs/cgroup/memory" if "memory" in groups else "/sys/fs/cgroup"
     limit_file = "memory.limit_in_bytes" if "memory" in groups else "memory.max"
     try:
@@ -55,6 +61,53 @@ def kernel_facts(pid: int, container_id: str = "") -> dict:
         "no_new_privs": status.get("NoNewPrivs", "?"),
         "uid": status["Uid"].split()[0],
     }
+
+
+def cgroup_of(pid: int) -> str:
+    """The process's cgroup: the v2 path, or on a v1 host the memory hierarchy's."""
+    groups = _cgroups(pid)
+    return groups.get("memory") or groups.get("", "")
+
+
+def cgroup_for(cgroups_path: str, container_id: str, systemd: bool) -> str:
+    """The cgroup a runtime makes for config.json's linux.cgroupsPath: with the cgroupfs driver the
+    path itself (/docker/<id>); with the systemd driver (slice:prefix:name) the scope's directory."""
+    if not systemd:
+        return cgroups_path
+    from .systemd import parse_path
+    return "/" + parse_path(cgroups_path, container_id).relpath
+
+
+def docker_layout(pid: int) -> dict:
+    """Where Docker's pieces of the container with host pid `pid` are, asked from the kernel.
+
+    pid 1's parent is containerd's shim; the shim runs in the container's bundle (its working
+    directory) and was started as `containerd-shim-runc-v2 -namespace NS -id ID -address SOCKET`;
+    the bundle's options.json is what containerd told the shim about the runtime: its --root
+    directory (plus /NS) and whether it must pass --systemd-cgroup. containerd itself is the process
+    listening on SOCKET - dockerd's own containerd or the system's, whichever this Docker uses."""
+    shim = int(_status(pid)["PPid"])
+    with open(f"/proc/{shim}/cmdline") as f:
+        argv = f.read().split("\0")
+    namespace, address = argv[argv.index("-namespace") + 1], argv[argv.index("-address") + 1]
+    bundle = Path(os.readlink(f"/proc/{shim}/cwd"))
+    options_file = bundle / "options.json"
+    options = json.loads(options_file.read_text()) if options_file.exists() else {}
+    return {"shim": shim, "bundle": bundle, "namespace": namespace, "containerd": listener_of(address),
+            "containerd socket": address,
+            "runtime root": f"{options.get('root') or '/run/containerd/runc'}/{namespace}",
+            "systemd cgroup": bool(options.get("systemd_cgroup"))}
+
+
+def listener_of(socket_path: str) -> int:
+    """The pid of the process that listens on a unix socket (the kernel's socket table, via psutil)."""
+    import psutil
+    wanted = os.path.realpath(socket_path)
+    pids = {c.pid for c in psutil.net_connections("unix")
+            if c.pid and c.laddr and not c.raddr and os.path.realpath(c.laddr) == wanted}
+    if len(pids) != 1:
+        raise LookupError(f"{len(pids)} processes listen on {socket_path}: {sorted(pids)}")
+    return pids.pop()
 
 
 def syscall_steps(trace: str, limit: int = 200) -> list[str]:
