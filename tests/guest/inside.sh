@@ -123,6 +123,10 @@ read -r -a GLOBS <<< "$(request notebooks)"
 NOTEBOOKS=()
 # shellcheck disable=SC2206  # the globs are meant to expand
 for g in "${GLOBS[@]:-*.ipynb}"; do NOTEBOOKS+=(notebooks/$g); done
+# request.json's "tests": files under tests/integration/ (GUEST_TESTS); the whole directory by default
+read -r -a TESTS <<< "$(request tests)"
+INTEGRATION=()
+for t in "${TESTS[@]:-}"; do INTEGRATION+=("tests/integration/$t"); done
 
 stage doctor as_kernel labkit doctor
 if command -v cloud-init >/dev/null; then
@@ -136,7 +140,7 @@ for s in $STAGES; do
         notebooks) stage notebooks as_kernel "${PYTEST[@]}" --junitxml="$OUT/notebooks.xml" \
             --nbval-lax --nbval-sanitize-with tests/sanitize.cfg "${NOTEBOOKS[@]}" "${EXTRA[@]}" ;;
         execute) stage execute as_kernel python tests/guest/execute_notebooks.py "$OUT/notebooks" ;;
-        integration) stage integration "${PYTEST[@]}" --junitxml="$OUT/integration.xml" tests/integration "${EXTRA[@]}" ;;
+        integration) stage integration "${PYTEST[@]}" --junitxml="$OUT/integration.xml" "${INTEGRATION[@]}" "${EXTRA[@]}" ;;
         *) mark FAIL "unknown stage $s"; status=1 ;;
     esac
 done

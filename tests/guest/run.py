@@ -7,7 +7,7 @@ checkout is shared at /vagrant as Vagrant's synced folder. Inside (tests/guest/i
 leaf, as a learner's kernels are. The closing line counts every stage's JUnit report.
 
     python tests/guest/run.py [--stages "unit notebooks integration"] [--rebuild] [--update-outputs]
-                              [--notebooks GLOBS] [--memory MiB] [--cpus N] [--timeout S]
+                              [--notebooks GLOBS] [--tests FILES] [--memory MiB] [--cpus N] [--timeout S]
                               [-- PYTEST_ARGS...]
 
 --update-outputs executes every notebook in the guest and writes it back to notebooks/ (see
@@ -47,6 +47,9 @@ def main(argv: list[str]) -> int:
                    help="execute every notebook in the guest and write it back to notebooks/")
     p.add_argument("--notebooks", default=os.environ.get("GUEST_NOTEBOOKS", ""),
                    help="only these notebooks (globs under notebooks/, e.g. '00-* 1?-*')")
+    p.add_argument("--tests", default=os.environ.get("GUEST_TESTS", ""),
+                   help="the integration stage runs only these (paths under tests/integration/, "
+                        "e.g. 'test_runtime.py test_nb41_runtime.py')")
     p.add_argument("--memory", type=int, default=int(os.environ.get("GUEST_MEMORY", 5120)), help="MiB")
     p.add_argument("--cpus", type=int, default=int(os.environ.get("GUEST_CPUS", min(2, os.cpu_count() or 1))))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("TEST_OUTPUT", PROJECT / "test-output")) / "guest")
@@ -77,7 +80,7 @@ def main(argv: list[str]) -> int:
     spec = boot.BootSpec(disk=img.disk, kernel=img.kernel, initrd=img.initrd, mode="test",
                          memory_mib=args.memory, cpus=args.cpus, timeout=args.timeout,
                          request={"stages": stages, "pytest_args": " ".join(extra),
-                                  "notebooks": args.notebooks})
+                                  "notebooks": args.notebooks, "tests": args.tests})
     print(f"[guest] booting the image ({'cached' if img.reused else 'just built'}); stages: {stages}", flush=True)
     result = boot.boot_guest(spec, out_dir=args.out)
 
