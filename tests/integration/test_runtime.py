@@ -4,6 +4,10 @@ cgroupfs, mountinfo) - never from labkit's own bookkeeping.
 
 Needs what `make test` provisions: docker.io, and labkit-runtime registered in /etc/docker/daemon.json
 as the runtime `labkit` (vagrant/provision.sh does it). A missing registration fails, it is not skipped.
+
+The same tests run on this lab's host (cgroup v1, Docker's cgroupfs driver, dockerd's own containerd)
+and in the Debian 13 guest tier (cgroup v2, Docker's systemd driver, the system's containerd): every
+cgroup file is found from /proc/PID/cgroup, and the runtime's --root from the shim (observe.docker_layout).
 """
 from __future__ import annotations
 
@@ -22,7 +26,13 @@ from labkit import cleanup, dockerd, rootfs
 
 pytestmark = pytest.mark.root
 RUNTIMES = ("runc", "labkit")
-STATE_ROOT = Path("/run/docker/runtime-runc/moby")    # the --root the shim passes to every runtime
+V2 = not Path("/sys/fs/cgroup/memory").is_dir()
+# the same limit under its v1 and v2 file names
+FILES = {"memory": ("memory.limit_in_bytes", "memory.max"), "memsw": ("memory.memsw.limit_in_bytes", "memory.swap.max"),
+         "pids": ("pids.max", "pids.max"), "quota": ("cpu.cfs_quota_us", "cpu.max"),
+         "freezer": ("freezer.state", "cgroup.freeze"), "procs": ("cgroup.procs", "cgroup.procs")}
+CONTROLLER = {"memory": "memory", "memsw": "memory", "pids": "pids", "quota": "cpu", "freezer": "freezer",
+              "procs": "pids"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +50,21 @@ def image():
             yield ref
         finally:
             dockerd.remove_image(ref)
+
+
+@pytest.fixture(scope="module")
+def layout(image):
+    """Where this Docker keeps things (runtime --root, cgroup driver), read from a container's shim."""
+    from labkit.runtime import observe
+    name = cleanup.unique_name("rt-layout")
+    cleanup.claim("docker-container", name)
+    try:
+        cid = run("runc", image, "sleep", "30", name=name, options=("-d",)).stdout.decode().strip()
+        where = observe.docker_layout(int(docker("inspect", "-f", "{{.State.Pid}}", cid).stdout))
+    finally:
+        docker("rm", "--force", name)
+        cleanup.release("docker-container", name)
+    return where
 
 
 @pytest.fixture
@@ -85,8 +110,22 @@ def status_field(pid: int, key: str) -> str:
     raise KeyError(key)
 
 
-def cgroup_file(cid: str, controller: str, name: str) -> str:
-    return Path(f"/sys/fs/cgroup/{controller}/docker/{cid}/{name}").read_text().strip()
+def cgroup_dir(pid: int, controller: str) -> Path:
+    """The process's cgroup directory, as /proc/PID/cgroup names it (v2: the one hierarchy)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if V2 and controllers == "":
+            return Path(f"/sys/fs/cgroup{path}")
+        if not V2 and controller in controllers.split(","):
+            mount = "cpu,cpuacct" if controller in ("cpu", "cpuacct") else controller
+            return Path(f"/sys/fs/cgroup/{mount}{path}")
+    raise KeyError(controller)
+
+
+def cgroup_file(pid: int, what: str) -> str:
+    """A limit of the container whose pid 1 is `pid`, read from its cgroup (v2's freeze as v1's words)."""
+    value = (cgroup_dir(pid, CONTROLLER[what]) / FILES[what][V2]).read_text().strip()
+    return {"0": "THAWED", "1": "FROZEN"}.get(value, value) if what == "freezer" else value
 
 
 def wait_for(condition, what: str, timeout: float = 10):
@@ -98,15 +137,17 @@ def wait_for(condition, what: str, timeout: float = 10):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_run_rm_prints_and_leaves_nothing(image, names, runtime, tmp_path):
+def test_run_rm_prints_and_leaves_nothing(image, names, runtime, tmp_path, layout):
     name = names(runtime)
     result = run(runtime, image, "echo", "hi", name=name, options=("--rm", "--cidfile", str(tmp_path / "cid")))
     assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr
     cid = (tmp_path / "cid").read_text().strip()
     assert name not in docker("ps", "-a", "--format", "{{.Names}}").stdout.decode().split()
     # neither the runtime's state directory nor the container's cgroup outlives it
-    assert not (STATE_ROOT / cid).exists()
-    assert not [d for d in Path("/sys/fs/cgroup").glob(f"*/docker/{cid}")]
+    assert not (Path(layout["runtime root"]) / cid).exists()
+    # (cgroupfs driver: docker/ID in each hierarchy; systemd driver: system.slice/docker-ID.scope)
+    assert not [d for pattern in (f"docker/{cid}", f"*/docker/{cid}", f"system.slice/docker-{cid}.scope")
+                for d in Path("/sys/fs/cgroup").glob(pattern)]
 
 
 def test_same_kernel_facts_for_both_runtimes(image, names):
@@ -121,11 +162,11 @@ def test_same_kernel_facts_for_both_runtimes(image, names):
             "pid inside": status_field(pid, "NSpid").split()[-1],
             "parent": Path(f"/proc/{parent}/comm").read_text().strip(),
             "cgroup": sorted({line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-                              if line.split(":")[1] in ("memory", "pids", "cpu,cpuacct", "cpu")}),
-            "memory": cgroup_file(cid, "memory", "memory.limit_in_bytes"),
-            "memsw": cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes"),
-            "pids": cgroup_file(cid, "pids", "pids.max"),
-            "quota": cgroup_file(cid, "cpu", "cpu.cfs_quota_us"),
+                              if line.split(":")[1] in ("memory", "pids", "cpu,cpuacct", "cpu", "")}),
+            "memory": cgroup_file(pid, "memory"),
+            "memsw": cgroup_file(pid, "memsw"),
+            "pids": cgroup_file(pid, "pids"),
+            "quota": cgroup_file(pid, "quota"),
             "CapBnd": status_field(pid, "CapBnd"),
             "Seccomp": status_field(pid, "Seccomp"),
             "hostname": docker("exec", cid, "hostname").stdout.decode().strip() == cid[:12],
@@ -136,6 +177,7 @@ def test_same_kernel_facts_for_both_runtimes(image, names):
     assert facts["labkit"]["own namespaces"] == set(host_ns)
     assert facts["labkit"]["parent"].startswith("containerd-shim")     # pid 1 belongs to the shim
     assert facts["labkit"]["memory"] == str(32 * 2**20) and facts["labkit"]["pids"] == "20"
+    assert facts["labkit"]["quota"] in ("50000", "50000 100000") and facts["labkit"]["cgroup"]
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -173,7 +215,7 @@ def test_exec_joins_the_container(image, names):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().split()
     assert lines[0] == os.readlink(f"/proc/{pid}/ns/pid") and lines[1] == os.readlink(f"/proc/{pid}/ns/mnt")
-    assert any(f"/docker/{cid}" in line for line in lines[2:])
+    assert any(f"docker/{cid}" in line or f"docker-{cid}.scope" in line for line in lines[2:])
 
 
 def test_stop_kill_logs_pause(image, names):
@@ -181,10 +223,10 @@ def test_stop_kill_logs_pause(image, names):
         "sh", "-c", 'echo ready; trap "echo got TERM; exit 3" TERM; while true; do sleep 0.1; done'))
     wait_for(lambda: b"ready" in docker("logs", cid).stdout, "the container's first line")
     assert docker("pause", cid).returncode == 0
-    assert cgroup_file(cid, "freezer", "freezer.state") == "FROZEN"
+    assert cgroup_file(pid, "freezer") == "FROZEN"
     assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == b"paused"
     assert docker("unpause", cid).returncode == 0
-    assert cgroup_file(cid, "freezer", "freezer.state") == "THAWED"
+    assert cgroup_file(pid, "freezer") == "THAWED"
     top = docker("top", cid)
     assert str(pid).encode() in top.stdout
     assert docker("stop", "-t", "10", cid).returncode == 0
@@ -196,7 +238,7 @@ def test_stop_kill_logs_pause(image, names):
 def test_kill_and_update(image, names):
     cid, pid = started("labkit", image, names, "--memory", "32m")
     assert docker("update", "--memory", "48m", "--memory-swap", "48m", cid).returncode == 0
-    assert cgroup_file(cid, "memory", "memory.limit_in_bytes") == str(48 * 2**20)
+    assert cgroup_file(pid, "memory") == str(48 * 2**20)
     assert docker("kill", cid).returncode == 0
     assert docker("inspect", "-f", "{{.State.ExitCode}}", cid).stdout.strip() == b"137"
 
@@ -237,10 +279,37 @@ def test_exercise_checker_of_notebook_41(image, names):
 
     cid, pid = started("labkit", image, names)
     docker("exec", "-d", cid, "sleep", "30")
-    inside = wait_for(lambda: [p for p in map(int, Path(f"/sys/fs/cgroup/pids/docker/{cid}/cgroup.procs")
-                                              .read_text().split()) if p != pid], "the exec'd process")
+    inside = wait_for(lambda: [p for p in map(int, cgroup_file(pid, "procs").split()) if p != pid],
+                      "the exec'd process")
     assert observe.check_pid_one(cid, str(pid))[0]
     assert not observe.check_pid_one(cid, str(int(status_field(pid, "PPid"))))[0]
     correct, why = observe.check_pid_one(cid, str(inside[0]))
     assert not correct and "not 1" in why
     assert not observe.check_pid_one(cid, "pid one")[0]
+
+
+def test_systemd_driver_limits_survive_daemon_reload(image, names, layout):
+    """Docker's systemd cgroup driver: the container is a scope systemd made, and its limits are the
+    unit's own properties - a `systemctl daemon-reload`, which rewrites every unit's cgroup files from
+    its properties, leaves them as runc's (and `docker update` changes the property too)."""
+    if not layout["systemd cgroup"]:
+        pytest.skip("this Docker uses the cgroupfs driver (no systemd as init here); the guest tier runs this")
+    seen = {}
+    for runtime in RUNTIMES:
+        cid, pid = started(runtime, image, names, "--memory", "32m", "--pids-limit", "20", "--cpus", "0.5")
+        unit = f"docker-{cid}.scope"
+        assert cgroup_dir(pid, "memory") == Path(f"/sys/fs/cgroup/system.slice/{unit}")
+        subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=120)
+        seen[runtime] = {what: cgroup_file(pid, what) for what in ("memory", "pids", "quota")}
+        seen[runtime]["unit"] = subprocess.run(
+            ["systemctl", "show", "-P", "ActiveState,Delegate", unit], capture_output=True, text=True).stdout.split()
+        if runtime == "labkit":
+            assert docker("update", "--memory", "48m", "--memory-swap", "48m", cid).returncode == 0
+            assert subprocess.run(["systemctl", "show", "-P", "MemoryMax", unit], capture_output=True,
+                                  text=True).stdout.strip() == str(48 * 2**20)
+        docker("rm", "--force", cid)
+        wait_for(lambda: subprocess.run(["systemctl", "is-active", unit], capture_output=True,
+                                        text=True).stdout.strip() != "active", f"{unit} stopped")
+    assert seen["labkit"] == seen["runc"]
+    assert seen["labkit"]["memory"] == str(32 * 2**20) and seen["labkit"]["pids"] == "20"
+    assert seen["labkit"]["quota"] == "50000 100000" and seen["labkit"]["unit"] == ["active", "yes"]
