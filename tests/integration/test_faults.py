@@ -442,7 +442,7 @@ def test_the_engine_outlives_the_thread_that_started_it_and_stops_with_its_proce
 
 FORK_WHILE_LOCKS_ARE_HELD = """
 import faulthandler, logging, os, sys, threading, time, builtins
-from labkit import container, namespaces
+from labkit import container, escape, namespaces, rootless
 from labkit.net import probes
 
 def every_fork(say):
@@ -450,6 +450,8 @@ def every_fork(say):
     say("bare", namespaces.run(["echo", "ok"], None).stdout.strip())
     say("container", container.run("busybox", ["echo", "ok"]).stdout.strip())
     say("probe", probes._child_result(*probes._in_child(len, [1, 2, 3]), timeout=30))
+    say("rootless", rootless.run(["echo", "ok"]).stdout.strip())
+    say("escape", "ok" if not escape.chroot_escape("pivot_root").escaped else "escaped")
 
 faulthandler.dump_traceback_later(90, exit=True)     # a hang shows where it is
 every_fork(lambda *words: None)    # once before: this process's own imports and caches are done
@@ -483,7 +485,8 @@ def test_forks_from_a_threaded_process_never_wait_for_a_lock_another_thread_hold
     (tmp_path / "slow_module.py").write_text("import builtins\nbuiltins.labkit_gate.wait()\n")
     forked = subprocess.run([PY, "-c", FORK_WHILE_LOCKS_ARE_HELD, str(tmp_path)], env=ENV,
                             capture_output=True, text=True, timeout=120)
-    assert forked.stdout.split("\n")[:4] == ["spawn ok", "bare ok", "container ok", "probe 3"], \
+    assert forked.stdout.split("\n")[:6] == ["spawn ok", "bare ok", "container ok", "probe 3", "rootless ok",
+                                              "escape ok"], \
         forked.stdout + forked.stderr[-2000:]
     assert forked.returncode == 0, forked.stderr[-2000:]
 
