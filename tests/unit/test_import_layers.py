@@ -136,6 +136,24 @@ def test_docs_architecture_has_one_line_per_module():
     assert not listed - modules, f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"
 
 
+def test_docs_architecture_shows_each_modules_layer_and_imports_as_the_source_has_them():
+    graph = import_graph(ROOT, "labkit")
+    level = {m: n for n, ms in layers(graph).items() for m in ms}
+    short = lambda m: m.removeprefix("labkit.") or "labkit"
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| `([a-z0-9_.]+)` \| [^|]* \| ([^|]*) \|", doc, re.M)
+    assert len(rows) == len(re.findall(r"^\| \d+ \| `", doc, re.M)), "a row whose columns this test cannot read"
+    stale = []
+    for layer, module, uses in rows:
+        full = module if module == "labkit" else f"labkit.{module}"
+        if full not in graph:
+            continue                     # the test above names it
+        actual = ", ".join(sorted(short(m) for m in graph[full])) or "-"
+        if int(layer) != level[full] or {u.strip() for u in uses.split(",")} != {u.strip() for u in actual.split(",")}:
+            stale.append(f"| {level[full]} | `{module}` | ... | {actual} |")
+    assert not stale, "docs/architecture.md: correct these rows' layer and uses:\n" + "\n".join(stale)
+
+
 def test_no_module_imports_another_modules_private_names():
     reaches = []
     for path in sorted(ROOT.rglob("*.py")):
