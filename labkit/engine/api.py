@@ -453,8 +453,10 @@ def route(method: str, path: str):
             allowed.append(route_method)
     feature = docker_api.feature(method, path)
     if feature:
-        raise HTTPError(501, f"labkit's engine does not implement {feature} ({method} {path}); "
-                             f"Docker has it. See docs/engine-commands.md for what the engine does")
+        # "not supported" is what `docker inspect NAME` skips, as it skips a 404, to try the next kind of
+        # object: so a name that is nothing ends as dockerd's "No such object", not at the networks.
+        raise HTTPError(501, f"labkit's engine does not implement {feature} ({method} {path}): not supported "
+                             f"here; Docker has it. See docs/engine-commands.md for what the engine does")
     if allowed:
         raise HTTPError(405, f"{method} is not allowed on {path}: use {' or '.join(sorted(set(allowed)))}")
     raise HTTPError(404, f"page not found: labkit's engine does not implement {method} {path}. It "

@@ -284,8 +284,7 @@ class Engine(EngineImages):
         return block
 
     def kill(self, ref: str, signal: str | int | None = None) -> None:
-        """Send a signal to pid 1. For SIGKILL, answer once the container is seen exited (as Docker:
-        an inspect right after `docker kill` says "exited")."""
+        """Send a signal to pid 1; for SIGKILL, answer once it is seen exited (as dockerd: inspect says exited)."""
         sig = parse_signal(signal) if not isinstance(signal, int) else signal
         with self._changed:
             record = self._find(ref)
@@ -366,11 +365,14 @@ class Engine(EngineImages):
             record.status = "removing"
             self._records.pop(record.id, None)
             self.execs.forget_container(record.id)
-            record.removed = True
             kept, record.kept_root = record.kept_root, None
-            self._changed.notify_all()
-        if kept is not None:
-            kept.release()
+        try:
+            if kept is not None:
+                kept.release()
+        finally:    # "removed" once its root is gone too, as dockerd's: `docker run --rm` leaves nothing
+            with self._changed:
+                record.removed = True
+                self._changed.notify_all()
 
     # --- pause, stats, top, rename, restart, update, prune ------------------------------------------
 
@@ -456,8 +458,7 @@ class Engine(EngineImages):
     # --- input --------------------------------------------------------------------------------------
 
     def _running_process(self, ref: str, wait: bool):
-        """The runtime's handle once the container runs (waiting for a start when `wait`); None
-        if it is not running (any more)."""
+        """The runtime's handle once the container runs (waiting for a start when `wait`); else None."""
         with self._changed:
             record = self._find(ref)
             exits = record.exits

@@ -419,3 +419,14 @@ def test_a_docker_command_the_engine_lacks_says_so_instead_of_no_such(engine, ar
     assert result.returncode != 0
     assert f"labkit's engine does not implement {feature}".encode() in result.stderr, result.stderr
     assert b"No such" not in result.stderr
+
+
+@needs_docker_cli
+def test_docker_inspect_of_a_name_that_is_nothing_says_no_such_object_as_dockerd(engine):
+    """`docker inspect NAME` tries a container, an image, a network, a volume, a plugin; it skips a kind
+    whose lookup is a 404 or "not supported" - so the engine's 501s for networks, volumes and plugins must
+    not end the search with their message."""
+    result = docker(engine, "inspect", "labkit-nothing-by-this-name")
+    assert result.returncode != 0
+    assert b"No such object: labkit-nothing-by-this-name" in result.stderr, result.stderr
+    assert b"does not implement" not in result.stderr

@@ -306,6 +306,35 @@ def test_auto_remove_and_wait_for_removed(engine):
     assert call(engine, "GET", f"/containers/{cid}/json")[0] == 404
 
 
+def test_removed_is_reported_only_after_the_kept_root_is_released(engine):
+    """dockerd signals "removed" after the container's layer and directory are gone, so `docker run --rm`
+    (a wait for "removed") exits with nothing left behind. Here the final release of the root the engine
+    kept after the exit is held at a gate: while it runs, the container must not be "removed" yet."""
+    cid = run_container(engine, ["exit", "3"])
+    assert engine.wait(cid, "not-running") == 3
+    record = next(r for r in engine.list(all=True) if r.id == cid)
+    process = engine.fake.launched[-1]
+    gate, seen = threading.Event(), []
+
+    def release(keep_root=False):        # the release at exit keeps the root; the one at rm is held
+        if not keep_root:
+            seen.append(("release begins; removed already:", record.removed))
+            assert gate.wait(10)
+
+    process.release = release
+    waiter = engine.watch(cid, "removed")
+    remover = threading.Thread(target=engine.remove, args=(cid,))
+    remover.start()
+    deadline = time.monotonic() + 10
+    while not seen:                      # rm has reached the release
+        assert time.monotonic() < deadline and remover.is_alive(), "rm never released the kept root"
+        time.sleep(0.01)
+    gate.set()
+    assert waiter(10) == 3
+    remover.join(10)
+    assert seen == [("release begins; removed already:", False)] and record.removed
+
+
 def test_parallel_requests_are_served_at_once(engine):
     """Sixteen clients at the same time; one of them holds a wait open the whole time."""
     blocker = run_container(engine, ["sleep", "30"])
