@@ -325,7 +325,15 @@ def remove_image(h, m, q):
 
 
 def prune_images(h, m, q):
-    deleted = h.engine.images.prune(h.engine.images_in_use())
+    """docker image prune: dangling images; with -a (the filter dangling=false) every unused image."""
+    filters = parse_json_body(q["filters"].encode()) if q.get("filters") else {}
+    if not isinstance(filters, dict) or set(filters) - {"dangling"}:
+        raise InvalidValue("filters", q.get("filters"), "none, or dangling=true/false (docker image prune [-a]); "
+                           "labkit's engine has no until= or label= filters for images")
+    dangling = {v.lower() for v in ps.filter_values(filters.get("dangling", []))}
+    if not dangling <= {"true", "1", "false", "0"}:
+        raise InvalidValue("filter", "dangling=" + ",".join(sorted(dangling)), "true or false")
+    deleted = h.engine.images.prune(h.engine.images_in_use(), only_dangling=not dangling & {"false", "0"})
     h.send_json(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": 0})
 
 

@@ -182,14 +182,14 @@ class ImageStore:
         image.forget()
         return [{"Untagged": t} for t in image.tags] + [{"Deleted": image.id}]
 
-    def prune(self, in_use: set[str]) -> list[dict]:
-        """docker image prune: images without a name that no container uses."""
+    def prune(self, in_use: set[str], only_dangling: bool = True) -> list[dict]:
+        """docker image prune: images without a name that no container uses (-a: every unused image)."""
         with self._lock:
-            dangling = [i for i in self._images if not i.tags and i.id not in in_use]
-            self._images = [i for i in self._images if i not in dangling]
-        for image in dangling:
+            unused = [i for i in self._images if i.id not in in_use and not (only_dangling and i.tags)]
+            self._images = [i for i in self._images if i not in unused]
+        for image in unused:
             image.forget()
-        return [{"Deleted": i.id} for i in dangling]
+        return [entry for i in unused for entry in [{"Untagged": t} for t in i.tags] + [{"Deleted": i.id}]]
 
     def names(self) -> list[str]:
         return [tag for image in self.list() for tag in image.tags]

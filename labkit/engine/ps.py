@@ -34,6 +34,13 @@ def _matches(record: Record, key: str, value: str, images) -> bool:
         return False
 
 
+def filter_values(values) -> "list[str]":
+    """The values of one filter key, as the CLI sends them: {"v": true}, or the older ["v"] or "v"."""
+    values = [v for v, on in values.items() if on] if isinstance(values, dict) else \
+        (values if isinstance(values, list) else [values])
+    return [str(v) for v in values]
+
+
 def parse_filters(text: str) -> "dict[str, list[str]]":
     """`docker ps --filter`s, every key and value checked before any container is looked at (as dockerd
     does: a wrong filter is a 400 even when no container exists)."""
@@ -42,9 +49,7 @@ def parse_filters(text: str) -> "dict[str, list[str]]":
         raise InvalidValue("filters", text, 'a JSON object like {"status": ["exited"]}')
     checked = {}
     for key, values in filters.items():
-        values = [v for v, on in values.items() if on] if isinstance(values, dict) else \
-            (values if isinstance(values, list) else [values])
-        values = [str(v) for v in values]
+        values = filter_values(values)
         if key not in ("name", "id", "status", "exited", "label", "ancestor"):
             raise InvalidValue("filter", key, "name, id, status, exited, label or ancestor")
         for value in values:

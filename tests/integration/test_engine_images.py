@@ -73,6 +73,27 @@ def test_image_prune_removes_only_unnamed_unused_images(engine):
         docker(engine, "rm", "--force", name)
 
 
+def test_image_prune_a_removes_every_unused_image_and_other_filters_are_refused(engine):
+    """-a is the filter dangling=false: a named image no container uses goes too (with the layer directory
+    the engine made for it); the image a running container uses stays. until= and label= are refused."""
+    name, tag = cleanup.unique_name("prunea"), f"{cleanup.unique_name('unused')}:1"
+    assert docker(engine, "run", "-d", "--name", name, IMAGE, "sleep", "600").returncode == 0
+    try:
+        assert docker(engine, "commit", name, tag).returncode == 0
+        layer = Path(json.loads(docker(engine, "image", "inspect", tag).stdout)[0]["GraphDriver"]["Data"]["LowerDir"])
+        assert layer.is_dir()
+        assert docker(engine, "image", "prune", "-f").returncode == 0              # named: not dangling
+        assert docker(engine, "image", "inspect", tag).returncode == 0
+        refused = docker(engine, "image", "prune", "-f", "--filter", "until=1h")
+        assert refused.returncode != 0 and b"until" in refused.stderr
+        pruned = docker(engine, "image", "prune", "-a", "-f")
+        assert pruned.returncode == 0 and f"untagged: {tag}".encode() in pruned.stdout, pruned.stdout
+        assert docker(engine, "image", "inspect", tag).returncode != 0 and not layer.exists()
+        assert docker(engine, "image", "inspect", IMAGE).returncode == 0          # in use: it stays
+    finally:
+        docker(engine, "rm", "--force", name)
+
+
 def test_cp_both_ways_resolves_paths_inside_the_container(engine, tmp_path):
     name = cleanup.unique_name("cp")
     assert docker(engine, "run", "-d", "--name", name, "-u", "nobody", IMAGE, "sh", "-c",
