@@ -30,7 +30,7 @@ import re
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from collections.abc import Iterable
 
@@ -56,16 +56,18 @@ SWEEP_MODULES = (
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-@dataclass
-class Leftover:
-    """One labkit object found on the machine."""
+class Leftover(SimpleNamespace):
+    """One labkit object found on the machine. (A plain class, not a dataclass: importing
+    dataclasses would cost every `labkit run` and runtime `create` 5 ms.)"""
 
-    kind: str                      # "cgroup", "netns", "link", "mount", "dir", "container", ...
-    name: str                      # the labkit- name (what the owner claimed)
-    where: str = ""                # path or location, for humans
-    owner_pid: int | None = None   # who claimed it, if anyone
-    owner_alive: bool = False      # True: in use by a live process, not a leftover
-    extra: dict = field(default_factory=dict)
+    def __init__(self, kind: str, name: str, where: str = "", owner_pid: int | None = None,
+                 owner_alive: bool = False, extra: dict | None = None):
+        super().__init__(kind=kind,                # "cgroup", "netns", "link", "mount", "dir", ...
+                         name=name,                # the labkit- name (what the owner claimed)
+                         where=where,              # path or location, for humans
+                         owner_pid=owner_pid,      # who claimed it, if anyone
+                         owner_alive=owner_alive,  # True: in use by a live process, not a leftover
+                         extra=extra or {})
 
     def describe(self) -> str:
         owner = f"owner pid {self.owner_pid} " + ("alive" if self.owner_alive else "dead") \

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from collections import namedtuple
 from functools import partial
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,15 +58,10 @@ _INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init"
 OCI_VERSION = "1.0.2"
 
 
-@dataclass
-class Result:
-    """What `run` returns (shaped like namespaces.Result / subprocess.CompletedProcess)."""
-    args: list[str]
-    returncode: int       # negative: killed by that signal
-    stdout: str
-    stderr: str
-    pid: int              # the host pid the container's pid 1 had
-    oom_killed: bool = False
+class Result(namedtuple("Result", "args returncode stdout stderr pid oom_killed", defaults=(False,))):
+    """What `run` returns (shaped like namespaces.Result / subprocess.CompletedProcess): returncode
+    is negative when a signal killed it; pid is the host pid the container's pid 1 had."""
+    __slots__ = ()
 
     @property
     def exit_status(self) -> int:

@@ -37,7 +37,7 @@ import signal
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 
 from . import host, nssetup, syscalls
@@ -75,14 +75,9 @@ def children_identity(pid: int | str = "self") -> dict[str, int]:
 
 # --- starting processes ------------------------------------------------------------------------------
 
-@dataclass
-class Result:
+class Result(namedtuple("Result", "args returncode stdout stderr pid")):
     """What `run` returns: like subprocess.CompletedProcess, plus the host pid it had."""
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    pid: int
+    __slots__ = ()
 
 
 class Process:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import resource
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 
 from . import capabilities as caps
@@ -52,29 +52,25 @@ class UnsupportedField(Unsupported):
                          + "; see `python -m pydoc labkit.oci` for what is")
 
 
-@dataclass
-class Bundle:
-    """config.json, checked and turned into Container arguments."""
-    path: Path
-    args: list[str]
-    env: dict[str, str]
-    cwd: str
-    root: Path
-    readonly: bool
-    hostname: str | None
-    namespaces: list[str]
-    memory: int | None = None
-    cpu: float | None = None
-    pids: int | None = None
-    user: tuple | None = None
-    rlimits: dict = field(default_factory=dict)
-    no_new_privileges: bool = False
-    oom_score_adj: int | None = None
-    umask: int | None = None
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
-    capabilities: list[str] | None = None                    # the bounding set; None: Docker's default
-    not_enforced: list[str] = field(default_factory=list)   # accepted fields labkit does not apply
+class Bundle(SimpleNamespace):
+    """config.json, checked and turned into Container arguments. (A plain class, not a dataclass:
+    labkit-runtime reads config.json through this module, and importing dataclasses would cost
+    every `docker run` 5 ms.)"""
+
+    def __init__(self, path: Path, args: list[str], env: dict[str, str], cwd: str, root: Path,
+                 readonly: bool, hostname: str | None, namespaces: list[str], *,
+                 memory: int | None = None, cpu: float | None = None, pids: int | None = None,
+                 user: tuple | None = None, rlimits: dict | None = None, no_new_privileges: bool = False,
+                 oom_score_adj: int | None = None, umask: int | None = None,
+                 masked_paths: list[str] = (), readonly_paths: list[str] = (),
+                 capabilities: list[str] | None = None, not_enforced: list[str] = ()):
+        super().__init__(path=path, args=args, env=env, cwd=cwd, root=root, readonly=readonly,
+                         hostname=hostname, namespaces=namespaces, memory=memory, cpu=cpu, pids=pids,
+                         user=user, rlimits=rlimits or {}, no_new_privileges=no_new_privileges,
+                         oom_score_adj=oom_score_adj, umask=umask, masked_paths=list(masked_paths),
+                         readonly_paths=list(readonly_paths),
+                         capabilities=capabilities,             # the bounding set; None: Docker's default
+                         not_enforced=list(not_enforced))       # accepted fields labkit does not apply
 
     def container(self, name: str | None = None, attach: bool = True):
         """A labkit Container that runs this bundle (output to our stdio when attach)."""

@@ -37,7 +37,7 @@ import json
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -70,22 +70,19 @@ _DIRS = {"bin": 0o755, "sbin": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "etc"
 
 # --- the image store: read-only layers ------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Layer:
-    """One read-only layer in the image store: a directory tree plus a manifest."""
-    name: str
-    path: Path           # the layer's contents (what overlayfs gets as a lowerdir)
+class Layer(namedtuple("Layer", "name path")):
+    """One read-only layer in the image store: a directory tree plus a manifest. `path` holds the
+    layer's contents (what overlayfs gets as a lowerdir)."""
+    __slots__ = ()
 
     @property
     def manifest(self) -> dict:
         return json.loads((self.path.parent / "layer.json").read_text())
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(namedtuple("Image", "name layers")):
     """Layers stacked bottom first, like `docker image inspect`'s RootFS.Layers."""
-    name: str
-    layers: tuple[Layer, ...]
+    __slots__ = ()
 
     def lowerdir(self) -> str:
         """overlayfs wants the TOP layer first in lowerdir=top:...:bottom."""

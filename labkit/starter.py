@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import namespaces, start_stamps
 from .errors import LabkitError

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, fields
+from collections import namedtuple
 
 from ..errors import InvalidValue
 from .files import MAX, format_cpu_list, parse_cpu_list
@@ -47,10 +47,10 @@ NAMES = ("memory", "swap", "cpu", "cpu_weight", "pids", "cpuset", "io")
 
 # --- facts about this host the ranges depend on -------------------------------------------------------
 
-@dataclass(frozen=True)
-class HostFacts:
-    mem_total: int                 # bytes of physical memory (MemTotal)
-    online_cpus: tuple[int, ...]   # CPUs the kernel may schedule on (/sys/devices/system/cpu/online)
+class HostFacts(namedtuple("HostFacts", "mem_total online_cpus")):
+    """Bytes of physical memory (MemTotal), and the CPUs the kernel may schedule on
+    (/sys/devices/system/cpu/online)."""
+    __slots__ = ()
 
     @classmethod
     def read(cls) -> "HostFacts":
@@ -68,28 +68,20 @@ class HostFacts:
 
 # --- the validated result -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class IoLimit:
-    device: str                      # "MAJ:MIN"
-    read_bps: int | str | None = None    # bytes/s, MAX to remove, None to leave alone
-    write_bps: int | str | None = None
-    given: str = ""                  # what the user wrote for the device, for messages
+class IoLimit(namedtuple("IoLimit", "device read_bps write_bps given", defaults=(None, None, ""))):
+    """device "MAJ:MIN"; read_bps and write_bps in bytes/s, MAX to remove, None to leave alone;
+    given: what the user wrote for the device, for messages."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Validated limits; None means "not asked for, leave alone", MAX ("max") means "no limit"."""
-
-    memory: int | str | None = None
-    swap: int | str | None = None
-    cpu: float | str | None = None
-    cpu_weight: int | None = None
-    pids: int | str | None = None
-    cpuset: str | None = None
-    io: tuple[IoLimit, ...] | None = None
+class Limits(namedtuple("Limits", NAMES, defaults=(None,) * len(NAMES))):
+    """Validated limits; None means "not asked for, leave alone", MAX ("max") means "no limit".
+    memory, swap: bytes; cpu: a fraction of one CPU; cpu_weight; pids; cpuset: "0-1"; io: IoLimits.
+    (Named tuples, not dataclasses: importing dataclasses costs every container start 5 ms.)"""
+    __slots__ = ()
 
     def given(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {name: value for name, value in self._asdict().items() if value is not None}
 
     def __bool__(self) -> bool:
         return bool(self.given())

@@ -9,8 +9,9 @@ way: `UnsupportedField` naming its dotted path, before anything is created.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..errors import InvalidValue, NotFound
 from ..oci import NAMESPACES, Reader, UnsupportedField, read_config, read_process_identity
@@ -23,54 +24,46 @@ NAMESPACED_SYSCTLS = {"net.": "net", "kernel.shm": "ipc", "kernel.msg": "ipc", "
 DEFAULT_CPU_PERIOD = 100_000
 
 
-@dataclass
-class Mount:
-    destination: str
-    type: str
-    source: str
-    options: list[str]
+# Plain classes, not dataclasses: `create` runs on every `docker run`, and importing dataclasses
+# would cost each one 5 ms.
+Mount = namedtuple("Mount", "destination type source options")
 
 
-@dataclass
-class Process:
+class Process(SimpleNamespace):
     """config.json's process object (or `exec --process FILE`)."""
-    args: list[str]
-    env: dict[str, str]
-    cwd: str
-    terminal: bool = False
-    console_size: tuple[int, int] | None = None     # (rows, columns)
-    uid: int = 0
-    gid: int = 0
-    groups: list[int] = field(default_factory=list)
-    umask: int | None = None
-    capabilities: list[str] | None = None           # the bounding set; None: keep Docker's default
-    inheritable: list[str] = field(default_factory=list)
-    ambient: list[str] = field(default_factory=list)
-    rlimits: dict = field(default_factory=dict)
-    no_new_privileges: bool = False
-    oom_score_adj: int | None = None
-    apparmor: str | None = None
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: str, *, terminal: bool = False,
+                 console_size: tuple[int, int] | None = None, uid: int = 0, gid: int = 0,
+                 groups: list[int] = (), umask: int | None = None, capabilities: list[str] | None = None,
+                 inheritable: list[str] = (), ambient: list[str] = (), rlimits: dict | None = None,
+                 no_new_privileges: bool = False, oom_score_adj: int | None = None,
+                 apparmor: str | None = None):
+        super().__init__(args=args, env=env, cwd=cwd, terminal=terminal,
+                         console_size=console_size,         # (rows, columns)
+                         uid=uid, gid=gid, groups=list(groups), umask=umask,
+                         capabilities=capabilities,         # the bounding set; None: keep Docker's default
+                         inheritable=list(inheritable), ambient=list(ambient), rlimits=rlimits or {},
+                         no_new_privileges=no_new_privileges, oom_score_adj=oom_score_adj,
+                         apparmor=apparmor)
 
 
-@dataclass
-class Spec:
-    bundle: Path
-    process: Process
-    root: Path
-    readonly: bool
-    hostname: str | None
-    namespaces: list[str]                           # labkit's names: pid, net, mnt ...
-    mounts: list[Mount] = field(default_factory=list)
-    hooks: dict = field(default_factory=dict)       # kind -> [{"path", "args", "env", "timeout"}]
-    cgroups_path: str | None = None
-    limits: dict = field(default_factory=dict)      # labkit.cgroups.limits names: memory, swap, cpu ...
-    devices: list[str] = field(default_factory=list)  # v1 device cgroup rules: "allow c 1:3 rwm"
-    oom_kill_disable: bool = False
-    sysctl: dict = field(default_factory=dict)
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
-    seccomp: dict | None = None
-    annotations: dict = field(default_factory=dict)
+class Spec(SimpleNamespace):
+    """config.json, checked: everything `create` applies."""
+
+    def __init__(self, bundle: Path, process: Process, root: Path, readonly: bool, hostname: str | None,
+                 namespaces: list[str], *, cgroups_path: str | None = None, masked_paths: list[str] = (),
+                 readonly_paths: list[str] = (), seccomp: dict | None = None, annotations: dict | None = None):
+        super().__init__(bundle=bundle, process=process, root=root, readonly=readonly, hostname=hostname,
+                         namespaces=namespaces,             # labkit's names: pid, net, mnt ...
+                         cgroups_path=cgroups_path, masked_paths=list(masked_paths),
+                         readonly_paths=list(readonly_paths), seccomp=seccomp,
+                         annotations=annotations or {},
+                         # filled in from linux.resources, mounts, hooks and linux.sysctl:
+                         mounts=[],                         # Mount
+                         hooks={},                          # kind -> [{"path", "args", "env", "timeout"}]
+                         limits={},                         # labkit.cgroups.limits names: memory, swap, cpu ...
+                         devices=[],                        # v1 device cgroup rules: "allow c 1:3 rwm"
+                         oom_kill_disable=False, sysctl={})
 
 
 def load(bundle: str | os.PathLike, systemd: bool = False) -> Spec:
