@@ -23,7 +23,7 @@ as its root. Three pieces make that tree, in the order Docker uses them:
    nothing propagates back to the host), bind-mount the new root on itself (pivot_root needs a mount
    point), mount /proc, a minimal /dev and a read-only /sys inside it, pivot_root, then detach the old
    root. Unlike chroot, nothing of the host's tree is left reachable - `labkit.escape` shows the
-   difference on the real kernel.
+   difference on the real kernel. Those steps live in labkit.pivot (here as rootfs.pivot_steps too).
 
 Cleanup: the tmpfs and overlay mounts are named after the container's work directory
 (kind "mount"); `find_leftovers` reads them from /proc/self/mountinfo, deepest first, so a sweep
@@ -32,7 +32,6 @@ unmounts them before labkit.cleanup removes the directory itself (kind "dir").
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import stat
@@ -45,6 +44,8 @@ from . import cleanup, host, mountinfo, syscalls
 from .binaries import find_busybox, is_static_executable
 from .mountinfo import overlay_layers, read as read_mountinfo  # noqa: F401 - notebook 31 uses both
 from .rootfsview import draw_stack  # noqa: F401 - the notebooks call rootfs.draw_stack
+from .pivot import (bind_root, make_dev, make_paths_readonly, mask_paths, mount_proc,  # noqa: F401 - notebook 30
+                    mount_sys, pivot, pivot_steps, populate_dev, remount_readonly)     # calls them as rootfs.*
 from .errors import Conflict, InvalidValue, NotFound, Unsupported, from_oserror
 
 IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
@@ -155,21 +156,48 @@ def _fill_busybox(root: Path) -> dict:
     return {"bin/busybox": os.path.getsize(busybox), "bin/sh": None, "etc/passwd": None}
 
 
-def _base_spec() -> dict:
-    """What the base layer is made of; its digest names the layer's directory."""
-    import hashlib      # here: only building or naming a layer needs it (labkit-runtime never does)
-    busybox = _busybox_binary()
-    st = busybox.stat()
-    key = (str(busybox), st.st_size, st.st_mtime_ns)
-    if _BASE_SPEC.get("key") != key:        # hash the binary once per version, not per container
-        tini = "/usr/bin/tini-static"
+def _base_spec() -> tuple[dict, str]:
+    """What the base layer is made of, and its digest, which names the layer's directory.
+
+    Hashing busybox and tini costs more CPU than the rest of a container's start (6 ms), so the
+    hashes are kept: in this process, and in the image store for the next process (a `labkit run`
+    is a new one each time), keyed by each file's path, size and modification time - as git's
+    index keeps file hashes by their stat. A new busybox package has a new mtime: a new digest."""
+    busybox, tini = _busybox_binary(), "/usr/bin/tini-static"
+    key = [_stat_key(busybox), _stat_key(tini)]
+    kept = IMAGE_STORE / "base-layer-digest.json"
+    if _BASE_SPEC.get("key") != key:
+        try:
+            found = json.loads(kept.read_text())
+            if found["key"] == key:
+                _BASE_SPEC.update(key=key, spec=found["spec"], digest=found["digest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if _BASE_SPEC.get("key") != key:
+        import hashlib      # here: only building or naming a layer needs it (labkit-runtime never does)
         _BASE_SPEC.update(key=key, spec={
             "name": BASE, "built_from": str(busybox), "parent": None,
             "busybox_sha256": hashlib.sha256(busybox.read_bytes()).hexdigest(),
             "tini_sha256": hashlib.sha256(Path(tini).read_bytes()).hexdigest()
             if is_static_executable(tini) else None,
             "files": hashlib.sha256(json.dumps([_ETC, _DIRS], sort_keys=True).encode()).hexdigest()})
-    return _BASE_SPEC["spec"]
+        _BASE_SPEC["digest"] = _digest({k: v for k, v in _BASE_SPEC["spec"].items() if k != "name"})
+        try:                # whole or not at all: written aside, renamed into place
+            IMAGE_STORE.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_name(f".{kept.name}.{os.getpid()}")
+            partial.write_text(json.dumps(_BASE_SPEC))
+            os.replace(partial, kept)
+        except OSError:
+            pass            # a read-only store: hash again next time
+    return _BASE_SPEC["spec"], _BASE_SPEC["digest"]
+
+
+def _stat_key(path: str | Path) -> list | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [str(path), st.st_size, st.st_mtime_ns]
 
 
 _BASE_SPEC: dict = {}
@@ -177,8 +205,7 @@ _BASE_SPEC: dict = {}
 
 def base_layer(rebuild: bool = False) -> Layer:
     """The busybox base layer; built from /bin/busybox the first time, or when missing/corrupt."""
-    spec = _base_spec()
-    digest = _digest({k: v for k, v in spec.items() if k != "name"})
+    spec, digest = _base_spec()
     layer_dir = LAYERS / f"sha256-{digest}"
     if rebuild or not _manifest_ok(layer_dir):
         _install(layer_dir, _fill_busybox, {**spec, "digest": digest})
@@ -447,124 +474,6 @@ class RootFS:
     def __repr__(self) -> str:
         what = self.image.name if self.image else str(self.bind)
         return f"<RootFS {self.name} {what} {'mounted' if self.mounted else 'unmounted'}>"
-
-
-# --- pivot_root done right: setup steps for the container's final child ---------------------------
-
-_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
-            "tty": (5, 0)}
-_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
-
-
-def bind_root(root: str) -> None:
-    """pivot_root needs the new root to be a mount point: bind-mount it on itself."""
-    syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
-
-
-def mount_proc(root: str) -> None:
-    """A /proc of the container's own pid namespace (this process is already pid 1 in it)."""
-    syscalls.mount("proc", f"{root}/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV
-                   | syscalls.MS_NOEXEC)
-
-
-def mount_sys(root: str) -> None:
-    """sysfs read-only: the container may look at devices, never reconfigure them."""
-    syscalls.mount("sysfs", f"{root}/sys", "sysfs", syscalls.MS_RDONLY | syscalls.MS_NOSUID
-                   | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
-
-
-def make_dev(root: str) -> None:
-    """A minimal /dev on tmpfs: the six character devices programs expect, /dev/pts, fd links."""
-    dev = f"{root}/dev"
-    syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=64k")
-    populate_dev(dev)
-    os.mkdir(f"{dev}/pts")
-    syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620")
-    os.mkdir(f"{dev}/shm")
-    syscalls.mount("shm", f"{dev}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV
-                   | syscalls.MS_NOEXEC, "mode=1777,size=64m")
-
-
-def populate_dev(dev: str) -> None:
-    """The six character devices programs expect, and the fd/stdio/ptmx links, in a fresh /dev."""
-    old = os.umask(0)
-    try:
-        for node, (major, minor) in _DEVICES.items():
-            if not os.path.lexists(f"{dev}/{node}"):
-                os.mknod(f"{dev}/{node}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    finally:
-        os.umask(old)
-    for link, target in _DEV_LINKS.items():
-        if not os.path.lexists(f"{dev}/{link}"):
-            os.symlink(target, f"{dev}/{link}")
-
-
-def pivot(root: str) -> None:
-    """pivot_root(2) into `root`, then detach the old root so nothing of the host stays reachable.
-
-    pivot_root(".", ".") (as runc does) stacks the old root on top of the new one at the same place;
-    umount2(".", MNT_DETACH) then takes it away lazily - no put_old directory to create or remove,
-    which also works when the new root is read-only.
-    """
-    os.chdir(root)
-    syscalls.pivot_root(".", ".")
-    syscalls.umount2(".", syscalls.MNT_DETACH)
-    os.chdir("/")
-
-
-def mask_paths(paths: Sequence[str]) -> None:
-    """After pivot_root: hide each path (e.g. /proc/kcore) under /dev/null, or a directory under an
-    empty read-only tmpfs - what runc does for an OCI bundle's linux.maskedPaths."""
-    for path in paths:
-        if os.path.isdir(path) and not os.path.islink(path):
-            syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY, "size=0")
-        elif os.path.lexists(path):
-            syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
-
-
-def make_paths_readonly(paths: Sequence[str]) -> None:
-    """After pivot_root: make each path read-only (a bind mount on itself, remounted read-only)."""
-    for path in paths:
-        if os.path.lexists(path):
-            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
-            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT
-                           | syscalls.MS_RDONLY | syscalls.MS_REC)
-
-
-def remount_readonly() -> None:
-    syscalls.mount(None, "/", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
-
-
-def pivot_steps(root: str | os.PathLike, *, readonly: bool = False, proc: bool = True,
-                dev: bool = True, sys: bool = True, masked: Sequence[str] = (),
-                readonly_paths: Sequence[str] = (),
-                inside: Sequence[Callable[[], None]] = ()) -> list[Callable[[], None]]:
-    """The setup steps, in order, for namespaces.spawn(setup=..., mount_proc=False): the child ends
-    up inside `root`, with /proc (of its own pid namespace), a minimal /dev and a read-only /sys.
-
-    spawn itself has already made `/` private recursively (so these mounts never reach the host)
-    and set the hostname before these steps run. `inside` steps run right after pivot_root, while
-    "/" is still writable (e.g. making the working directory, mounting a tmpfs).
-    """
-    root = str(root)
-    steps = [functools.partial(bind_root, root)]
-    if proc:
-        steps.append(functools.partial(mount_proc, root))
-    if sys:
-        steps.append(functools.partial(mount_sys, root))
-    if dev:
-        steps.append(functools.partial(make_dev, root))
-    steps.append(functools.partial(pivot, root))
-    steps += inside
-    if masked:
-        steps.append(functools.partial(mask_paths, list(masked)))
-    if readonly_paths:
-        steps.append(functools.partial(make_paths_readonly, list(readonly_paths)))
-    if readonly:
-        steps.append(remount_readonly)
-    return steps
 
 
 # --- cleanup hooks ------------------------------------------------------------------------------

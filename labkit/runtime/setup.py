@@ -5,9 +5,9 @@ it runs these steps in the new process, in this order, and execs:
 
     mounts      every entry of config.json's `mounts`, under the rootfs, in order (bind, proc, tmpfs,
                 devpts, sysfs, mqueue, cgroup ...), then the default device nodes in /dev
-    pivot_root  into the rootfs; the old root detached (labkit.rootfs.pivot)
+    pivot_root  into the rootfs; the old root detached (labkit.pivot.pivot)
     sysctl      linux.sysctl, written to /proc/sys of the container's own namespaces
-    paths       linux.maskedPaths, linux.readonlyPaths, root.readonly (labkit.rootfs)
+    paths       linux.maskedPaths, linux.readonlyPaths, root.readonly (labkit.pivot)
     console     with process.terminal: a pty from the container's own devpts; its master travels to
                 the caller over --console-socket (SCM_RIGHTS), its slave becomes stdin/out/err
     process     oomScoreAdj, umask, rlimits, AppArmor profile, noNewPrivileges, the capability
@@ -24,7 +24,7 @@ import os
 import struct
 from functools import partial
 
-from .. import capabilities, mountinfo, rootfs, syscalls
+from .. import capabilities, mountinfo, pivot, syscalls
 from ..errors import InvalidValue, NotFound, Unsupported
 from ..syscalls import PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_SET_NO_NEW_PRIVS
 
@@ -156,7 +156,7 @@ def _v1_hierarchies() -> list[tuple[str, str]]:
 def mount_steps(spec, cgroup_relpath: str, cgroup_version: str) -> list:
     """Steps that build the container's filesystem tree under its rootfs, then pivot_root into it."""
     root = str(spec.root)
-    steps = [partial(rootfs.bind_root, root)]
+    steps = [partial(pivot.bind_root, root)]
     hierarchies = _v1_hierarchies() if cgroup_version == "v1" else []
     for m in spec.mounts:
         flags, propagation, data = parse_options(m.options)
@@ -179,8 +179,8 @@ def mount_steps(spec, cgroup_relpath: str, cgroup_version: str) -> list:
             steps.append(partial(_mount_fs_inside, root, m.destination, m.type, m.source, flags,
                                  propagation, data))
     if any(m.destination == "/dev" for m in spec.mounts):
-        steps.append(partial(rootfs.populate_dev, f"{root}/dev"))
-    steps.append(partial(rootfs.pivot, root))
+        steps.append(partial(pivot.populate_dev, f"{root}/dev"))
+    steps.append(partial(pivot.pivot, root))
     return steps
 
 
@@ -207,11 +207,11 @@ def path_steps(spec) -> list:
     if spec.sysctl:
         steps.append(partial(_write_sysctls, dict(spec.sysctl)))
     if spec.masked_paths:
-        steps.append(partial(rootfs.mask_paths, list(spec.masked_paths)))
+        steps.append(partial(pivot.mask_paths, list(spec.masked_paths)))
     if spec.readonly_paths:
-        steps.append(partial(rootfs.make_paths_readonly, list(spec.readonly_paths)))
+        steps.append(partial(pivot.make_paths_readonly, list(spec.readonly_paths)))
     if spec.readonly:
-        steps.append(rootfs.remount_readonly)
+        steps.append(pivot.remount_readonly)
     return steps
 
 
