@@ -10,7 +10,9 @@ for real, with nothing downloaded but Debian packages:
 - the initramfs is built here, in Python, as a cpio archive holding busybox-static, a few kernel
   modules and a shell script as /init;
 - qemu runs it with KVM when KVM really works (`kvm_usable` boots a probe VM with a short timeout,
-  because /dev/kvm can exist and still hang), otherwise with TCG, qemu's CPU emulator.
+  because /dev/kvm can exist and still hang), otherwise with TCG, qemu's CPU emulator. A guest
+  gets BOOT_TIMEOUT seconds to be ready; on a machine whose own CPU is emulated (a TCG guest, where
+  a VM is emulation inside emulation) that deadline is stretched by labkit.emulation's factor.
 
 Two kinds of guest:
 
@@ -49,13 +51,13 @@ from .initramfs import (NET_MODULES, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, SHARE_M
                         builtin_modules, cpio_newc, guest_modules)
 from .kernel import KERNEL_CACHE, Kernel, fetch_kernel, find_kernel
 from .nic import VmNic, check_network
-from .lifecycle import (KIND, VM, VM_DIR, BootResult, Progress, ProgressCallback, VMError, boot,
+from .lifecycle import (BOOT_TIMEOUT, KIND, VM, VM_DIR, BootResult, Progress, ProgressCallback, VMError, boot,
                         choose_accel, kvm_usable, run)
 from .qemu import ARCHES, arch_info, check_cpus, kernel_cmdline, parse_memory, qemu_binary, qemu_command
 from .sweep import find_leftovers, remove_leftover
 
 __all__ = [
-    "ARCHES", "BUSYBOX_CANDIDATES", "KERNEL_CACHE", "KIND", "KVM_DEVICE", "KVM_PROBE_FILE", "MARK", "NET_MODULES",
+    "ARCHES", "BOOT_TIMEOUT", "BUSYBOX_CANDIDATES", "KERNEL_CACHE", "KIND", "KVM_DEVICE", "KVM_PROBE_FILE", "MARK", "NET_MODULES",
     "S_IFCHR", "S_IFDIR", "S_IFLNK", "S_IFREG", "SHARE_MODULES", "VM", "VM_DIR", "BootResult",
     "ConsoleReader", "Kernel", "Progress", "ProgressCallback", "VMError", "VmNic", "arch_info", "boot",
     "build_initramfs", "builtin_modules", "check_accel", "check_cpus", "check_network", "choose_accel", "cpio_newc",

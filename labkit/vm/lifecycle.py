@@ -11,7 +11,7 @@ from typing import Callable
 
 import psutil
 
-from .. import cleanup, host, syscalls
+from .. import cleanup, emulation, host, syscalls
 from ..binaries import find_busybox
 from ..cgroups import Cgroup
 from ..errors import InvalidValue, LabkitError, Unsupported
@@ -28,6 +28,8 @@ KIND = "vm"
 VM_DIR = cleanup.STATE_DIR / "vm"                  # scratch dirs, one per VM, named labkit-vm-...
 # Rough boot times (seconds to init), only used to move the progress bar before init speaks.
 EXPECTED_BOOT = {"kvm": 1.5, "tcg": 7.0}
+# Seconds a guest may take to get ready, on hardware (stretched on an emulated CPU: labkit.emulation).
+BOOT_TIMEOUT = 120.0
 ProgressCallback = Callable[["Progress"], None]
 
 
@@ -85,7 +87,7 @@ class VM:
 
     def __init__(self, *, memory="256M", cpus=1, accel="auto", command: str | None = None,
                  share_host: bool = False, hold: bool = False, cwd: str = "/",
-                 env: dict[str, str] | None = None, timeout: float = 120.0,
+                 env: dict[str, str] | None = None, timeout: float = BOOT_TIMEOUT,
                  progress: ProgressCallback | None = None,
                  on_output: Callable[[str], None] | None = None, cgroup: bool = True, network=None):
         # validate everything before anything is created
@@ -256,13 +258,17 @@ class VM:
             raise self.failure(f"guest init failed: {text}")
 
     def wait_for(self, marker: str, timeout: float | None = None) -> None:
-        """Read the console until `marker` was seen (or qemu exits, or time runs out)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        """Read the console until `marker` was seen (or qemu exits, or time runs out).
+
+        The deadline is for hardware; on a machine whose own CPU is emulated it is stretched
+        (labkit.emulation: a VM here is emulation inside emulation)."""
+        limit = emulation.scaled(self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + limit
         fd = self.proc.stdout.fileno()
-        expected = EXPECTED_BOOT.get(self.accel, 7.0) * (1.6 if self.share_host else 1.0)
+        expected = emulation.scaled(EXPECTED_BOOT.get(self.accel, 7.0) * (1.6 if self.share_host else 1.0))
         while marker not in self.times:
             if time.monotonic() > deadline:
-                raise self.failure(f"no {marker} from the guest within {self.timeout:.0f}s")
+                raise self.failure(f"no {marker} from the guest within {limit:.0f}s ({emulation.describe()})")
             ready = syscalls.readable([fd], 0.25)
             self._sample_rss()  # peak RSS: sampled all along, qemu may be gone right after power-off
             if ready:
@@ -336,7 +342,7 @@ class VM:
 
 
 def boot(command: str | None = None, *, memory="256M", cpus=1, accel="auto", share_host=False,
-         cwd="/", env=None, timeout=120.0, progress: ProgressCallback | None = None,
+         cwd="/", env=None, timeout=BOOT_TIMEOUT, progress: ProgressCallback | None = None,
          on_output: Callable[[str], None] | None = None, network=None) -> BootResult:
     """Boot a VM, optionally run one shell command in it, power it off; measurements in the result.
     `network`: a labkit.net.Network the VM joins with a virtio-net NIC (labkit.vm.nic)."""

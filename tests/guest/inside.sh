@@ -69,6 +69,11 @@ fact pid1 "$(cat /proc/1/comm) ($(readlink /proc/1/exe)), $(systemctl --version 
 fact cgroupfs "$(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup"
 fact controllers "$(cat /sys/fs/cgroup/cgroup.controllers)"
 fact cpus "$(nproc), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+# Deadlines written for hardware (labkit's VM boot, the tests' waits) stretch on an emulated CPU
+# (labkit/emulation.py); GUEST_TIME_SCALE on the host sets the factor instead of detecting it.
+SCALE=$(request time_scale)
+[ -n "$SCALE" ] && export LABKIT_TIME_SCALE=$SCALE
+fact deadlines "$("$VENV/bin/python" -c 'from labkit import emulation; print(emulation.describe())')"
 
 # The lab as the Vagrant VM starts it: the unit provisioning enabled, its delegated subtree.
 deadline=$((SECONDS + 600))

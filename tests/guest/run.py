@@ -7,8 +7,8 @@ checkout is shared at /vagrant as Vagrant's synced folder. Inside (tests/guest/i
 leaf, as a learner's kernels are. The closing line counts every stage's JUnit report.
 
     python tests/guest/run.py [--stages "unit notebooks integration"] [--rebuild] [--update-outputs]
-                              [--notebooks GLOBS] [--tests FILES] [--memory MiB] [--cpus N] [--timeout S]
-                              [-- PYTEST_ARGS...]
+                              [--notebooks GLOBS] [--tests FILES] [--time-scale N]
+                              [--memory MiB] [--cpus N] [--timeout S] [-- PYTEST_ARGS...]
 
 --update-outputs executes every notebook in the guest and writes it back to notebooks/ (see
 tests/guest/outputs.py). Exit status: 0 all passed, 1 something failed, 77 (skipped) when qemu or
@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tests", default=os.environ.get("GUEST_TESTS", ""),
                    help="the integration stage runs only these (paths under tests/integration/, "
                         "e.g. 'test_runtime.py test_nb41_runtime.py')")
+    p.add_argument("--time-scale", default=os.environ.get("GUEST_TIME_SCALE", ""),
+                   help="LABKIT_TIME_SCALE inside the guest (default: labkit.emulation detects TCG)")
     p.add_argument("--memory", type=int, default=int(os.environ.get("GUEST_MEMORY", 5120)), help="MiB")
     p.add_argument("--cpus", type=int, default=int(os.environ.get("GUEST_CPUS", min(2, os.cpu_count() or 1))))
     p.add_argument("--out", type=Path, default=Path(os.environ.get("TEST_OUTPUT", PROJECT / "test-output")) / "guest")
@@ -80,7 +82,8 @@ def main(argv: list[str]) -> int:
     spec = boot.BootSpec(disk=img.disk, kernel=img.kernel, initrd=img.initrd, mode="test",
                          memory_mib=args.memory, cpus=args.cpus, timeout=args.timeout,
                          request={"stages": stages, "pytest_args": " ".join(extra),
-                                  "notebooks": args.notebooks, "tests": args.tests})
+                                  "notebooks": args.notebooks, "tests": args.tests,
+                                  "time_scale": args.time_scale})
     print(f"[guest] booting the image ({'cached' if img.reused else 'just built'}); stages: {stages}", flush=True)
     result = boot.boot_guest(spec, out_dir=args.out)
 
@@ -115,7 +118,7 @@ def main(argv: list[str]) -> int:
 
     print("\n[guest] ==== summary ====")
     for key in ("release", "kernel", "python", "pid1", "cgroupfs", "controllers", "unit", "unit-cgroup",
-                "subtree", "jupyterlab", "cgroup-parent"):
+                "subtree", "jupyterlab", "cgroup-parent", "deadlines"):
         print(f"  {key:<16} {result.facts.get(key, '(not reported)')}")
     print(f"  image            {'reused the cached image' if img.reused else 'built'} {img.disk} "
           f"({t_image:.0f}s{'' if img.reused else ', build steps ' + str(img.steps)})")

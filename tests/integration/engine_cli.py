@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from labkit import dockerd
+from labkit.emulation import scaled
 from labkit.engine import EngineProcess
 
 IMAGE = "labkit-busybox"
@@ -20,8 +21,9 @@ def engine():
 
 
 def docker(engine, *args, timeout=60, input=None):
-    """The docker CLI against `engine`; the CompletedProcess, whatever its status."""
-    return dockerd.docker(*args, host=engine.url, timeout=timeout, check=False, input=input)
+    """The docker CLI against `engine`; the CompletedProcess, whatever its status. `timeout` is for
+    hardware: on an emulated CPU it is stretched (labkit.emulation)."""
+    return dockerd.docker(*args, host=engine.url, timeout=scaled(timeout), check=False, input=input)
 
 
 def inspect(engine, name) -> dict:

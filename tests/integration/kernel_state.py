@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from labkit import cleanup
+from labkit.emulation import scaled
 
 PREFIX = cleanup.PREFIX
 NAME = re.compile(r"labkit-[A-Za-z0-9_-]+")      # labkit's generated names have no '.'; files may
@@ -172,7 +173,9 @@ def alive(pids) -> list[int]:
 
 
 def wait_until(condition, timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
+    """Poll `condition` until it holds or `timeout` seconds (on hardware; labkit.emulation stretches
+    it on an emulated CPU) have passed; its last answer."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if condition():
             return True

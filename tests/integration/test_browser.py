@@ -21,6 +21,7 @@ import nbformat
 import psutil
 
 from labkit import cgroups, cleanup, lab
+from labkit.emulation import scaled
 
 pytestmark = pytest.mark.root
 
@@ -74,9 +75,11 @@ def _cap_files(owners: set[int]) -> dict[str, str]:
 
 def _wait_for(predicate, timeout: float, what: str):
     """Poll `predicate` until it returns something true; a page element that is not there yet
-    (JupyterLab re-renders cells while they run) counts as not yet."""
+    (JupyterLab re-renders cells while they run) counts as not yet. `timeout` is for hardware (on an
+    emulated CPU labkit.emulation stretches it, as every wait in this test)."""
     from playwright.sync_api import Error as PageError
 
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -144,14 +147,14 @@ def _run_cells(page, cells, first: int, count: int) -> None:
                 break
             prompt = cell.locator(".jp-InputArea-prompt")
             try:
-                _wait_for(lambda: prompt.inner_text(timeout=2000).strip() != "[ ]:", 10,
+                _wait_for(lambda: prompt.inner_text(timeout=scaled(2000)).strip() != "[ ]:", 10,
                           f"cell {index} to start")
                 break
             except AssertionError:
                 cell.click()
                 page.keyboard.press("Escape")
         if is_code:
-            _wait_for(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text(timeout=2000).strip()), 180,
+            _wait_for(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text(timeout=scaled(2000)).strip()), 180,
                       f"cell {index} to finish")
 
 
@@ -164,6 +167,7 @@ def _kernel_idle(page) -> bool:
 def page(browser):
     """A browser tab; on a failure its screenshot is kept, to show what the learner would have seen."""
     tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.set_default_timeout(scaled(30_000))    # Playwright's own 30 s, for every action and navigation
     yield tab
     OUTPUT.mkdir(parents=True, exist_ok=True)
     tab.screenshot(path=str(OUTPUT / "browser-12-cpu-last.png"))
@@ -171,7 +175,7 @@ def page(browser):
 
 def test_moving_the_quota_slider_rewrites_the_cgroup_and_redraws_the_live_plot(jupyterlab, page):
     page.goto(lab.url(jupyterlab).replace("/lab?", f"/lab/tree/{NOTEBOOK}?"))
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=scaled(90_000))
     _wait_for(lambda: _kernel_idle(page), 90, "the notebook's kernel to start")
 
     cells = page.locator(".jp-Notebook .jp-Cell")
@@ -181,9 +185,9 @@ def test_moving_the_quota_slider_rewrites_the_cgroup_and_redraws_the_live_plot(j
 
     slider_cell = cells.nth(SLIDER_CELL)
     handle = slider_cell.locator(".widget-slider .noUi-handle")
-    handle.wait_for(timeout=60_000)
+    handle.wait_for(timeout=scaled(60_000))
     canvas = slider_cell.locator("canvas").first
-    canvas.wait_for(timeout=30_000)
+    canvas.wait_for(timeout=scaled(30_000))
     _wait_for(lambda: _kernel_idle(page), 120, "the cells above the slider to finish")
 
     kernels = _kernel_pids(jupyterlab)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from labkit import cleanup, dockerd
+from labkit.emulation import scaled
 from engine_cli import IMAGE, docker, engine, status  # noqa: F401 (engine: the fixture)
 
 pytestmark = pytest.mark.root
@@ -44,7 +45,7 @@ def test_exec_joins_the_containers_namespaces_and_cgroup_with_its_restrictions(e
     name, pid = box
     result = docker(engine, "exec", "-d", name, "sleep", "300")
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     found = []
     while not found and time.monotonic() < deadline:
         found = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != pid
@@ -117,7 +118,7 @@ def test_twenty_concurrent_execs(engine, box):
 def _talk(master: int, send: bytes, expect: bytes, timeout: float = 20) -> bytes:
     os.write(master, send)
     seen = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while expect not in seen and time.monotonic() < deadline:
         if select.select([master], [], [], 0.2)[0]:
             try:
@@ -156,7 +157,7 @@ def test_exec_it_gives_an_interactive_shell_on_a_pty(engine, box):
         seen = _talk(master, b"tty\n", b"/dev/pts/")          # a pty of the container's own devpts
         assert b"not a tty" not in seen
         _talk(master, b"exit 5\n", b"exit 5")
-        assert process.wait(timeout=30) == 5
+        assert process.wait(timeout=scaled(30)) == 5
 
 
 def test_docker_run_it_sh_is_usable_interactively(engine):
@@ -167,7 +168,7 @@ def test_docker_run_it_sh_is_usable_interactively(engine):
         _talk(master, b"from the keyboard\n", b"from the keyboard\r\nfrom the keyboard")
         _talk(master, b"\x03", b"#")                              # ^C ends cat, the shell stays
         _talk(master, b"exit 6\n", b"exit 6")
-        assert process.wait(timeout=30) == 6
+        assert process.wait(timeout=scaled(30)) == 6
 
 
 def test_docker_run_t_gives_pid_1_a_terminal_of_its_own_devpts(engine):
@@ -179,7 +180,7 @@ def test_docker_run_t_gives_pid_1_a_terminal_of_its_own_devpts(engine):
         seen = _talk(master, b"", b"\r\nsid=")
         while not seen.endswith(b"\n"):                    # the rest of the last line
             seen += _talk(master, b"", b"\n")
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=scaled(30)) == 0
     lines = seen.decode().replace("\r", "").split("\n")
     assert lines[0].startswith("/dev/pts/") and "not a tty" not in seen.decode(), seen
     assert "stdin-is-a-tty" in lines, seen

@@ -16,6 +16,7 @@ from labkit import cleanup, dockerd
 from labkit.engine import registry
 from engine_cli import IMAGE, docker, engine  # noqa: F401 (engine: the fixture)
 from kernel_state import wait_until
+from labkit.emulation import scaled
 
 pytestmark = pytest.mark.root
 
@@ -70,7 +71,7 @@ def test_killed_wait_and_attach_clients_release_their_connection_and_thread(engi
 def raw(engine, data: bytes, read_all: bool = True) -> tuple[bytes, bool]:
     """Send raw bytes; (the answer, whether the engine closed the connection after it)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
+    sock.settimeout(scaled(30))
     sock.connect(engine.socket_path)
     try:
         try:

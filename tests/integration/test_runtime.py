@@ -23,6 +23,7 @@ import pytest
 
 import labkit
 from labkit import cleanup, dockerd, rootfs
+from labkit.emulation import scaled
 
 pytestmark = pytest.mark.root
 RUNTIMES = ("runc", "labkit")
@@ -251,14 +252,14 @@ def test_tty_through_a_pty(image, names):
                             stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     out = b""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while b"done" not in out and time.monotonic() < deadline:
         if select.select([master], [], [], 0.5)[0]:
             try:
                 out += os.read(master, 1024)
             except OSError:
                 break
-    assert proc.wait(30) == 0
+    assert proc.wait(scaled(30)) == 0
     os.close(master)
     assert b"/dev/pts/0" in out, out
 
