@@ -109,6 +109,7 @@ class Engine(EngineImages):
             if record.status == "removing" or self._closing:
                 raise Conflict(f"container {record.id} is being removed")
             if by_policy and (record.manually_stopped or record.removed):
+                record.restarting = False
                 return False
             record.starting = True          # a second start now gets 304, a remove waits its turn
             record.manually_stopped = False
@@ -125,7 +126,7 @@ class Engine(EngineImages):
                 except Exception:   # noqa: BLE001 - the start's own error is the one to report
                     pass
             with self._changed:
-                record.starting, record.error = False, str(exc)
+                record.starting, record.restarting, record.error = False, False, str(exc)
                 record.status = "exited"
                 record.exit_code = 127 if isinstance(exc, FileNotFoundError) else 128
                 record.exits += 1           # a start that failed ends too: waits and attaches return
@@ -134,7 +135,7 @@ class Engine(EngineImages):
                 self.remove(record.id, force=True)
             raise
         with self._changed:
-            record.status, record.starting = "running", False
+            record.status, record.starting, record.restarting = "running", False, False
             record.process, record.pid = process, process.pid
             record.started_at, record.finished_at = time.time(), None
             record.oom_killed, record.error = False, ""
@@ -220,9 +221,10 @@ class Engine(EngineImages):
             with self._changed:
                 self._changed.wait_for(lambda: self._closing or record.removed or record.manually_stopped,
                                        timeout=delay)
-                record.restarting = False
                 give_up = self._closing or record.removed or record.manually_stopped
-                self._changed.notify_all()
+                if give_up:     # else "restarting" until start() has it running (dockerd: never "exited" between)
+                    record.restarting = False
+                    self._changed.notify_all()
             if not give_up:
                 try:
                     self.start(record.id, by_policy=True)
@@ -545,9 +547,7 @@ class Engine(EngineImages):
         container as soon as its attach is answered, and a fast container may have exited before
         the first frame is sent.
         """
-        wanted = {STDOUT} if stdout else set()
-        if stderr:
-            wanted.add(STDERR)
+        wanted = {stream for stream, on in ((STDOUT, stdout), (STDERR, stderr)) if on}
         with self._changed:
             record = self._find(ref)
             exits_before = record.exits

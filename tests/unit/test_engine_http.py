@@ -335,6 +335,36 @@ def test_removed_is_reported_only_after_the_kept_root_is_released(engine):
     assert seen == [("release begins; removed already:", False)] and record.removed
 
 
+def test_a_restart_by_policy_is_restarting_until_the_new_run_is_running(engine):
+    """dockerd shows a container its restart policy brings back as "restarting" until it runs again;
+    an "exited" in between would let a client (or a test) take the restart count as final. The
+    second launch is held at a gate: meanwhile inspect must say restarting, never exited."""
+    launch, gate, launches = engine.fake.launch, threading.Event(), []
+
+    def held_launch(*args, **kwargs):
+        launches.append(1)
+        if len(launches) == 2:
+            assert gate.wait(10)
+        return launch(*args, **kwargs)
+
+    engine.fake.launch = held_launch
+    cid = run_container(engine, ["exit", "3"], HostConfig={"RestartPolicy": {"Name": "on-failure",
+                                                                             "MaximumRetryCount": 1}})
+    deadline = time.monotonic() + 10
+    while len(launches) < 2:                # the policy's restart has begun its launch
+        assert time.monotonic() < deadline, "the policy never restarted the container"
+        time.sleep(0.01)
+    state = json.loads(call(engine, "GET", f"/v1.41/containers/{cid}/json")[2])["State"]
+    gate.set()
+    assert (state["Status"], state["Restarting"]) == ("restarting", True), state
+    while (after := json.loads(call(engine, "GET", f"/v1.41/containers/{cid}/json")[2]))["RestartCount"] != 1 \
+            or after["State"]["Status"] != "exited":         # the one restart ran and ended: final
+        assert time.monotonic() < deadline + 10, after["State"]
+        time.sleep(0.01)
+    assert after["State"]["ExitCode"] == 3 and len(launches) == 2
+    call(engine, "DELETE", f"/v1.41/containers/{cid}?force=1")
+
+
 def test_parallel_requests_are_served_at_once(engine):
     """Sixteen clients at the same time; one of them holds a wait open the whole time."""
     blocker = run_container(engine, ["sleep", "30"])
