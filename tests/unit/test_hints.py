@@ -1,6 +1,7 @@
 """No exercise hint gives the answer away: a hint says where to look, the solving code lives only in
 docs/instructor/solutions/. Each notebook's SelfCheck hints are read from the notebook's source (what
-the learner sees) and compared with the calls and commands of its solution key."""
+the learner sees) and compared with the calls and commands of its solution key. And predict, then run:
+every Predict a notebook makes is revealed beside the kernel's answer, and each chapter has one."""
 from __future__ import annotations
 
 import ast
@@ -112,3 +113,32 @@ def test_the_fragments_would_catch_the_old_leaking_hints():
     assert any(normal(f) in normal(old) for f in solving_fragments(key))
     old00 = "`stat -f -c %T /sys/fs/cgroup` prints tmpfs (v1/hybrid) or cgroup2fs (v2)"
     assert any(normal(f) in normal(old00) for f in solving_fragments(SOLUTIONS / "00-welcome.md"))
+
+
+def predictions_of(notebook: Path) -> tuple[set[str], set[str]]:
+    """(names bound to a Predict(...), names whose .reveal(...) is called) in the notebook's code."""
+    made, revealed = set(), set()
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(python_source(cell.source))):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                    and dotted(node.value.func).split(".")[-1] == "Predict":
+                made.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "reveal":
+                revealed.add(dotted(node.func.value))
+    return made, revealed
+
+
+@pytest.mark.parametrize("notebook", workbook.present(), ids=lambda nb: nb.file)
+def test_every_prediction_is_revealed_beside_the_kernels_answer(notebook):
+    """Predict, then run: a prediction the learner commits to is shown beside what the kernel did."""
+    made, revealed = predictions_of(notebook.path)
+    assert made <= revealed, f"{notebook.file}: predictions never revealed: {sorted(made - revealed)}"
+
+
+def test_each_chapter_asks_for_a_prediction_before_its_key_experiment():
+    chapters = {}
+    for nb in workbook.present():
+        chapters.setdefault(nb.chapter, set()).update(predictions_of(nb.path)[0])
+    assert chapters and all(chapters.values()), [c for c, made in chapters.items() if not made]
