@@ -142,3 +142,25 @@ def test_each_chapter_asks_for_a_prediction_before_its_key_experiment():
     for nb in workbook.present():
         chapters.setdefault(nb.chapter, set()).update(predictions_of(nb.path)[0])
     assert chapters and all(chapters.values()), [c for c, made in chapters.items() if not made]
+
+
+def code_cells(notebook: Path) -> list[str]:
+    return [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("notebook", [nb for nb in workbook.present() if nb.chapter == "1 namespaces"],
+                         ids=lambda nb: nb.file)
+def test_each_namespace_notebook_shows_the_bare_call_in_a_child_process(notebook):
+    """Once per notebook the mechanism appears with nothing in between: unshare(2) from plain Python
+    (os.unshare on 3.12+, libc's through ctypes on 3.11), in a fresh interpreter - never the kernel."""
+    bare = [source for source in code_cells(notebook.path) if source.startswith("%%python3")
+            and "os.unshare(" in source and "ctypes" in source and not re.search(r"(from|import) labkit", source)]
+    assert bare, f"{notebook.file}: no %%python3 cell calls unshare(2) without labkit"
+
+
+@pytest.mark.parametrize("notebook", [nb for nb in workbook.present() if nb.chapter == "2 cgroups"],
+                         ids=lambda nb: nb.file)
+def test_each_cgroup_notebook_writes_a_limit_with_plain_open(notebook):
+    """Once per notebook a limit is set the bare way - open(path, "w").write(...) - before labkit does it."""
+    assert any(re.search(r"""open\([^\n]*,\s*["']w["']\)\.write\(""", source)
+               for source in code_cells(notebook.path)), f"{notebook.file}: no plain open(..., 'w').write(...)"
