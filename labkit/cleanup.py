@@ -167,14 +167,14 @@ def ensure_watchdog() -> None:
         if _watched_pid == os.getpid() or os.environ.get("LABKIT_NO_WATCHDOG") == "1":
             return
         _watched_pid = os.getpid()
-    dog = subprocess.Popen([sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True, close_fds=True)
-    # Housekeeping at a low priority from its first instruction: Popen returns as soon as it has
-    # exec'd, so its Python start-up already yields the CPU to us (a `labkit run` is over in the time
-    # that start-up takes). It still runs whenever a CPU is free, so it never falls behind.
-    with contextlib.suppress(ProcessLookupError):
-        os.setpriority(os.PRIO_PROCESS, dog.pid, WATCHDOG_NICE)
+    # Housekeeping, at a low priority from its very start (nice(1) lowers it before Python starts):
+    # Popen returns once the child has exec'd, and a child at our own priority would then keep the
+    # CPU from us for its whole start-up - 10 ms of a `labkit run` that takes 50. It still runs
+    # whenever a CPU is free, so it never falls behind.
+    subprocess.Popen(["nice", "-n", str(WATCHDOG_NICE), sys.executable, "-m", "labkit.watchdog",
+                      "--owner", str(os.getpid())],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def release(kind: str, name: str) -> None:

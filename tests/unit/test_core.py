@@ -72,19 +72,15 @@ def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, mon
     monkeypatch.setattr(cleanup, "OWNERS_DIR", tmp_path / "owners")
     monkeypatch.setattr(cleanup, "_watched_pid", None)
     monkeypatch.delenv("LABKIT_NO_WATCHDOG", raising=False)
-    started, niced = [], []
-    monkeypatch.setattr(cleanup.subprocess, "Popen", lambda argv, **kw: started.append(argv) or FakeChild)
-    monkeypatch.setattr(cleanup.os, "setpriority", lambda which, who, value: niced.append((which, who, value)))
+    started = []
+    monkeypatch.setattr(cleanup.subprocess, "Popen", lambda argv, **kw: started.append(argv))
     cleanup.claim("netns", "labkit-someone-elses", pid=1)     # owned by another process: not ours to watch
     assert started == []
     cleanup.claim("cgroup", "labkit-a")
     cleanup.claim("cgroup", "labkit-b")
-    assert started == [[sys.executable, "-m", "labkit.watchdog", "--owner", str(os.getpid())]]
-    assert niced == [(os.PRIO_PROCESS, FakeChild.pid, cleanup.WATCHDOG_NICE)]   # housekeeping: low priority
-
-
-class FakeChild:
-    pid = 4242
+    # at a low priority from its start (housekeeping), in its own session
+    assert started == [["nice", "-n", str(cleanup.WATCHDOG_NICE), sys.executable, "-m", "labkit.watchdog",
+                        "--owner", str(os.getpid())]]
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path, monkeypatch):
