@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from labkit import cleanup
+from labkit.engine.wire import UnixHTTPConnection
 from engine_cli import IMAGE, docker, engine, inspect  # noqa: F401 (engine: the fixture)
 from kernel_state import wait_until
 
@@ -68,6 +69,28 @@ def test_stats_no_stream_reads_the_cgroup_counters(engine, box):
     assert shown_name == name and memory.endswith("/ 48MiB") and cpu.endswith("%")
     procs = (cgroup_dir(pid, "pids") / "cgroup.procs").read_text().split()
     assert 1 <= int(pids) <= len(procs) + 2           # a sleep may come or go between the two reads
+
+
+def test_stats_stream_samples_the_cgroup_until_the_container_is_gone(engine, box):
+    """docker stats without --no-stream: a JSON sample a second from the cgroup's counters, each with the
+    one before as precpu_stats (what the CLI's CPU % is made of); the stream ends when the container goes."""
+    name, pid = box
+    conn = UnixHTTPConnection(engine.socket_path, timeout=30)
+    try:
+        conn.request("GET", f"/v1.41/containers/{name}/stats")
+        response = conn.getresponse()
+        assert response.status == 200
+        first, second = json.loads(response.readline()), json.loads(response.readline())
+        limit_file = cgroup_dir(pid, "memory") / "memory.limit_in_bytes"
+        limit_file = limit_file if limit_file.exists() else cgroup_dir(pid, "memory") / "memory.max"
+        assert second["memory_stats"]["limit"] == int(limit_file.read_text()) == 48 * 2**20
+        assert second["precpu_stats"] == first["cpu_stats"]
+        assert second["cpu_stats"]["cpu_usage"]["total_usage"] > first["cpu_stats"]["cpu_usage"]["total_usage"]
+        assert second["pids_stats"]["current"] >= 1
+        assert docker(engine, "rm", "--force", name).returncode == 0
+        response.read()                          # returns: the stream has ended
+    finally:
+        conn.close()
 
 
 def test_top_lists_the_processes_of_the_pid_namespace(engine, box):
