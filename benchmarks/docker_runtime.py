@@ -17,6 +17,10 @@ Part 3, the CLI: `labkit run --memory 128M --cpu 1 --pids 64 -- /bin/true` again
 `runc spec` bundle with the same limits and namespaces (benchmarks/start_latency.py makes it), whole
 processes, interleaved; after each `labkit run` the script waits, untimed, for the watchdog it started.
 
+Part 4, where the difference is: the calls the shim makes for one `docker run` (create, start,
+delete --force), made by hand on start_latency's bundle, for labkit-runtime and runc: the CPU time of
+each (the rows ending in ", CPU").
+
 Uses the running dockerd or starts one (labkit.dockerd); the image is labkit's busybox root imported
 with `docker import`. Prints the two ratios the issue sets targets for (docker run <= 1.3x runc,
 labkit run <= 1.5x runc) and writes benchmarks/results/docker_runtime.{json,md}.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -79,6 +84,52 @@ def cli_against_runc(runs: int) -> dict[str, list[float]]:
     return times
 
 
+def runtime_calls(entry: str, runs: int) -> dict[str, list[float]]:
+    """Part 4: the calls the shim makes for one `docker run`, by hand and one at a time - create,
+    start, (the program exits), delete --force - on start_latency's `runc spec` bundle, for
+    labkit-runtime (`entry`) and runc. Each value is the CPU time of that call and of the children
+    it waited for (for create: labkit's forked helper; the container's pid 1 is neither's child)."""
+    import resource
+    import shutil
+    import tempfile
+
+    from start_latency import make_bundle
+
+    def cpu_ms() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (usage.ru_utime + usage.ru_stime) * 1000
+
+    work = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
+    times = {f"{name} {verb}": [] for name in ("labkit-runtime", "runc") for verb in ("create", "start", "delete")}
+    try:
+        bundle = make_bundle(work / "bundle")
+        config = json.loads((bundle / "config.json").read_text())
+        # runc spec's ambient set without inheritable is one labkit-runtime refuses (runc drops it)
+        config["process"]["capabilities"].pop("ambient", None)
+        (bundle / "config.json").write_text(json.dumps(config))
+        for i in range(runs + 1):
+            for name, binary in (("labkit-runtime", entry), ("runc", "runc")):
+                cid = f"bench-{os.getpid()}-{i}"
+                root = ["--root", str(work / f"state-{name}")]
+                for verb, argv in (("create", ["create", "--bundle", str(bundle), "--pid-file", str(work / "pid"), cid]),
+                                   ("start", ["start", cid]), ("delete", ["delete", "--force", cid])):
+                    before = cpu_ms()
+                    subprocess.run([binary, *root, *argv], check=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    if i:
+                        times[f"{name} {verb}"].append((cpu_ms() - before) / 1000)
+                    if verb == "start":        # until /bin/true has exited, as the shim waits for it
+                        try:
+                            pidfd = os.pidfd_open(int((work / "pid").read_text()))
+                        except ProcessLookupError:
+                            continue
+                        select.select([pidfd], [], [], 10)
+                        os.close(pidfd)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
@@ -120,23 +171,26 @@ def main() -> int:
             dockerd.remove_image(image)
 
     cli = cli_against_runc(args.runs)
+    calls = runtime_calls(entry, args.runs)
 
     rows = {f"docker run --rm --runtime {r} busybox true": summary(s) for r, s in whole.items()}
     rows.update({name: summary(s) for name, s in one.items()})
     rows.update({name: summary(s) for name, s in cli.items()})
+    cpu_rows = {f"{name}, CPU": summary(s) for name, s in calls.items()}
     ratio = rows["docker run --rm --runtime labkit busybox true"]["median_ms"] / \
         rows["docker run --rm --runtime runc busybox true"]["median_ms"]
     state_vs_python = rows["labkit-runtime state"]["median_ms"] / rows["python -c pass"]["median_ms"]
     cli_ratio = rows["labkit run -- /bin/true"]["median_ms"] / rows["runc run (same limits)"]["median_ms"]
     lines = [f"| what | median | IQR | runs |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['median_ms']:.0f} ms | {r['iqr_ms']:.0f} ms | {r['runs']} |" for name, r in rows.items()]
+    lines += [f"| {name} | {r['median_ms']:.1f} ms | {r['iqr_ms']:.1f} ms | {r['runs']} |" for name, r in cpu_rows.items()]
     lines += ["", f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
               f"docker run --rm, labkit / runc: **{ratio:.2f}x** (target <= 1.3x)",
               f"labkit run / runc run: **{cli_ratio:.2f}x** (target <= 1.5x)",
               f"labkit-runtime state / python -c pass: {state_vs_python:.2f}x"]
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "docker_runtime.json").write_text(json.dumps({"rows": rows, "ratio_docker_run": ratio,
+    (RESULTS / "docker_runtime.json").write_text(json.dumps({"rows": rows, "runtime_calls_cpu": cpu_rows, "ratio_docker_run": ratio,
                                                              "ratio_labkit_run": cli_ratio,
                                                              "ratio_state_to_python": state_vs_python}, indent=2))
     (RESULTS / "docker_runtime.md").write_text("\n".join(lines) + "\n")

@@ -411,7 +411,7 @@ def main(argv=None) -> int:
               f"(CPU {cpu['labkit API'] / cpu['runc']:.2f}x); "
               f"notebook-sized <= 1.1x small: {notebook / api:.2f}x {'met' if notebook <= 1.1 * api else 'MISSED'} "
               f"(CPU {cpu['labkit API, notebook'] / cpu['labkit API']:.2f}x); "
-              f"CLI <= 1.0x runc: {cli / runc_median:.2f}x {'met' if cli <= runc_median else 'MISSED'}; "
+              f"CLI <= 1.5x runc (issue 20): {cli / runc_median:.2f}x {'met' if cli <= 1.5 * runc_median else 'MISSED'}; "
               f"API = {api / floor:.1f}x unshare",
               f"load average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"]
     lines += breakdown(helpers)
