@@ -484,10 +484,10 @@ def parse_create(body, image_config) -> ContainerSpec:
         raise InvalidValue("Cmd", body.get("Cmd"), "a command: the image has no default one")
 
     env = body.get("Env") or []
-    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-        raise InvalidValue("Env", env, "a list of NAME=value strings")
-    names = {e.split("=", 1)[0] for e in env}
-    env = [e for e in image.env if e.split("=", 1)[0] not in names] + env
+    if not isinstance(env, list) or not all(isinstance(e, str) and e and e[0] != "=" for e in env):
+        raise InvalidValue("Env", env, "a list of NAME=value strings, or NAME alone to remove the image's NAME")
+    merged = {e.split("=", 1)[0]: e for e in [*image.env, *env]}   # as dockerd: NAME=value replaces or adds;
+    env = [e for e in merged.values() if "=" in e]                  # a bare NAME (-e NAME) removes the image's
 
     hostname = body.get("Hostname") or ""
     if not isinstance(hostname, str) or len(hostname) > 64 or not re.match(r"^[A-Za-z0-9.-]*$", hostname):

@@ -217,6 +217,14 @@ def check_attach_stdin(engine):
 def check_env(engine):
     with running(engine, "-e", "GREETING=hello") as pid:
         assert b"GREETING=hello" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    # As dockerd: `-e NAME` for a NAME the client has not set sends a bare NAME, which removes it (here
+    # from the image's env); a later NAME=value replaces an earlier one.
+    body = {"Env": ["LABKIT_NOT_SET_IN_THE_CLIENT", "PATH", "TWICE=1", "TWICE=2"]}
+    with running(engine, body=body) as pid:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith(b"LABKIT_NOT_SET")]
+        assert [e for e in environ if e.startswith(b"TWICE=")] == [b"TWICE=2"]
+        assert [e for e in environ if e.startswith(b"PATH=")] == [b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
 def check_cmd(engine):

@@ -99,7 +99,8 @@ def test_create_resolves_command_and_limits():
                HostConfig__Memory=64 * 1024 * 1024, HostConfig__NanoCpus=500_000_000,
                HostConfig__PidsLimit=20, HostConfig__NetworkMode="none", HostConfig__AutoRemove=True)
     assert s.argv == ["sh", "-c", "echo hi"]
-    assert s.env == ["A=1", "PATH=/bin"]             # the client's PATH replaces the image's
+    assert s.env == ["PATH=/bin", "A=1"]             # the client's PATH replaces the image's, in place (dockerd)
+    assert create(Cmd=["true"], Env=["PATH", "B=1", "B=2"]).env == ["B=2"]   # a bare NAME removes it
     assert (s.memory, s.cpu, s.pids, s.auto_remove, s.hostname) == (64 << 20, 0.5, 20, True, "box")
 
 
@@ -144,7 +145,8 @@ def test_the_docker_clis_zero_values_are_accepted():
     (dict(HostConfig__NanoCpus=10**9, HostConfig__CpuQuota=50_000), "not both"),
     (dict(HostConfig__PidsLimit="many"), "integer >= 1"),
     (dict(Cmd=[1, 2]), "list of strings"),
-    (dict(Env=["NOEQUALS"]), "NAME=value"),
+    (dict(Env=["=no-name"]), "NAME=value"),
+    (dict(Env=[""]), "NAME=value"),
     (dict(WorkingDir="relative/dir"), "absolute path"),
     (dict(Hostname="bad host"), "letters, digits"),
     (dict(Image=""), "image name"),
