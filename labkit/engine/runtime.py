@@ -29,6 +29,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
+from ..errors import InvalidValue, LabkitError, NotFound
 from .spec import ContainerSpec
 
 
@@ -149,7 +150,6 @@ class Running:
 
     def _read_details(self) -> dict:
         """Read while the process waits between create and start: a fast command may be gone after."""
-        from ..errors import LabkitError
         from ..namespaces import identity
 
         container = self.container
@@ -213,7 +213,6 @@ def validate(spec: ContainerSpec, image) -> None:
     """Refuse what this host cannot apply (more CPUs than it has, a bad tmpfs option...) at create
     time, as a 400: a Container is built from the options - which checks them - but not created."""
     from ..container import Container
-    from ..errors import InvalidValue
 
     try:
         Container(image.labkit_image(), spec.argv, **options(spec))
@@ -234,6 +233,26 @@ FIELD_OF_OPTION = [
 ]
 
 
+class CommandFailed(InvalidValue):
+    """The container's command could not be executed, worded as runc words it: the docker CLI takes
+    `docker run`'s exit status from these words ("executable file not found" 127, "permission denied"
+    126, else 125), and dockerd records the same code as the container's ExitCode."""
+
+    def __init__(self, argv0: str, exc: LabkitError):
+        if isinstance(exc, NotFound):
+            text, self.exit_code = f'exec: "{argv0}": executable file not found in $PATH', 127
+        else:
+            text, self.exit_code = str(exc).replace("Permission denied", "permission denied"), 126
+        self.what, self.value, self.accepted = "Config.Cmd", argv0, "a command the container can execute"
+        LabkitError.__init__(self, text)
+
+
+def _command_failed(exc: BaseException) -> bool:
+    """The command itself was not found or not executable (namespaces' words for what execve said)."""
+    return (isinstance(exc, NotFound) and str(exc).startswith("command not found")) or \
+        (isinstance(exc, LabkitError) and str(exc).startswith("could not start") and "Permission denied" in str(exc))
+
+
 def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None = None) -> Running:
     """Create and start a labkit Container for `spec` on `image` (an engine Image); with `kept` (the
     last run of a stopped container) in that run's root, so its writable layer carries over."""
@@ -249,7 +268,9 @@ def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None 
             resize(container.tty_master, *spec.console_size)   # before pid 1 runs: it starts at that size
         running = Running(container)
         container.start()           # like `runc start`: the command runs
-    except BaseException:
+    except BaseException as exc:
         container.delete(force=True)
+        if _command_failed(exc):
+            raise CommandFailed(spec.argv[0], exc) from None
         raise
     return running

@@ -128,7 +128,7 @@ class Engine(EngineImages):
             with self._changed:
                 record.starting, record.restarting, record.error = False, False, str(exc)
                 record.status = "exited"
-                record.exit_code = 127 if isinstance(exc, FileNotFoundError) else 128
+                record.exit_code = getattr(exc, "exit_code", 127 if isinstance(exc, FileNotFoundError) else 128)
                 record.exits += 1           # a start that failed ends too: waits and attaches return
                 self._changed.notify_all()
             if record.spec.auto_remove:

@@ -113,6 +113,23 @@ def test_docker_run_rm_prints_output_and_exits_with_the_containers_status(engine
 
 
 @needs_docker_cli
+def test_a_command_that_cannot_run_exits_127_or_126_as_under_dockerd(engine):
+    """The docker CLI takes run's exit status from the daemon's words, as runc words them: "executable
+    file not found" 127, "permission denied" 126 (anything else: 125). dockerd records the code too."""
+    missing = docker(engine, "run", "--rm", IMAGE, "labkit-no-such-command")
+    assert missing.returncode == 127 and b"executable file not found" in missing.stderr, missing.stderr
+    not_executable = docker(engine, "run", "--rm", IMAGE, "/etc/passwd")
+    assert not_executable.returncode == 126 and b"permission denied" in not_executable.stderr
+    name = cleanup.unique_name("noexec")
+    assert docker(engine, "run", "--name", name, IMAGE, "labkit-no-such-command").returncode == 127
+    try:
+        assert json.loads(docker(engine, "inspect", name).stdout)[0]["State"]["ExitCode"] == 127
+    finally:
+        docker(engine, "rm", name)
+    assert engine_objects(engine) == []
+
+
+@needs_docker_cli
 def test_docker_create_ps_start_wait_logs_inspect_rm(engine):
     name = cleanup.unique_name("cli")
     created = docker(engine, "create", "--name", name, "--memory", "64m", "--pids-limit", "32",
