@@ -27,7 +27,6 @@ import importlib
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 import threading
 from types import SimpleNamespace
@@ -171,6 +170,8 @@ def ensure_watchdog() -> None:
     # Popen returns once the child has exec'd, and a child at our own priority would then keep the
     # CPU from us for its whole start-up - 10 ms of a `labkit run` that takes 50. It still runs
     # whenever a CPU is free, so it never falls behind.
+    import subprocess                # here: labkit-runtime's create (no watchdog) need not import it
+
     subprocess.Popen(["nice", "-n", str(WATCHDOG_NICE), sys.executable, "-m", "labkit.watchdog",
                       "--owner", str(os.getpid())],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

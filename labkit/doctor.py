@@ -56,7 +56,7 @@ class HostReport:
     notes: list[str] = field(default_factory=list)     # what works differently here, with fixes
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "controllers": [c._asdict() for c in self.controllers]}   # named tuples
 
 
 def probe(check_kvm: bool = False) -> HostReport:

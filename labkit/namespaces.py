@@ -35,7 +35,6 @@ import resource
 import select
 import signal
 import struct
-import subprocess
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
@@ -44,8 +43,7 @@ from . import host, nssetup, syscalls
 from .errors import InvalidValue, LabkitError, NotFound, from_oserror
 from .nskinds import BY_NAME, KINDS, kind_available, parse_kinds  # noqa: F401 - notebooks 00 and 01 import the kinds from here
 
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
+PIPE, DEVNULL = -1, -3  # subprocess's values (either module's may be passed), without importing it here
 
 # The parent's bytes on the go pipe. Anything else - end-of-file above all - means "give up".
 GO_MAPPED = b"2"     # uid_map and gid_map are written
@@ -118,7 +116,7 @@ class Process:
     def wait(self, timeout: float | None = None) -> int:
         if timeout is not None and self.poll() is None:
             if not _readable(os.pidfd_open(self._waiter), timeout, close=True):
-                raise subprocess.TimeoutExpired(self.args, timeout)
+                raise _timed_out(self.args, timeout)
         return self._reap(0)
 
     def send_signal(self, sig: int) -> None:
@@ -180,6 +178,13 @@ def _readable(fd: int, timeout: float | None, close: bool = False) -> bool:
             os.close(fd)
 
 
+def _timed_out(args, timeout: float) -> Exception:
+    """subprocess.TimeoutExpired, as Popen raises it (callers catch that class). subprocess is
+    imported only here: labkit-runtime's create, on every `docker run`, never waits with a timeout."""
+    import subprocess
+    return subprocess.TimeoutExpired(args, timeout)
+
+
 def _collect(proc: Process, input: bytes | None, timeout: float | None):
     """Feed stdin while reading stdout and stderr, all in one loop: a command that answers before it
     has read all its input (cat) would otherwise fill its output pipe and wait for us, while we wait
@@ -202,7 +207,7 @@ def _collect(proc: Process, input: bytes | None, timeout: float | None):
         while sel.get_map():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise subprocess.TimeoutExpired(proc.args, timeout)
+                raise _timed_out(proc.args, timeout)
             for key, _ in sel.select(remaining):
                 if key.fileobj is proc.stdin:
                     try:
@@ -576,6 +581,8 @@ def run(argv: Sequence[str], namespaces: str | Iterable[str] | None = "all", *,
 def finish(proc: Process, input: bytes | None, timeout: float | None) -> Result:
     """Feed `input`, collect the output, wait; kill the process if `timeout` passes first. What
     `run` does after `spawn` (rootless.run shares it)."""
+    import subprocess
+
     with proc:
         try:
             out, err = proc.communicate(input, timeout)

@@ -73,7 +73,7 @@ def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, mon
     monkeypatch.setattr(cleanup, "_watched_pid", None)
     monkeypatch.delenv("LABKIT_NO_WATCHDOG", raising=False)
     started = []
-    monkeypatch.setattr(cleanup.subprocess, "Popen", lambda argv, **kw: started.append(argv))
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, **kw: started.append(argv))
     cleanup.claim("netns", "labkit-someone-elses", pid=1)     # owned by another process: not ours to watch
     assert started == []
     cleanup.claim("cgroup", "labkit-a")
@@ -183,3 +183,8 @@ def test_pivot_root_refuses_an_architecture_whose_syscall_number_it_does_not_kno
     with pytest.raises(OSError, match="mips64") as caught:
         syscalls.pivot_root("/new", "/new/old")
     assert caught.value.errno == errno.ENOSYS and called == []
+
+
+def test_spawns_pipe_and_devnull_are_subprocess_s_so_either_may_be_passed():
+    from labkit import namespaces
+    assert (namespaces.PIPE, namespaces.DEVNULL) == (subprocess.PIPE, subprocess.DEVNULL)
