@@ -40,6 +40,7 @@ PREFIX = "labkit-"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
 OWNERS_DIR = STATE_DIR / "owners"
 WORK_DIR = STATE_DIR / "work"          # per-object scratch directories, named labkit-...
+WATCHDOG_JOURNAL = STATE_DIR / "watchdog.log"   # what watchdogs removed after killed owners, or failed to
 
 # Modules that create kernel objects, in the order their leftovers must be removed.
 SWEEP_MODULES = (
@@ -169,13 +170,17 @@ def ensure_watchdog() -> None:
     # Housekeeping, at a low priority from its very start (nice(1) lowers it before Python starts):
     # Popen returns once the child has exec'd, and a child at our own priority would then keep the
     # CPU from us for its whole start-up - 10 ms of a `labkit run` that takes 50. It still runs
-    # whenever a CPU is free, so it never falls behind.
+    # whenever a CPU is free, so it never falls behind. `python -S`: no site-packages until it
+    # sweeps (watchdog.main), so labkit comes from PYTHONPATH.
     import subprocess                # here: labkit-runtime's create (no watchdog) need not import it
 
-    subprocess.Popen(["nice", "-n", str(WATCHDOG_NICE), sys.executable, "-m", "labkit.watchdog",
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
+                                                                     os.environ.get("PYTHONPATH")])))
+    subprocess.Popen(["nice", "-n", str(WATCHDOG_NICE), sys.executable, "-S", "-m", "labkit.watchdog",
                       "--owner", str(os.getpid())],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+                     start_new_session=True, close_fds=True, env=env)
 
 
 def release(kind: str, name: str) -> None:

@@ -106,11 +106,11 @@ def _cmd_cleanup(args) -> int:
         found = cleanup.find_all(include_in_use=args.all)
         if not found:
             print("labkit cleanup --check: nothing left behind")
-            from .watchdog import JOURNAL
-            if JOURNAL.exists():  # not a failure, but a cleanup path that did not run: worth a look
-                lines = JOURNAL.read_text().splitlines()
+            journal = cleanup.WATCHDOG_JOURNAL
+            if journal.exists():  # not a failure, but a cleanup path that did not run: worth a look
+                lines = journal.read_text().splitlines()
                 print(f"  (the watchdog has cleaned up {len(lines)} object(s) after killed processes; "
-                      f"see {JOURNAL})")
+                      f"see {journal})")
             return 0
         print(f"labkit cleanup --check: {len(found)} object(s) left behind:")
         for item in found:

@@ -9,18 +9,20 @@ then waits on a pidfd - the kernel tells it the moment its owner dies - and swee
 objects that owner had claimed. Should a watchdog itself be killed, the next labkit process's
 watchdog sweeps its owner's leftovers at its start, so nothing is left either way.
 
-    python -m labkit.watchdog --owner PID
+    python -S -m labkit.watchdog --owner PID      (cleanup.ensure_watchdog: under nice(1), labkit on
+                                                  PYTHONPATH)
+
+It starts small: until its owner has exited, or SWEEP_DELAY has passed, it imports nothing of labkit
+and not even site-packages (-S), so the CPU its start takes from the owner it guards is Python's own
+start alone - a `labkit run` is over in about the time a full start with the sweep's imports takes.
 """
 from __future__ import annotations
 
-import argparse
 import os
+import select
 import sys
 import time
 
-from . import cleanup, syscalls
-
-JOURNAL = cleanup.STATE_DIR / "watchdog.log"
 SWEEP_DELAY = 2.0      # seconds the first sweep waits for a short-lived owner to finish
 
 
@@ -31,13 +33,17 @@ def _wait_for(owner: int, timeout: float | None = None) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(syscalls.readable([pidfd], timeout))   # readable exactly when it exited
+        poller = select.poll()              # a pidfd is readable exactly when its process exited
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
     finally:
         os.close(pidfd)
 
 
 def watch(owner: int) -> int:
     """Block until `owner` exits, then sweep what it left; return how many objects were removed."""
+    from . import cleanup
+
     _wait_for(owner)
     errors: list[str] = []
     removed = cleanup.sweep(owner_pid=owner, errors=errors)
@@ -46,11 +52,13 @@ def watch(owner: int) -> int:
 
 
 def _journal(why: str, removed, errors: list[str]) -> None:
-    """A line per object removed and per failure, so that a cleanup path that failed is noticed,
-    not silently mended."""
+    """A line per object removed and per failure (in cleanup.WATCHDOG_JOURNAL), so that a cleanup
+    path that failed is noticed, not silently mended."""
+    from . import cleanup
+
     if removed or errors:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with open(JOURNAL, "a") as journal:
+        with open(cleanup.WATCHDOG_JOURNAL, "a") as journal:
             for item in removed:
                 journal.write(f"{stamp} {why}; removed {item.kind} {item.name} {item.where}\n")
             for error in errors:
@@ -58,19 +66,24 @@ def _journal(why: str, removed, errors: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.watchdog")
-    parser.add_argument("--owner", type=int, required=True)
-    args = parser.parse_args(argv)
-    # Housekeeping, not the work itself: at a low priority, and the sweep of what dead owners left
-    # (it imports every sweep module, pyroute2 included) waits until the owner is done or has been
-    # running for SWEEP_DELAY s - so a short `labkit run` does not share its 2 CPUs with it.
-    os.setpriority(os.PRIO_PROCESS, 0, cleanup.WATCHDOG_NICE)   # already so if ensure_watchdog started us
-    _wait_for(args.owner, SWEEP_DELAY)
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--owner" or not args[1].isdigit():
+        sys.exit("usage: python -m labkit.watchdog --owner PID")
+    owner = int(args[1])
+    # Housekeeping, not the work itself: the sweep of what dead owners left (it imports every sweep
+    # module, pyroute2 included) waits until the owner is done or has been running for SWEEP_DELAY s
+    # - so a short `labkit run` does not share its 2 CPUs with it.
+    _wait_for(owner, SWEEP_DELAY)
+    if sys.flags.no_site:       # started with -S: the sweep needs the venv's packages from here on
+        import site
+        site.main()
+    from . import cleanup
+
     errors: list[str] = []
     # leftovers of owners that died before we started: a failure here must not cost the owner its
     # watchdog (errors are collected, not raised) - and is journaled, not dropped
-    _journal(f"start-up sweep of the watchdog for {args.owner}", cleanup.sweep(errors=errors), errors)
-    watch(args.owner)
+    _journal(f"start-up sweep of the watchdog for {owner}", cleanup.sweep(errors=errors), errors)
+    watch(owner)
     return 0
 
 

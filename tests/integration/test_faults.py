@@ -83,7 +83,7 @@ def watchdog_of(pid: int) -> int | None:
 
 def journal_lines(owner: int) -> list[str]:
     try:
-        text = watchdog.JOURNAL.read_text()
+        text = cleanup.WATCHDOG_JOURNAL.read_text()
     except FileNotFoundError:
         return []
     return [l for l in text.splitlines() if f"owner {owner} died" in l]

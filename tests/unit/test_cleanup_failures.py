@@ -11,10 +11,9 @@ from labkit.errors import LabkitError
 
 
 def test_the_watchdogs_start_up_sweep_journals_what_failed(tmp_path, monkeypatch):
-    monkeypatch.setattr(watchdog, "JOURNAL", tmp_path / "watchdog.log")
+    monkeypatch.setattr(cleanup, "WATCHDOG_JOURNAL", tmp_path / "watchdog.log")
     monkeypatch.setattr(watchdog, "_wait_for", lambda *args: None)
     monkeypatch.setattr(watchdog, "watch", lambda owner: 0)
-    monkeypatch.setattr(watchdog.os, "nice", lambda n: 0)
 
     def sweep(errors=None, **kwargs):
         errors.append("removing cgroup labkit-stuck (/sys/fs/cgroup/*/labkit-stuck): Conflict('busy')")

@@ -79,7 +79,7 @@ def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, mon
     cleanup.claim("cgroup", "labkit-a")
     cleanup.claim("cgroup", "labkit-b")
     # at a low priority from its start (housekeeping), in its own session
-    assert started == [["nice", "-n", str(cleanup.WATCHDOG_NICE), sys.executable, "-m", "labkit.watchdog",
+    assert started == [["nice", "-n", str(cleanup.WATCHDOG_NICE), sys.executable, "-S", "-m", "labkit.watchdog",
                         "--owner", str(os.getpid())]]
 
 
