@@ -93,6 +93,9 @@ def remove_leftover(item: cleanup.Leftover) -> None:
         if response.status == 404:                # another sweeper got there first
             cleanup.release(item.kind, item.name)
             raise NotFound(f"{item.kind} {item.name}: gone already ({path})")
+        if response.status == 409 and b"already in progress" in body:
+            # another sweeper is removing it right now (its success releases the record)
+            raise NotFound(f"{item.kind} {item.name}: being removed ({path})")
         if response.status >= 300:   # still there: keep the record, so that a later sweep tries again
             raise LabkitError(f"dockerd refused DELETE {path}: {response.status} "
                               f"{body.decode(errors='replace').strip()[:200]}")
