@@ -149,7 +149,7 @@ class Systemd:
     """A connection to systemd on the system bus (used as a context manager)."""
 
     def __init__(self):
-        from jeepney import DBusAddress, MatchRule, message_bus
+        from jeepney import DBusAddress, message_bus
         from jeepney.io.blocking import open_dbus_connection
         try:
             self.conn = open_dbus_connection("SYSTEM")
@@ -157,11 +157,12 @@ class Systemd:
             raise Unsupported(f"--systemd-cgroup: cannot reach the D-Bus system bus ({exc}); is dbus "
                               "running?") from None
         self.manager = DBusAddress(OBJECT, bus_name=BUS_NAME, interface=MANAGER)
-        # systemd broadcasts JobRemoved for the jobs this connection started; the bus routes it
-        # here once we ask for it
-        self.jobs_rule = MatchRule(type="signal", sender=BUS_NAME, interface=MANAGER, member="JobRemoved",
-                                   path=OBJECT)
-        self._call_bus(message_bus.AddMatch(self.jobs_rule))
+        # systemd broadcasts JobRemoved for the jobs this connection started; the bus routes it here
+        # once we ask for it (sender: systemd's well-known name, which the bus resolves). The signal
+        # arrives from systemd's unique name (":1.2"), so the rule that sorts incoming messages here
+        # names no sender.
+        self.jobs_rule = jobs_rule()
+        self._call_bus(message_bus.AddMatch(jobs_rule(sender=BUS_NAME)))
 
     def __enter__(self) -> "Systemd":
         return self
@@ -170,7 +171,8 @@ class Systemd:
         self.conn.close()
 
     def _call_bus(self, message):
-        from jeepney import unwrap_msg
+        """The reply's body; an error reply raises jeepney's DBusErrorResponse (its .name says which)."""
+        from jeepney.wrappers import unwrap_msg
         return unwrap_msg(self.conn.send_and_get_reply(message, timeout=JOB_TIMEOUT))
 
     def call(self, method: str, signature: str, *args):
@@ -198,11 +200,10 @@ class Systemd:
                     pass
 
     def start_scope(self, scope: Scope, properties) -> None:
+        from jeepney import DBusErrorResponse
         try:
             result = self.run_job("StartTransientUnit", "ssa(sv)a(sa(sv))", scope.unit, "replace", properties, [])
-        except LabkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - jeepney's DBusErrorResponse: systemd's refusal, named
+        except DBusErrorResponse as exc:                       # systemd's refusal, named
             raise LabkitError(f"systemd refused to start {scope.unit}: {_dbus_error(exc)}") from None
         if result != "done":
             self.reset_failed(scope.unit)
@@ -211,30 +212,35 @@ class Systemd:
     def stop(self, unit: str) -> None:
         """Stop the unit and forget it; a unit systemd no longer knows (the container's processes all
         exited and systemd collected the empty scope) is already where delete wants it."""
+        from jeepney import DBusErrorResponse
         try:
             self.run_job("StopUnit", "ss", unit, "replace")
-        except LabkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001
+        except DBusErrorResponse as exc:
             if "NoSuchUnit" not in _dbus_error(exc):
                 raise LabkitError(f"systemd refused to stop {unit}: {_dbus_error(exc)}") from None
         self.reset_failed(unit)
 
     def reset_failed(self, unit: str) -> None:
+        from jeepney import DBusErrorResponse
         try:
             self.call("ResetFailedUnit", "s", unit)
-        except Exception:  # noqa: BLE001 - not failed, or already gone: nothing to forget
+        except DBusErrorResponse:          # not failed, or already gone: nothing to forget
             pass
 
     def set_properties(self, unit: str, properties) -> None:
+        from jeepney import DBusErrorResponse
         try:
             self.call("SetUnitProperties", "sba(sv)", unit, True, properties)
-        except Exception as exc:  # noqa: BLE001
+        except DBusErrorResponse as exc:
             raise LabkitError(f"systemd refused the new limits of {unit}: {_dbus_error(exc)}") from None
 
 
-def _dbus_error(exc: Exception) -> str:
-    name, data = getattr(exc, "name", None), getattr(exc, "data", None)
-    if name:
-        return f"{name}: {data[0] if data else ''}".rstrip(": ")
-    return str(exc) or type(exc).__name__
+def jobs_rule(sender: str | None = None):
+    """The JobRemoved signals of systemd's manager object (a jeepney MatchRule)."""
+    from jeepney import MatchRule
+    return MatchRule(type="signal", sender=sender, interface=MANAGER, member="JobRemoved", path=OBJECT)
+
+
+def _dbus_error(exc) -> str:
+    """"org.freedesktop.systemd1.NoSuchUnit: Unit docker-x.scope not loaded." from a DBusErrorResponse."""
+    return f"{exc.name}: {exc.data[0] if exc.data else ''}".rstrip(": ")

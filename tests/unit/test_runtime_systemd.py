@@ -10,14 +10,16 @@ from collections import deque
 from contextlib import contextmanager
 
 import pytest
-from jeepney import DBusAddress, new_method_call
+from jeepney import DBusAddress, HeaderFields, new_method_call
 from jeepney.low_level import Parser
 
 from labkit.cgroups.limits import Limits
-from labkit.errors import InvalidValue, Unsupported
+from labkit.errors import InvalidValue, LabkitError, Unsupported
 from labkit.oci import UnsupportedField
 from labkit.runtime import cli, spec as specs, systemd
 from labkit.runtime.systemd import INFINITY, Scope
+
+MEMBER = HeaderFields.member        # a message's method name, in its header
 
 
 @pytest.mark.parametrize("path, slice_name, unit, relpath", [
@@ -155,3 +157,64 @@ def test_the_global_option_is_accepted(tmp_path, capsys):
     """--systemd-cgroup is no longer a usage error (exit 2): the verb runs (here: no such container)."""
     assert cli.main(["--root", str(tmp_path), "--systemd-cgroup", "state", "nothing"]) == 1
     assert "container does not exist" in capsys.readouterr().err
+
+
+class _ReplyingConnection(_FakeConnection):
+    """Answers every method call with what `answer(method_call)` makes (a jeepney reply message)."""
+
+    def __init__(self, answer):
+        super().__init__([])
+        self.answer, self.sent = answer, []
+
+    def send_and_get_reply(self, message, timeout=None):
+        self.sent.append(message)
+        return self.answer(message)
+
+
+def _bus(answer) -> systemd.Systemd:
+    bus = systemd.Systemd.__new__(systemd.Systemd)
+    bus.jobs_rule = None
+    bus.manager = DBusAddress(systemd.OBJECT, bus_name=systemd.BUS_NAME, interface=systemd.MANAGER)
+    bus.conn = _ReplyingConnection(answer)
+    return bus
+
+
+def test_stop_of_a_unit_systemd_already_collected_is_not_an_error():
+    """StopUnit answered with org.freedesktop.systemd1.NoSuchUnit (the scope went when its last process
+    did): delete goes on; ResetFailedUnit's own NoSuchUnit is swallowed too. Real jeepney messages."""
+    from jeepney import new_error
+    bus = _bus(lambda call: new_error(call, "org.freedesktop.systemd1.NoSuchUnit", "s", ("Unit x.scope not loaded.",)))
+    bus.stop("x.scope")
+    assert [m.header.fields[MEMBER] for m in bus.conn.sent] == ["StopUnit", "ResetFailedUnit"]
+
+
+def test_a_refused_start_names_systemds_error():
+    from jeepney import new_error
+    bus = _bus(lambda call: new_error(call, "org.freedesktop.DBus.Error.InvalidArgs", "s", ("Unknown property X",)))
+    with pytest.raises(LabkitError, match="systemd refused to start docker-abc.scope: "
+                                          "org.freedesktop.DBus.Error.InvalidArgs: Unknown property X"):
+        bus.start_scope(Scope("system.slice", "docker-abc.scope"), [])
+
+
+def test_a_failed_job_is_an_error_and_the_unit_is_reset():
+    from jeepney import new_method_return
+    def answer(call):
+        if call.header.fields[MEMBER] == "StartTransientUnit":
+            bus.conn.queue.append(_Message((3, "/job/3", "docker-abc.scope", "failed")))
+            return new_method_return(call, "o", ("/job/3",))
+        return new_method_return(call)
+    bus = _bus(answer)
+    with pytest.raises(LabkitError, match="its job ended 'failed'"):
+        bus.start_scope(Scope("system.slice", "docker-abc.scope"), [])
+    assert bus.conn.sent[-1].header.fields[MEMBER] == "ResetFailedUnit"
+
+
+def test_the_job_signal_is_recognised_whichever_name_systemd_sends_it_from():
+    """The bus delivers JobRemoved with systemd's unique name (":1.2") as its sender, not
+    org.freedesktop.systemd1: the rule that sorts incoming messages must still take it."""
+    from jeepney import new_signal
+    signal = new_signal(DBusAddress(systemd.OBJECT, interface=systemd.MANAGER), "JobRemoved", "uoss",
+                        (9, "/org/freedesktop/systemd1/job/9", "docker-abc.scope", "done"))
+    signal.header.fields[HeaderFields.sender] = ":1.2"
+    assert systemd.jobs_rule().matches(signal)
+    assert "sender='org.freedesktop.systemd1'" in systemd.jobs_rule(sender=systemd.BUS_NAME).serialise()
