@@ -43,7 +43,7 @@ def exec_(opts, log) -> int:
         raise NotFound("container does not exist")
     if box.status() not in ("running", "created"):
         raise Conflict(f"cannot exec in a {box.status()} container")
-    container_spec = specs.load(box.data["bundle"])
+    container_spec = specs.load(box.data["bundle"], systemd=box.unit is not None)
     proc = _process(opts, container_spec)
     syscall_filter = seccomp.build(container_spec.seccomp) if container_spec.seccomp else None
     steps = []

@@ -301,8 +301,8 @@ def test_systemd_driver_limits_survive_daemon_reload(image, names, layout):
         assert cgroup_dir(pid, "memory") == Path(f"/sys/fs/cgroup/system.slice/{unit}")
         subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=120)
         seen[runtime] = {what: cgroup_file(pid, what) for what in ("memory", "pids", "quota")}
-        seen[runtime]["unit"] = subprocess.run(
-            ["systemctl", "show", "-P", "ActiveState,Delegate", unit], capture_output=True, text=True).stdout.split()
+        seen[runtime]["unit"] = [subprocess.run(["systemctl", "show", "-P", key, unit], capture_output=True,
+                                                text=True).stdout.strip() for key in ("ActiveState", "Delegate")]
         if runtime == "labkit":
             assert docker("update", "--memory", "48m", "--memory-swap", "48m", cid).returncode == 0
             assert subprocess.run(["systemctl", "show", "-P", "MemoryMax", unit], capture_output=True,
