@@ -180,14 +180,39 @@ def test_same_kernel_facts_for_both_runtimes(image, names):
     assert facts["labkit"]["quota"] in ("50000", "50000 100000") and facts["labkit"]["cgroup"]
 
 
+def kernel_log() -> str:
+    """What the kernel's ring buffer holds now (/dev/kmsg, read without blocking)."""
+    lines = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                lines.append(os.read(fd, 8192).decode(errors="replace"))
+            except BlockingIOError:
+                return "".join(lines)
+            except BrokenPipeError:      # a record overwritten while we read: go on with the next
+                continue
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_memory_limit_oom_kills_and_docker_sees_it(image, names, runtime):
+def test_memory_limit_oom_kills_and_docker_sees_it(image, names, runtime, layout):
     name = names(runtime)
     result = run(runtime, image, "sh", "-c", 'x=a; while true; do x="$x$x"; done', name=name,
                  options=("--memory", "16m", "--memory-swap", "16m"))
     assert result.returncode == 137
     state = json.loads(docker("inspect", "-f", "{{json .State}}", name).stdout)
-    assert state["OOMKilled"] is True
+    if not layout["systemd cgroup"]:
+        assert state["OOMKilled"] is True
+        return
+    # Under Docker's systemd driver, systemd removes a scope's cgroup the moment its last process is
+    # gone (here: 0.5 ms after the OOM kill), and the shim learns of OOM kills by reading the cgroup's
+    # memory.events when inotify wakes it: if it wakes later (under emulation it does), the file is
+    # gone and Docker never hears of it - with runc as with labkit (seen in the guest tier for both).
+    # So the kernel is asked: its OOM report names the container's scope as the memory cgroup.
+    cid = docker("inspect", "-f", "{{.Id}}", name).stdout.decode().strip()
+    assert f"oom_memcg=/system.slice/docker-{cid}.scope" in kernel_log()
 
 
 def test_read_only_user_and_cap_drop(image, names):
