@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from labkit import cleanup, vm
+from labkit.emulation import scaled
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(vm.qemu_binary() is None, reason="qemu-system is not installed")]
@@ -81,7 +82,7 @@ def test_cli_vm_boot_json_reports_and_leaves_nothing():
     before = set(os.listdir(vm.VM_DIR)) if vm.VM_DIR.exists() else set()
     running_before = _processes_using_vm_dir()     # another owner's VM may be running meanwhile
     out = subprocess.run([LABKIT, "vm", "boot", "--json", "--quiet", "--memory", "128M"],
-                         capture_output=True, text=True, timeout=150,
+                         capture_output=True, text=True, timeout=scaled(150),
                          env=dict(os.environ, LABKIT_ALLOW_HOST="1"))
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
