@@ -23,6 +23,7 @@ import nbformat
 from jupyter_client.manager import KernelManager
 
 from labkit import cleanup
+from labkit.emulation import scaled
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -40,7 +41,7 @@ class Failure:
 class NotebookSession:
     def __init__(self, name: str, replace: dict[str, str] | None = None, timeout: float = 180):
         self.path = NOTEBOOKS / name
-        self.timeout = timeout
+        self.timeout = scaled(timeout)       # per cell, on hardware (stretched on an emulated CPU)
         nb = nbformat.read(self.path, as_version=4)
         self.cells = [c.source for c in nb.cells if c.cell_type == "code" and c.source.strip()]
         for old, new in (replace or {}).items():
@@ -57,7 +58,7 @@ class NotebookSession:
         self._km.start_kernel(cwd=str(NOTEBOOKS), env=env)
         self._client = self._km.client()
         self._client.start_channels()
-        self._client.wait_for_ready(timeout=60)
+        self._client.wait_for_ready(timeout=scaled(60))
         self.kernel_pid = int(self.execute("import os; print(os.getpid())"))
         return self
 
@@ -106,7 +107,7 @@ class NotebookSession:
             self._km.shutdown_kernel(now=False)
         # whatever the kernel did not release, its watchdog must remove once it is gone: its records
         # first, then the objects themselves (wait for both, or a leak check after us sees the rest)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + scaled(90)
         while True:
             now = cleanup.find_all(include_in_use=True)
             # (a name the kernel owned may have a new, live owner by now: a shared dockerd is one
