@@ -111,8 +111,11 @@ def test_traffic_between_a_vm_and_a_container_never_reaches_the_real_host_namesp
             veth_after, tap_after = devices.net_dev(box.pid)["eth0"], devices.net_dev(qemu)[tap]
             machine.stop()
     assert veth_after.tx_bytes - veth_before.tx_bytes >= sent
-    # the bridge passed it on to the tap (a few may still sit in the tap's qdisc when we read)
-    assert tap_after.tx_bytes - tap_before.tx_bytes >= sent // 2
+    # the bridge passed it on to the tap (a few may still sit in the tap's qdisc when we read): the tap
+    # sent it to qemu, or dropped it because qemu, a user process reading the tap, fell behind (under
+    # emulation most are: the guest tier counted 1027 sent and 9994 dropped)
+    handed = (tap_after.tx_bytes - tap_before.tx_bytes) + (tap_after.tx_dropped - tap_before.tx_dropped) * len(payload)
+    assert handed >= sent // 2, (tap_before, tap_after)
     moved = sum(after[i] - before[i] for i in after if i in before and i != "lo")
     assert moved < sent // 4, f"the real host's interfaces carried {moved} bytes while {sent} crossed the lab bridge"
     assert not any(name.startswith(cleanup.PREFIX) for name in set(after) - set(before))
