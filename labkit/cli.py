@@ -441,9 +441,15 @@ def command() -> None:
     it loaded (about 8 ms of CPU, a tenth of the command). Nothing is skipped that matters: the
     container is gone and its objects released by then, and the one exit handler registered
     (labkit.starter's) only closes a socket, which the kernel closes at exit anyway."""
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()   # a reader that went away shows here, not in the interpreter's teardown
+    except BrokenPipeError:
+        # `labkit ... | head`: the reader has what it wanted. Stop quietly, with the status a shell
+        # gives a program that SIGPIPE killed (128 + 13), and let nothing write to the pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     if sys.argv[1:2] == ["run"]:
-        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)

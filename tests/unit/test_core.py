@@ -188,3 +188,18 @@ def test_pivot_root_refuses_an_architecture_whose_syscall_number_it_does_not_kno
 def test_spawns_pipe_and_devnull_are_subprocess_s_so_either_may_be_passed():
     from labkit import namespaces
     assert (namespaces.PIPE, namespaces.DEVNULL) == (subprocess.PIPE, subprocess.DEVNULL)
+
+
+def test_labkit_whose_reader_went_away_stops_quietly_with_sigpipes_status():
+    """`labkit doctor | head -1`: once the reader has gone, writing fails with EPIPE. The program
+    stops with 141 (what a shell reports for SIGPIPE) and no traceback, as a C program would."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                       # nobody will ever read: the first write fails
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['labkit', 'doctor']; "
+                               "from labkit.cli import command; command()"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
