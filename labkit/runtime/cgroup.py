@@ -24,7 +24,7 @@ from ..errors import Conflict, Unsupported
 from . import devices
 
 DEVICES_ROOT = "/sys/fs/cgroup/devices"
-# The nodes every container gets in /dev (labkit.rootfs.populate_dev) and its pty devices: allowed
+# The nodes every container gets in /dev (labkit.pivot.populate_dev) and its pty devices: allowed
 # after config.json's own rules, as runc adds them (Docker's list alone would forbid /dev/full).
 DEFAULT_ALLOWED = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                    "c 5:2 rwm", "c 136:* rwm")
@@ -129,10 +129,11 @@ class RuntimeCgroup:
         from . import systemd
         limits, device_rules, oom_kill_disable = self._pending
         self._pending = None
-        properties = systemd.scope_properties(systemd.Scope(self.slice, self.unit), pid, limits,
+        scope = systemd.Scope(self.slice, self.unit)
+        properties = systemd.scope_properties(scope, pid, limits,
                                               f"labkit-runtime container {os.path.basename(self.relpath)}")
         with systemd.Systemd() as bus:
-            bus.start_scope(systemd.Scope(self.slice, self.unit), properties)
+            bus.start_scope(scope, properties)
         try:
             self.impl.apply(limits)
             self._configure(device_rules, oom_kill_disable)

@@ -23,7 +23,7 @@ The path parsing and the property building are plain functions (tests/unit/test_
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ..cgroups.files import MAX, parse_cpu_list
 from ..errors import InvalidValue, LabkitError, Unsupported
@@ -38,11 +38,10 @@ PATH_FORMAT = "slice:prefix:name (Docker's systemd driver: 'system.slice:docker:
 BUS_NAME, OBJECT, MANAGER = "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"
 
 
-@dataclass(frozen=True)
-class Scope:
-    """A transient scope unit `<prefix>-<name>.scope` in a slice, and where its cgroup lies."""
-    slice: str
-    unit: str
+class Scope(namedtuple("Scope", "slice unit")):
+    """A transient scope unit `<prefix>-<name>.scope` in a slice, and where its cgroup lies. (A named
+    tuple like the other records on `create`'s path: tests/unit/test_start_imports.py.)"""
+    __slots__ = ()
 
     @property
     def relpath(self) -> str:
