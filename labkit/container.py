@@ -46,7 +46,8 @@ from functools import partial
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 
-from . import capabilities as _caps, cleanup, container_options, container_steps, rootfs as _rootfs, starter, syscalls
+from . import (capabilities as _caps, cleanup, container_options, container_steps, pivot, rootfs as _rootfs,
+               starter, syscalls)
 from .container_options import DEFAULT_PATH  # noqa: F401 - its public name here since before the split
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 from .interrupts import hold_interrupts
@@ -420,7 +421,7 @@ class Container:
                 if self.stdin_open:                 # docker run -i: a pipe, its write end ours
                     stdin = namespaces.PIPE
             before, inside = self._inside_steps()
-            steps = _rootfs.pivot_steps(self.rootfs.path, readonly=self.read_only,
+            steps = pivot.pivot_steps(self.rootfs.path, readonly=self.read_only,
                                         masked=self.masked_paths, readonly_paths=self.readonly_paths,
                                         inside=inside)
             steps[1:1] = before             # after the root is bind-mounted, while the host is visible
