@@ -37,6 +37,29 @@ class NotFound(LabkitError, LookupError):
     """A named object (container, cgroup, namespace, image) does not exist."""
 
 
+class CommandNotFound(NotFound):
+    """execve(2) found no such program: what a shell reports with status 127."""
+
+
+class CommandNotExecutable(LabkitError):
+    """execve(2) refused the program (permission denied): what a shell reports with status 126."""
+
+
+def exec_failure(program: str, exc: OSError) -> Exception:
+    """What execve's OSError says of the command itself, as the error a caller can tell apart (the
+    engine's `docker run` exits 127 or 126 by it, as dockerd's does); any other OSError as it is."""
+    if isinstance(exc, FileNotFoundError):
+        return CommandNotFound(f"command not found: {program!r}")
+    if isinstance(exc, PermissionError):
+        return CommandNotExecutable(f"could not start {program!r}: {exc.strerror}"
+                                    + (f": {exc.filename}" if exc.filename else ""))
+    return exc
+
+
+# The errors a child process reports by name over its pipe (labkit.namespaces), rebuilt by that name.
+CHILD_ERRORS = {cls.__name__: cls for cls in (NotFound, CommandNotFound, CommandNotExecutable)}
+
+
 class Conflict(LabkitError):
     """The object exists already, or is busy."""
 

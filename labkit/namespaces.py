@@ -40,7 +40,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 
 from . import host, nssetup, syscalls
-from .errors import InvalidValue, LabkitError, NotFound, from_oserror
+from .errors import CHILD_ERRORS, InvalidValue, LabkitError, exec_failure, from_oserror
 from .nskinds import BY_NAME, KINDS, kind_available, parse_kinds  # noqa: F401 - notebooks 00 and 01 import the kinds from here
 
 PIPE, DEVNULL = -1, -3  # subprocess's values (either module's may be passed), without importing it here
@@ -512,8 +512,8 @@ def _exec_final(argv, env, cwd, stdio, names, hostname, mount_proc, setup, join_
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)   # placed and set up: it outlives whoever started it
     try:
         os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        raise NotFound(f"command not found: {argv[0]!r}") from None
+    except OSError as exc:           # no such program, not executable...: said by name, for callers
+        raise exec_failure(argv[0], exc) from None
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -546,8 +546,8 @@ def _describe(exc: BaseException) -> str:
 
 def _failure(argv, error: str) -> LabkitError:
     kind, _, message = error.partition(":")
-    if kind == "NotFound":
-        return NotFound(message)
+    if kind in CHILD_ERRORS:
+        return CHILD_ERRORS[kind](message)
     if kind == "InvalidValue":
         return LabkitError(message)
     return LabkitError(f"could not start {argv[0]!r}: {message or error}")

@@ -29,7 +29,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from ..errors import InvalidValue, LabkitError, NotFound
+from ..errors import CommandNotExecutable, CommandNotFound, InvalidValue, LabkitError
 from .spec import ContainerSpec
 
 
@@ -239,18 +239,12 @@ class CommandFailed(InvalidValue):
     126, else 125), and dockerd records the same code as the container's ExitCode."""
 
     def __init__(self, argv0: str, exc: LabkitError):
-        if isinstance(exc, NotFound):
+        if isinstance(exc, CommandNotFound):
             text, self.exit_code = f'exec: "{argv0}": executable file not found in $PATH', 127
         else:
             text, self.exit_code = str(exc).replace("Permission denied", "permission denied"), 126
         self.what, self.value, self.accepted = "Config.Cmd", argv0, "a command the container can execute"
         LabkitError.__init__(self, text)
-
-
-def _command_failed(exc: BaseException) -> bool:
-    """The command itself was not found or not executable (namespaces' words for what execve said)."""
-    return (isinstance(exc, NotFound) and str(exc).startswith("command not found")) or \
-        (isinstance(exc, LabkitError) and str(exc).startswith("could not start") and "Permission denied" in str(exc))
 
 
 def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None = None) -> Running:
@@ -270,7 +264,7 @@ def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None 
         container.start()           # like `runc start`: the command runs
     except BaseException as exc:
         container.delete(force=True)
-        if _command_failed(exc):
+        if isinstance(exc, (CommandNotFound, CommandNotExecutable)):   # what execve said of the command
             raise CommandFailed(spec.argv[0], exc) from None
         raise
     return running

@@ -203,3 +203,21 @@ def test_labkit_whose_reader_went_away_stops_quietly_with_sigpipes_status():
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_execs_failure_is_told_apart_by_type_not_by_its_words():
+    """What execve said of the command crosses the child's pipe by name and comes back as a type the
+    engine checks (127 for no such program, 126 for not executable), with the words unchanged."""
+    from labkit import namespaces
+
+    missing = errors.exec_failure("nosuch", FileNotFoundError(errno.ENOENT, "No such file or directory"))
+    refused = errors.exec_failure("./x", PermissionError(errno.EACCES, "Permission denied", "./x"))
+    other = OSError(errno.ENOEXEC, "Exec format error")
+    assert isinstance(missing, errors.CommandNotFound) and isinstance(missing, errors.NotFound)
+    assert str(missing) == "command not found: 'nosuch'"
+    assert isinstance(refused, errors.CommandNotExecutable)
+    assert str(refused) == "could not start './x': Permission denied: ./x"
+    assert errors.exec_failure("y", other) is other
+    for exc in (missing, refused):
+        rebuilt = namespaces._failure(["x"], namespaces._describe(exc))
+        assert type(rebuilt) is type(exc) and str(rebuilt) == str(exc)
