@@ -58,7 +58,7 @@ def cli_against_runc(runs: int) -> dict[str, list[float]]:
     import shutil
     import tempfile
 
-    from start_latency import CPU, MEMORY, PIDS, make_bundle, settle
+    from start_latency import CPU, MEMORY, PIDS, boot_clock, make_bundle, settle
 
     labkit = [str(Path(sys.executable).with_name("labkit")), "run", "--memory", str(MEMORY), "--cpu", str(CPU),
               "--pids", str(PIDS), "--", "/bin/true"]
@@ -70,7 +70,7 @@ def cli_against_runc(runs: int) -> dict[str, list[float]]:
             for name in times:
                 argv = labkit if name.startswith("labkit") else ["runc", "run", "-b", str(bundle),
                                                                   f"bench-{os.getpid()}-{i}"]
-                start = time.perf_counter()
+                since, start = boot_clock(), time.perf_counter()
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
                 if proc.wait() != 0:
@@ -78,7 +78,7 @@ def cli_against_runc(runs: int) -> dict[str, list[float]]:
                 if i:
                     times[name].append(time.perf_counter() - start)
                 if name.startswith("labkit"):
-                    settle([proc.pid])      # its watchdog, untimed: it would slow the next row
+                    settle(since)           # its watchdog, untimed: it would slow the next row
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return times

@@ -102,26 +102,38 @@ def start_docker(stack: contextlib.ExitStack, rootfs_dir: Path) -> tuple[str | N
     return image, None
 
 
-def settle(owners: list[int], timeout: float = 5.0) -> None:
-    """Wait (outside the timed part) until the watchdogs the `labkit run` processes started have
-    finished: each is a Python process that sweeps once at its start, and left running it would
-    slow whichever row comes next instead of the CLI row that caused it."""
+def boot_clock() -> float:
+    """Now, on the clock /proc/PID/stat's start times count on (seconds since boot)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def watchdogs_started_since(since: float) -> list[int]:
+    """Live watchdog processes (labkit/watchdog.py; forked or exec'd, each names itself
+    labkit-watchdog, and an exec'd one has labkit.watchdog in its command line from the start)
+    that started at or after `since` (boot_clock())."""
+    ticks, found = os.sysconf("SC_CLK_TCK"), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            head, _, tail = Path(f"/proc/{entry}/stat").read_text().rpartition(")")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = tail.split()
+        named = head.partition("(")[2] == "labkit-watchdog" or b"labkit.watchdog" in cmdline
+        if named and fields[0] != "Z" and int(fields[19]) / ticks >= since - 1 / ticks:
+            found.append(int(entry))
+    return found
+
+
+def settle(since: float, timeout: float = 5.0) -> None:
+    """Wait (outside the timed part) until the watchdogs that the timed run started (a `labkit run`
+    starts one; see labkit/forking.py for why it is a fork) have finished: each sweeps once its
+    owner is gone, and left running it would slow whichever row comes next instead of the row
+    that caused it. The API helpers' watchdogs started in the warm-up, before `since`."""
     deadline = time.monotonic() + timeout
-    wanted = {f"--owner\0{pid}\0".encode() for pid in owners}
-    owners.clear()
-    while wanted and time.monotonic() < deadline:
-        busy = False
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"labkit.watchdog" in cmdline and any(w in cmdline + b"\0" for w in wanted):
-                    busy = True
-                    break
-        if not busy:
-            return
+    while watchdogs_started_since(since) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -308,12 +320,10 @@ def main(argv=None) -> int:
         helpers = {"small": Helper("small"), "notebook-sized": Helper("notebook")}
         stack.callback(lambda: [helper.close() for helper in helpers.values()])
 
-        cli_pids = []
 
         def cli(argv, what):
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             out, err = proc.communicate()
-            cli_pids.append(proc.pid)
             check(subprocess.CompletedProcess(argv, proc.returncode, out, err), what)
 
         def labkit_cli():
@@ -361,6 +371,7 @@ def main(argv=None) -> int:
         for run, names in enumerate(order):
             for name in [n for n in names if n in rows]:
                 fn = rows[name]
+                since = boot_clock()
                 try:
                     wall, cpu = timed(fn)
                 except SystemExit as exc:
@@ -372,7 +383,7 @@ def main(argv=None) -> int:
                     continue
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
-                settle(cli_pids)
+                settle(since)
             print(f"\rround {run + 1}/{len(order)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
     finally:

@@ -33,6 +33,7 @@ from types import SimpleNamespace
 from pathlib import Path
 from collections.abc import Iterable
 
+from . import forking
 from .errors import Conflict, InvalidValue, LabkitError, NotFound
 from .pidstart import start_time  # noqa: F401 - owner records name a process by (pid, start time)
 
@@ -167,20 +168,55 @@ def ensure_watchdog() -> None:
         if _watched_pid == os.getpid() or os.environ.get("LABKIT_NO_WATCHDOG") == "1":
             return
         _watched_pid = os.getpid()
-    # Housekeeping, at a low priority from its very start (nice(1) lowers it before Python starts):
-    # Popen returns once the child has exec'd, and a child at our own priority would then keep the
-    # CPU from us for its whole start-up - 10 ms of a `labkit run` that takes 50. It still runs
-    # whenever a CPU is free, so it never falls behind. `python -S`: no site-packages until it
-    # sweeps (watchdog.main), so labkit comes from PYTHONPATH.
+    if forking.small_and_single_threaded():
+        _fork_watchdog(os.getpid())
+    else:
+        _exec_watchdog(os.getpid())
+
+
+def _exec_watchdog(owner: int) -> None:
+    """A notebook kernel's or the engine's watchdog: `python -S -m labkit.watchdog --owner PID`.
+
+    Housekeeping, at a low priority from its very start (nice(1) lowers it before Python starts):
+    Popen returns once the child has exec'd, and a child at our own priority would then keep the
+    CPU from us for its whole start-up. It still runs whenever a CPU is free, so it never falls
+    behind. `python -S`: no site-packages until it sweeps (watchdog.main), so labkit comes from
+    PYTHONPATH."""
     import subprocess                # here: labkit-runtime's create (no watchdog) need not import it
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
                                                                      os.environ.get("PYTHONPATH")])))
     subprocess.Popen(["nice", "-n", str(WATCHDOG_NICE), sys.executable, "-S", "-m", "labkit.watchdog",
-                      "--owner", str(os.getpid())],
+                      "--owner", str(owner)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True, env=env)
+
+
+def _fork_watchdog(owner: int) -> None:
+    """A small single-threaded owner's watchdog (the `labkit` command's, a script's): a fork of it
+    that does what `python -m labkit.watchdog --owner PID` does, in a copy that has Python started
+    and labkit loaded already (labkit/forking.py: why, and why it is safe). A fresh interpreter's
+    start costs about 5 ms of CPU, and even at a low priority it made `labkit run` 5 ms slower on
+    a 2-CPU machine; the fork costs a fraction of a millisecond.
+
+    The watchdog is run as a program (runpy, as `python -m` does), not imported: watchdog.py uses
+    this module, not the other way round."""
+    if os.fork() != 0:
+        return
+    code = 1
+    try:
+        os.setsid()                     # its own session: a Ctrl-C or a kill of our group misses it
+        os.nice(WATCHDOG_NICE)
+        forking.become_helper()
+        import runpy
+        sys.argv = ["labkit.watchdog", "--owner", str(owner)]
+        runpy.run_module("labkit.watchdog", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:           # the program's exit: sys.exit(main())
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os._exit(code)                  # never back into the owner's code, nor its exit handlers
 
 
 def release(kind: str, name: str) -> None:

@@ -3,14 +3,15 @@
 Each subcommand is one `_cmd_<name>(args) -> exit status` function plus its parser lines in
 `build_parser`. LabkitError becomes a one-line message on stderr and exit status 2 (bad input) or 1.
 Each `_cmd_` function imports the labkit modules it needs inside itself, on purpose: `labkit run`
-should not pay for loading pyroute2's friends, qemu helpers or the engine (start-up speed).
+should not pay for loading pyroute2's friends, qemu helpers or the engine (start-up speed). For the
+same reason argparse and json are imported where they are used: `labkit run` parses its own
+arguments (`_parse_run`) and only falls back to argparse for --help or a mistake.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+from types import SimpleNamespace
 
 from .errors import InvalidValue, LabkitError
 
@@ -18,6 +19,7 @@ from .errors import InvalidValue, LabkitError
 # --- doctor ----------------------------------------------------------------------------------------
 
 def _cmd_doctor(args) -> int:
+    import json
     from . import doctor
 
     report = doctor.probe(check_kvm=args.kvm)
@@ -126,6 +128,7 @@ def _cmd_cleanup(args) -> int:
 # --- vm (chapter 6) ---------------------------------------------------------------------------------
 
 def _cmd_vm(args) -> int:
+    import json
     import shlex
 
     from . import vm
@@ -162,6 +165,7 @@ def _cmd_vm(args) -> int:
 # --- lab: JupyterLab for the workbook (labkit/lab.py) -------------------------------------------------
 
 def _cmd_lab(args) -> int:
+    import json
     from . import lab
 
     settings = lab.load_settings(args.config_dir or lab.CONFIG_DIR, args.run_dir or lab.RUN_DIR, ip=args.ip, port=args.port,
@@ -204,6 +208,8 @@ def _cmd_lab(args) -> int:
 def _cmd_run(args) -> int:
     import signal
     from . import container
+
+    container.ONE_SHOT = True       # this process starts one container and exits: it forks it itself
 
     if args.bundle:
         if args.command or args.image or args.memory or args.cpu or args.pids or args.hostname:
@@ -296,6 +302,8 @@ def _add_doctor(sub) -> None:
 
 
 def _add_spawn(sub) -> None:
+    import argparse
+
     p = sub.add_parser("spawn", help="run a command in new namespaces and a fresh cgroup")
     p.add_argument("--ns", default="all",
                    help="namespace kinds, comma-separated (cgroup,ipc,mnt,net,pid,time,user,uts) or 'all'")
@@ -335,6 +343,8 @@ def _add_trace(sub) -> None:
 
 
 def _add_vm(sub) -> None:
+    import argparse
+
     p = sub.add_parser("vm", help="a disposable qemu VM (Debian's kernel, busybox initramfs)")
     vm_sub = p.add_subparsers(dest="vm_action", required=True)
     for action, text in (("boot", "boot a VM, report what it sees, power it off"),
@@ -376,18 +386,52 @@ def _add_lab(sub) -> None:
     p.set_defaults(func=_cmd_lab)
 
 
+# `labkit run`'s options, each with a value: argparse is built from this table, and so is the parser
+# that `labkit run` uses itself (_parse_run)
+RUN_OPTIONS = {
+    "--bundle": "an OCI bundle directory (config.json + rootfs, e.g. from `runc spec`)",
+    "--image": "image to run (default: busybox, built offline)",
+    "--name": "container name (made labkit-NAME); two at once: the second fails",
+    "--memory": "memory limit, e.g. 64M",
+    "--cpu": "CPU limit as a fraction of one CPU, e.g. 0.5",
+    "--pids": "maximum number of processes",
+    "--hostname": "hostname inside (default: the container's name)",
+}
+
+
 def _add_run(sub) -> None:
+    import argparse
+
     p = sub.add_parser("run", help="run a command in a container (busybox image) or an OCI bundle")
-    p.add_argument("--bundle", help="an OCI bundle directory (config.json + rootfs, e.g. from `runc spec`)")
-    p.add_argument("--image", help="image to run (default: busybox, built offline)")
-    p.add_argument("--name", help="container name (made labkit-NAME); two at once: the second fails")
-    p.add_argument("--memory", help="memory limit, e.g. 64M")
-    p.add_argument("--cpu", help="CPU limit as a fraction of one CPU, e.g. 0.5")
-    p.add_argument("--pids", help="maximum number of processes")
-    p.add_argument("--hostname", help="hostname inside (default: the container's name)")
+    for flag, text in RUN_OPTIONS.items():
+        p.add_argument(flag, help=text)
     p.add_argument("-v", "--verbose", action="store_true", help="with --bundle: say which fields are not enforced")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_cmd_run)
+
+
+def _parse_run(argv: list[str]):
+    """`labkit run`'s arguments, parsed without argparse: importing it (with gettext, locale and
+    shutil) is about 4 ms of a command that runc's speed is the measure of. Takes what argparse
+    takes for the common case - the options of RUN_OPTIONS as `--opt VALUE` or `--opt=VALUE`, -v,
+    then the command, after `--` or not - and returns None for anything else (--help, an unknown
+    or abbreviated option, a missing value), which argparse then parses, and explains."""
+    values = {flag[2:]: None for flag in RUN_OPTIONS}
+    verbose, rest = False, list(argv)
+    while rest and rest[0].startswith("-") and rest[0] != "--":    # main() drops the "--", as after argparse
+        arg = rest.pop(0)
+        if arg in ("-v", "--verbose"):
+            verbose = True
+            continue
+        flag, given, value = arg.partition("=")
+        if flag not in RUN_OPTIONS:
+            return None
+        if not given:
+            if not rest or rest[0].startswith("-"):
+                return None
+            value = rest.pop(0)
+        values[flag[2:]] = value
+    return SimpleNamespace(**values, verbose=verbose, command=rest, func=_cmd_run)
 
 
 def _add_net(sub) -> None:
@@ -404,9 +448,11 @@ SUBCOMMANDS = {"doctor": _add_doctor, "spawn": _add_spawn, "cleanup": _add_clean
                "trace": _add_trace, "vm": _add_vm, "lab": _add_lab, "run": _add_run, "net": _add_net}
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
     """The whole parser; with `only`, just that subcommand's (argparse builds every subparser it is
     given, and for `labkit run` that was a fifth of the command's start-up)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="labkit", description="Containers from kernel primitives.")
     sub = parser.add_subparsers(dest="subcommand", required=True)
     for name, add in SUBCOMMANDS.items():
@@ -418,7 +464,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = argv[0] if argv else None
-    args = build_parser(first if first in SUBCOMMANDS else None).parse_args(argv)
+    args = _parse_run(argv[1:]) if first == "run" else None
+    if args is None:
+        args = build_parser(first if first in SUBCOMMANDS else None).parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:

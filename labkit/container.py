@@ -47,7 +47,7 @@ from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 
 from . import (capabilities as _caps, cleanup, container_options, container_steps, pivot, rootfs as _rootfs,
-               starter, syscalls)
+               start_stamps, syscalls)
 from .container_options import DEFAULT_PATH  # noqa: F401 - its public name here since before the split
 from .errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
 from .interrupts import hold_interrupts
@@ -57,6 +57,11 @@ DEFAULT_NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 INIT = "/sbin/tini"
 _INITS = {"init", "tini", "tini-static", "dumb-init", "catatonit", "docker-init", "systemd"}
 OCI_VERSION = "1.0.2"
+# Who forks a container's process. A notebook kernel, the engine, a script: labkit.starter (starter.py
+# says why). The `labkit` command, which starts one container and exits, sets this: it forks the
+# process itself, the way the starter would - a starter would be one more process, and a pickled
+# request and reply, for a single start (about 6 ms of a `labkit run`).
+ONE_SHOT = False
 
 
 class Result(namedtuple("Result", "args returncode stdout stderr pid oom_killed", defaults=(False,))):
@@ -178,7 +183,7 @@ class Container:
         self.process = None
         self.pid: int | None = None
         self.status = "new"
-        self._gate: starter.StartedProcess | None = None   # while created: waiting before exec
+        self._gate = None       # while created: the starter.StartedProcess waiting before exec
         self._netns = None
 
     def __repr__(self) -> str:
@@ -272,6 +277,7 @@ class Container:
         if tty is not None:
             stdin = stdout = stderr = tty
             steps.append(container_steps.take_terminal)
+        from . import starter
         return starter.spawn(container_options.command_argv(command), None, join=(self.pid, self.kinds), cgroup=self.cgroup,
                              env=env, cwd=working_dir or self.working_dir, setup=steps,
                              stdin=namespaces.DEVNULL if stdin is None else stdin,
@@ -399,7 +405,8 @@ class Container:
 
     def _create(self, gate: bool) -> "Container":
         """The container's process is forked by labkit.starter (a small single-threaded process),
-        not by this one: see starter.py for why."""
+        not by this one - see starter.py for why - unless this process is the one-shot `labkit`
+        command (ONE_SHOT) and nothing has to wait between create and start (gate)."""
         from . import namespaces
         from .cgroups import Cgroup
 
@@ -413,6 +420,7 @@ class Container:
             stdin, stdout = (None, None) if self.attach else (namespaces.DEVNULL, None)
             stderr = None
             if self.tty:    # pid 1 opens its terminal in its own devpts (container_steps.open_terminal)
+                from . import starter
                 stdin = stdout = stderr = starter.KEEP
             elif not self.attach:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -433,7 +441,11 @@ class Container:
                            stdin=stdin, stdout=stdout, stderr=stderr)
             argv = self.process_argv()
             try:
-                process = starter.spawn(argv, self.kinds, setup=steps, gate=gate, **options)
+                if ONE_SHOT and not gate:
+                    process = _fork_here(argv, self.kinds, steps, options)
+                else:
+                    from . import starter
+                    process = starter.spawn(argv, self.kinds, setup=steps, gate=gate, **options)
                 self.pid = process.pid
                 if gate:    # set up, waiting just before exec, like runc's `create`
                     self._gate, self.status = process, "created"
@@ -442,7 +454,7 @@ class Container:
                 else:
                     self.process, self.status = process, "running"
             finally:
-                for fd in {stdout, stderr} - {None, starter.KEEP}:
+                for fd in {fd for fd in (stdout, stderr) if isinstance(fd, int)}:
                     os.close(fd)
             if self.network is not None:
                 self._connect_network()
@@ -550,6 +562,15 @@ class Container:
             self.status = "deleted" if self.status != "new" else "new"
         if errors:
             raise errors[0]
+
+
+def _fork_here(argv: list[str], kinds, steps: list, options: dict):
+    """namespaces.spawn from this process, placed in its cgroup as the starter places it (start_stamps)."""
+    from . import namespaces
+
+    setup = list(steps)
+    start_stamps.arrange_placement(setup, options, {k.name for k in parse_kinds(kinds)}, start_stamps.new_page())
+    return namespaces.spawn(argv, kinds, setup=setup, **options)
 
 
 def run(image: str | _rootfs.Image = "busybox", command: str | Sequence[str] | None = None, *,

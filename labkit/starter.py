@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import namespaces, start_stamps
+from . import forking, namespaces, start_stamps
 from .errors import LabkitError
 
 MAX_MESSAGE = 1 << 20           # a request (argv, environment, setup steps) is a few kB
@@ -67,20 +67,20 @@ class _Starter:
     """The owner's connection to its starter process.
 
     A threaded or big owner (a notebook kernel) gets a fresh interpreter: `python -m labkit.starter`.
-    A small single-threaded one (the `labkit` command, a script) has nothing to fear from fork and
-    little to copy, so its starter is a plain fork of it - the same code from main() on, without
-    the 50-100 ms a fresh interpreter takes to start and import."""
+    A small single-threaded one (a script) has nothing to fear from fork and little to copy
+    (labkit/forking.py), so its starter is a plain fork of it - the same code from main() on,
+    without the 50-100 ms a fresh interpreter takes to start and import."""
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         main_thread = threading.current_thread() is threading.main_thread()
         args = [str(theirs.fileno()), str(os.getpid()), "1" if main_thread else "0"]
-        if _small_and_single_threaded():
+        if forking.small_and_single_threaded():
             self.process = _Forked(os.fork())
             if self.process.pid == 0:
                 code = 1
                 try:
-                    args[0] = str(_become_starter(theirs.fileno()))
+                    args[0] = str(forking.become_helper(theirs.fileno()))
                     code = main(args)
                 finally:
                     os._exit(code)
@@ -107,16 +107,6 @@ class _Starter:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-FORK_LIMIT = 64 * 2**20       # an owner this small (resident) and single-threaded forks its starter
-
-
-def _small_and_single_threaded() -> bool:
-    """The kernel's view (/proc/self/status), which also counts threads Python did not start."""
-    with open("/proc/self/status") as f:
-        status = dict(line.split(":", 1) for line in f)
-    return int(status["Threads"]) == 1 and int(status["VmRSS"].split()[0]) * 1024 <= FORK_LIMIT
 
 
 class _Forked:
@@ -147,27 +137,6 @@ class _Forked:
 
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
-
-
-def _become_starter(control_fd: int) -> int:
-    """In a forked starter: keep nothing of the owner's but the control socket (returned, moved
-    above 2 if need be) and stderr - a pipe that the owner's caller reads to its end must not stay
-    open in us - with stdin and stdout on /dev/null, as the exec'd starter has them."""
-    import fcntl
-    if control_fd < 3:
-        control_fd = fcntl.fcntl(control_fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.closerange(3, control_fd)
-    os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    if null > 2:
-        os.close(null)
-    os.environ["LABKIT_NO_WATCHDOG"] = "1"     # it owns nothing: the owner's watchdog covers its objects
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        if callable(signal.getsignal(sig)):      # the owner's Python handlers are not ours
-            signal.signal(sig, signal.SIG_DFL)
-    return control_fd
 
 
 _lock = threading.Lock()
@@ -516,19 +485,8 @@ def _start(request: dict, channel: socket.socket, fds: list[int], stamps: dict):
     if request["gate"]:
         setup.append(functools.partial(start_stamps.wait_for_start, channel.fileno(), page))
         options["pass_fds"] = (channel.fileno(),)
-    cgroup = options.get("cgroup")
     kinds = {kind.name for kind in namespaces.parse_kinds(request["namespaces"])}
-    tasks = getattr(cgroup, "self_join_files", lambda: None)()
-    if tasks and not kinds & {"user", "cgroup"} and not options.get("join"):
-        # v1: the process moves itself, first thing in its setup, still long before exec (not
-        # with a user namespace - its writes would be checked against host-owned files - nor a
-        # cgroup namespace, which spawn unshares right after the parent placed the process, nor
-        # when it joins a container's namespaces: after setns(mnt) the host's /sys/fs/cgroup is
-        # out of its reach).
-        setup.insert(0, functools.partial(start_stamps.join_itself, tasks, page))
-        options["cgroup"] = None
-    elif cgroup is not None:
-        options["cgroup"] = start_stamps.TimedPlacement(cgroup, page)
+    start_stamps.arrange_placement(setup, options, kinds, page)
     try:
         process = namespaces.spawn(request["argv"], request["namespaces"], setup=setup,
                                    stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], **options)

@@ -12,6 +12,10 @@ watchdog sweeps its owner's leftovers at its start, so nothing is left either wa
     python -S -m labkit.watchdog --owner PID      (cleanup.ensure_watchdog: under nice(1), labkit on
                                                   PYTHONPATH)
 
+A small single-threaded owner (the `labkit` command, a script) does not pay for a fresh interpreter:
+its watchdog is a fork of it that runs this program (cleanup._fork_watchdog). Either way `ps` shows
+the process as labkit-watchdog.
+
 It starts small: until its owner has exited, or SWEEP_DELAY has passed, it imports nothing of labkit
 and not even site-packages (-S), so the CPU its start takes from the owner it guards is Python's own
 start alone - a `labkit run` is over in about the time a full start with the sweep's imports takes.
@@ -88,4 +92,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    with open("/proc/self/comm", "w") as comm:     # the name ps and top show (forked: its owner's)
+        comm.write("labkit-watchdog")
     sys.exit(main())

@@ -190,3 +190,23 @@ def assert_gone(names=(), pids=(), timeout: float = 0.0) -> None:
     left, running = present(names), alive(pids)
     assert not left and not running, (f"left behind: {left}" if left else "") + \
         (f" processes still running: {running}" if running else "")
+
+
+def watchdog_of(owner: int, timeout: float = 10.0) -> int | None:
+    """The pid of the watchdog labkit started for the live process `owner`: its child named
+    labkit-watchdog (a fork of the owner or a fresh interpreter: either names itself so, once
+    started - hence the wait), or None."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                head, _, tail = Path(f"/proc/{entry}/stat").read_text().rpartition(")")
+            except OSError:
+                continue
+            if head.partition("(")[2] == "labkit-watchdog" and int(tail.split()[1]) == owner:
+                return int(entry)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)

@@ -258,6 +258,18 @@ def test_cli_run_passes_output_and_exit_status_through():
     assert (proc.returncode, proc.stdout) == (3, "clibox\n"), proc.stderr
 
 
+def test_cli_run_forks_its_container_itself_and_imports_only_what_a_start_needs():
+    """`labkit run` starts one container and exits: no starter (container.ONE_SHOT), so none of the
+    starter's pickle and socket; its own argument parser, so no argparse; no subprocess. Checked
+    after a real run, lazy imports included (tests/unit/test_start_imports.py: the static ones)."""
+    code = ("import sys\nfrom labkit import cli\ncode = cli.main(['run', '--memory', '32M', '--', 'sh', '-c', 'exit 4'])\n"
+            "print(code, ' '.join(m for m in ('labkit.starter', 'argparse', 'pickle', 'socket', 'subprocess', "
+            "'dataclasses') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LABKIT_ALLOW_HOST="1"))
+    assert proc.stdout.split(" ", 1) == ["4", "\n"], (proc.stdout, proc.stderr)
+
+
 @pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
 def test_cli_runs_a_runc_spec_bundle(tmp_path):
     subprocess.run(["runc", "spec"], cwd=tmp_path, check=True)

@@ -76,11 +76,6 @@ def _processes_with(marker: str) -> dict[int, list[bytes]]:
     return found
 
 
-def watchdog_of(pid: int) -> int | None:
-    """The pid of the watchdog labkit started for process `pid` (found in /proc, by command line)."""
-    return next((found for found, argv in _processes_with(str(pid)).items() if b"labkit.watchdog" in argv), None)
-
-
 def journal_lines(owner: int) -> list[str]:
     try:
         text = cleanup.WATCHDOG_JOURNAL.read_text()
@@ -277,7 +272,7 @@ print("READY", json.dumps({"names": [net.switch.name, box.name, cg.name, served[
     before, old_pid = ks.snapshot(), kernel.pid
     msg_id, report = kernel.start(code)
     assert ks.alive(report["pids"]) == report["pids"]
-    dog = watchdog_of(old_pid)
+    dog = ks.watchdog_of(old_pid)
     assert dog, "the kernel has no watchdog"
     kernel.km.restart_kernel(now=True)
     kernel.kc.wait_for_ready(timeout=60)
@@ -363,7 +358,7 @@ def test_sigkill_of_the_kernel_mid_experiment_the_watchdog_removes_everything():
     before = ks.snapshot()
     child, report = start_experiment(EVERYTHING, timeout=120)
     _everything_exists(report)
-    dog = watchdog_of(child.pid)
+    dog = ks.watchdog_of(child.pid)
     assert dog, "no watchdog runs for the experiment"
     kinds = {line.split(":")[0] for line in ks.present(report["names"])}
     assert {"cgroup", "mount", "netns", "link", "process", "state"} <= kinds, kinds
@@ -383,7 +378,7 @@ def test_sigkill_of_a_kernel_that_had_a_vm_booting_kills_qemu():
     try:
         qemu = report["pids"][-1]
         assert b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()
-        dog = watchdog_of(child.pid)
+        dog = ks.watchdog_of(child.pid)
     finally:                                     # a failed check must not leave the "kernel" running
         child.kill()
         child.wait()
@@ -396,7 +391,7 @@ def test_sigkill_of_the_kernel_and_its_watchdog_the_next_labkit_process_sweeps()
     before = ks.snapshot()
     child, report = start_experiment(EVERYTHING, timeout=120)
     _everything_exists(report)
-    dog = watchdog_of(child.pid)
+    dog = ks.watchdog_of(child.pid)
     assert dog
     os.kill(dog, signal.SIGKILL)                 # the watchdog first: nobody is left to clean up
     assert ks.wait_until(lambda: not ks.alive([dog]), 5)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from labkit import cleanup, cli, doctor, errors, host
+from labkit import cleanup, cli, doctor, errors, forking, host
 
 
 def test_unique_names_carry_the_prefix_fit_and_differ():
@@ -74,6 +74,9 @@ def test_the_first_claim_for_this_process_starts_its_watchdog_once(tmp_path, mon
     monkeypatch.delenv("LABKIT_NO_WATCHDOG", raising=False)
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda argv, **kw: started.append(argv))
+    # as from a notebook kernel (big, threaded): a fresh interpreter; tests/integration/test_watchdog.py
+    # kills owners of both kinds, this one and a small single-threaded one, whose watchdog is a fork
+    monkeypatch.setattr(forking, "small_and_single_threaded", lambda: False)
     cleanup.claim("netns", "labkit-someone-elses", pid=1)     # owned by another process: not ours to watch
     assert started == []
     cleanup.claim("cgroup", "labkit-a")
@@ -221,3 +224,27 @@ def test_execs_failure_is_told_apart_by_type_not_by_its_words():
     for exc in (missing, refused):
         rebuilt = namespaces._failure(["x"], namespaces._describe(exc))
         assert type(rebuilt) is type(exc) and str(rebuilt) == str(exc)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--", "/bin/true"],
+    ["--memory", "64M", "--cpu", "0.5", "--pids", "16", "--", "sh", "-c", "exit 3"],
+    ["--memory=64M", "--hostname=box", "sh", "-c", "hostname"],
+    ["--name", "web", "--image", "busybox", "-v", "--", "--", "echo"],
+    ["sh", "--memory", "1"],              # after the command, an option is the command's
+    ["--bundle", "/tmp/b", "--verbose"],
+    [],
+])
+def test_labkit_runs_own_parser_reads_what_argparse_reads(argv):
+    """`labkit run` parses its arguments without argparse (its import is a tenth of the command):
+    where it does, it must read exactly what argparse would."""
+    ours = vars(cli._parse_run(argv))
+    theirs = vars(cli.build_parser("run").parse_args(["run", *argv]))
+    theirs.pop("subcommand")
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--mem", "64M", "true"], ["--memory"],
+                                  ["--memory", "-1", "true"], ["--bogus", "true"], ["-x"]])
+def test_labkit_run_leaves_help_and_mistakes_to_argparse(argv):
+    assert cli._parse_run(argv) is None
