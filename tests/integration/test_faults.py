@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import kernel_state as ks
-from labkit import cleanup, watchdog
+from labkit import cleanup
 from labkit.cgroups import Cgroup
 from labkit.container import Container
 from labkit.errors import Conflict
