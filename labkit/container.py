@@ -412,10 +412,13 @@ class Container:
 
         if self.status != "new":
             raise Conflict(f"container {self.name} is {self.status} already")
-        if not self.rootfs.mounted:                       # (mounted: a kept root, reuse_root)
-            self.rootfs.mount()                           # Conflict when the name is taken
-        self.status = "creating"
         try:
+            # A Ctrl-C lands before the root is mounted, or once it is marked ours to take down:
+            # held in between, it is raised here, where the teardown below catches it.
+            with hold_interrupts():
+                if not self.rootfs.mounted:               # (mounted: a kept root, reuse_root)
+                    self.rootfs.mount()                   # Conflict when the name is taken
+                self.status = "creating"
             self.cgroup = Cgroup.create(name=self.name, **self.limits)
             stdin, stdout = (None, None) if self.attach else (namespaces.DEVNULL, None)
             stderr = None

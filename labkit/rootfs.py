@@ -47,6 +47,7 @@ from .rootfsview import draw_stack  # noqa: F401 - the notebooks call rootfs.dra
 from .pivot import (bind_root, make_dev, make_paths_readonly, mask_paths, mount_proc,  # noqa: F401 - notebook 30
                     mount_sys, pivot, pivot_steps, populate_dev, remount_readonly)     # calls them as rootfs.*
 from .errors import Conflict, InvalidValue, NotFound, Unsupported, from_oserror
+from .interrupts import hold_interrupts
 
 IMAGE_STORE = Path(os.environ.get("LABKIT_IMAGE_STORE", "/var/lib/labkit/images"))
 LAYERS = IMAGE_STORE / "layers"
@@ -375,6 +376,20 @@ class RootFS:
         return self.bind if self.bind is not None else self.merged
 
     def mount(self) -> "RootFS":
+        """Claim, make and mount the container's root as one step: a Ctrl-C in the middle is held
+        until the end, and then the mount is undone (labkit.interrupts). Unheld, one landing right
+        after mkdir left a work directory that no record owned."""
+        try:
+            with hold_interrupts():
+                self._mount()
+        except KeyboardInterrupt:
+            if self.mounted:            # (the Ctrl-C was held: everything was made, now taken down)
+                with hold_interrupts():
+                    self.unmount()
+            raise
+        return self
+
+    def _mount(self) -> None:
         host.require_lab_host("mount a container root filesystem")
         cleanup.WORK_DIR.mkdir(parents=True, exist_ok=True)
         taken = Conflict(f"a container named {self.name!r} exists already ({self.dir}); "
@@ -412,7 +427,6 @@ class RootFS:
         except BaseException:
             self.unmount()
             raise
-        return self
 
     def unmount(self) -> None:
         """Unmount overlay and tmpfs (the container's changes vanish), remove the directory.

@@ -33,6 +33,7 @@ import time
 
 from .. import cleanup, host
 from ..errors import Conflict, InvalidValue, LabkitError, NotFound, Unsupported
+from ..interrupts import hold_interrupts
 from . import limits as _limits
 from .base import STAT_KEYS, BaseCgroup, parent_from_env
 from .files import MAX
@@ -101,7 +102,10 @@ class Cgroup:
             raise Conflict(f"cgroup {full} exists already ({', '.join(impl.dirs())})")
         cleanup.claim(KIND, full)          # exclusive: Conflict while another live process holds it
         try:
-            impl.create(wanted)
+            # A Ctrl-C is held until the cgroup is whole (unheld, one right after a mkdir left that
+            # directory unrecorded, so nothing took it down), then undone like any failure below.
+            with hold_interrupts():
+                impl.create(wanted)
         except BaseException:
             # half-made (an error, a lost race for the name, Ctrl-C mid-way): take down what THIS
             # call made - never a directory that was there before, the winner's or a leftover

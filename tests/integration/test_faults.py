@@ -284,6 +284,37 @@ print("READY", json.dumps({"names": [net.switch.name, box.name, cg.name, served[
 
 # --- SIGINT at arbitrary moments of a container's life (create, start, run, delete) -------------------
 
+@pytest.mark.parametrize("target", ["work dir", "upper", "cgroup"])
+def test_a_sigint_right_after_a_mkdir_of_a_container_leaves_nothing(target, monkeypatch):
+    """The moments test_sigint_at_any_moment_of_a_container_run hit by chance (delays 0.02, 0.1):
+    a Ctrl-C right after the mkdir of a container's work directory (RootFS.mount) or of its
+    cgroup in one v1 hierarchy (Cgroup.create) left that directory with no owner record, and
+    nothing took it down. Now each is made whole with Ctrl-C held (labkit.interrupts), then
+    undone, before the KeyboardInterrupt reaches the caller."""
+    real_mkdir = os.mkdir
+    sent = []
+
+    def mkdir_then_sigint(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        path = os.fspath(path)
+        name = os.path.basename(path)
+        hit = {"work dir": name.startswith("labkit-ctr-") and "/sys/fs/cgroup/" not in path,
+               "upper": name == "upper", "cgroup": path.startswith("/sys/fs/cgroup/")}[target]
+        if hit and not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = ks.snapshot()
+    monkeypatch.setattr(os, "mkdir", mkdir_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        Container("busybox", ["true"]).start()
+    monkeypatch.undo()
+    assert sent, f"no mkdir of the {target} was seen"
+    assert ks.new_objects(before, ks.snapshot()) == []
+    assert [i.describe() for i in cleanup.find_all(include_in_use=True) if i.name.startswith("labkit-ctr-")
+            and i.owner_pid == os.getpid()] == []
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
 def test_sigint_at_any_moment_of_a_container_run(delay):
     code = """
