@@ -40,7 +40,7 @@ def arrange_placement(setup: list, options: dict, kinds: set[str], page) -> None
     """Choose how the process gets into options["cgroup"] (namespaces.spawn's option), stamping
     "placing" and "placed": on v1 it moves itself, first thing in its setup (`setup` gains the step,
     the option is dropped), still long before exec - writing into 7 hierarchies' files from the
-    parent took a `labkit run` 9 ms longer. Not with a user namespace (its writes would be checked
+    parent made a `labkit run` 9-12 ms slower. Not with a user namespace (its writes would be checked
     against host-owned files), nor a cgroup namespace (spawn unshares it right after the parent
     placed the process), nor when it joins a container's namespaces (after setns(mnt) the host's
     /sys/fs/cgroup is out of its reach). Otherwise spawn's parent places it, as always."""
