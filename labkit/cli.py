@@ -219,7 +219,7 @@ def _cmd_run(args) -> int:
         bundle = oci.load(args.bundle)
         for note in bundle.not_enforced if args.verbose else ():
             print(f"labkit: note: {note}", file=sys.stderr)
-        box = bundle.container(name=args.name)
+        box, console_size = bundle.container(name=args.name), bundle.console_size
     else:
         if not args.command:
             raise InvalidValue("command", "", "a command after `--`, e.g. labkit run -- sh -c 'hostname'")
@@ -227,7 +227,10 @@ def _cmd_run(args) -> int:
                                   hostname=args.hostname, memory=args.memory, cpu=args.cpu,
                                   pids_limit=args.pids, attach=True)
     with box:
-        box.start()
+        if box.tty:         # a bundle's process.terminal: a pty of its own, on our terminal
+            _run_on_our_terminal(box, console_size)
+        else:
+            box.start()
         try:
             returncode = box.wait()
         except KeyboardInterrupt:
@@ -237,6 +240,21 @@ def _cmd_run(args) -> int:
             print(f"labkit: {box.command[0]} was killed by the OOM killer (memory limit {box.limits.get('memory')})",
                   file=sys.stderr)
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def _run_on_our_terminal(box, console_size) -> None:
+    """What `runc run` does with process.terminal: pid 1 gets a pty of the container's devpts,
+    sized before it runs (the bundle's consoleSize, else our terminal's), and our terminal,
+    raw meanwhile, is relayed to it until the container's side closes (labkit/ptyrelay.py)."""
+    from . import ptyrelay
+
+    box.create()
+    size = console_size or ptyrelay.size_of(1)
+    if size:
+        ptyrelay.set_size(box.tty_master, *size)
+    with ptyrelay.ours_raw(box.tty_master):
+        box.start()
+        ptyrelay.relay(box.tty_master)
 
 
 # --- engine and trace (chapter 5, labkit/engine/) ---------------------------------------------------

@@ -5,16 +5,17 @@ is defined by the OCI runtime specification (config.md, config-linux.md); labkit
 container from scratch needs, and refuses the rest by name instead of silently ignoring it:
 
     honoured      process.args, env, cwd, user.uid/gid/additionalGids/umask, rlimits,
-                  noNewPrivileges, oomScoreAdj; root.path, root.readonly; hostname;
+                  noNewPrivileges, oomScoreAdj; process.terminal and consoleSize (a pty of the
+                  container's own devpts, relayed to labkit's terminal as runc run does: ptyrelay);
+                  root.path, root.readonly; hostname;
                   linux.namespaces (pid, network, ipc, uts, mount, cgroup; no `path`);
                   linux.resources.memory.limit, cpu.quota + cpu.period, pids.limit;
                   linux.maskedPaths, linux.readonlyPaths; the standard mounts /proc, /dev,
                   /dev/pts, /dev/shm, /sys (read-only) - labkit makes these itself
                   process.capabilities.bounding (every other capability is dropped; the
                   effective/permitted lists follow from it for root, as they do in runc)
-    accepted,     process.terminal (no pseudo-terminal: the process gets labkit's own stdio),
-    not enforced  linux.resources.devices (no device cgroup rules), the /dev/mqueue and
-                  /sys/fs/cgroup mounts (not mounted), linux.cgroupsPath (labkit names its
+    accepted, not linux.resources.devices (no device cgroup rules), the /dev/mqueue and
+    enforced      /sys/fs/cgroup mounts (not mounted), linux.cgroupsPath (labkit names its
                   own cgroup labkit-NAME), annotations
     refused       everything else (hooks, seccomp, user namespaces and id mappings, sysctl,
                   other mounts, other resources, namespaces joined by path, ...): Unsupported
@@ -63,17 +64,20 @@ class Bundle(SimpleNamespace):
                  user: tuple | None = None, rlimits: dict | None = None, no_new_privileges: bool = False,
                  oom_score_adj: int | None = None, umask: int | None = None,
                  masked_paths: list[str] = (), readonly_paths: list[str] = (),
-                 capabilities: list[str] | None = None, not_enforced: list[str] = ()):
+                 capabilities: list[str] | None = None, terminal: bool = False,
+                 console_size: tuple[int, int] | None = None, not_enforced: list[str] = ()):
         super().__init__(path=path, args=args, env=env, cwd=cwd, root=root, readonly=readonly,
                          hostname=hostname, namespaces=namespaces, memory=memory, cpu=cpu, pids=pids,
                          user=user, rlimits=rlimits or {}, no_new_privileges=no_new_privileges,
                          oom_score_adj=oom_score_adj, umask=umask, masked_paths=list(masked_paths),
                          readonly_paths=list(readonly_paths),
                          capabilities=capabilities,             # the bounding set; None: Docker's default
+                         terminal=terminal, console_size=console_size,   # (rows, columns) or None
                          not_enforced=list(not_enforced))       # accepted fields labkit does not apply
 
     def container(self, name: str | None = None, attach: bool = True):
-        """A labkit Container that runs this bundle (output to our stdio when attach)."""
+        """A labkit Container that runs this bundle (output to our stdio when attach; with
+        process.terminal, to its pty instead, whose master the caller relays: labkit.ptyrelay)."""
         # imported here: labkit-runtime reads config.json through this module on every `docker run`
         # and never builds a labkit Container, so its start-up does not pay for container's imports
         from .container import Container
@@ -81,10 +85,11 @@ class Bundle(SimpleNamespace):
                          working_dir=self.cwd, memory=self.memory, cpu=self.cpu, pids_limit=self.pids,
                          namespaces=self.namespaces, read_only=self.readonly, init=False,
                          rootfs=self.root, user=self.user, rlimits=self.rlimits,
-                         no_new_privileges=self.no_new_privileges, attach=attach,
+                         no_new_privileges=self.no_new_privileges, attach=attach and not self.terminal,
                          bundle=str(self.path), masked_paths=self.masked_paths,
                          readonly_paths=self.readonly_paths, oom_score_adj=self.oom_score_adj,
-                         umask=self.umask, default_env=False, capabilities=self.capabilities)
+                         umask=self.umask, default_env=False, capabilities=self.capabilities,
+                         tty=self.terminal)
 
 
 def _empty(value) -> bool:
@@ -181,8 +186,12 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
     cwd = proc.get("cwd") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         r.bad("process.cwd", cwd, "an absolute path")
-    if proc.get("terminal"):
-        notes.append("process.terminal: no pseudo-terminal; the process uses labkit's stdio")
+    size = r.only(proc.get("consoleSize"), "process.consoleSize", {"height", "width"})
+    for key in size:
+        if not isinstance(size[key], int) or isinstance(size[key], bool) or not 0 < size[key] < 65536:
+            r.bad(f"process.consoleSize.{key}", size[key], "a whole number of rows or columns, 1 to 65535")
+    if size and set(size) != {"height", "width"}:
+        r.bad("process.consoleSize", size, "both height and width")
     capabilities = None   # none given: Docker's default list, as for any labkit container
     if proc.get("capabilities"):
         r.only(proc["capabilities"], "process.capabilities",
@@ -263,7 +272,8 @@ def parse(spec: dict, path: Path, config: Path | None = None) -> Bundle:
                   no_new_privileges=bool(proc.get("noNewPrivileges")), oom_score_adj=oom,
                   umask=umask, masked_paths=list(linux.get("maskedPaths") or []),
                   readonly_paths=list(linux.get("readonlyPaths") or []), capabilities=capabilities,
-                  not_enforced=notes)
+                  terminal=bool(proc.get("terminal")),
+                  console_size=(size["height"], size["width"]) if size else None, not_enforced=notes)
 
 
 __all__ = ["Bundle", "UnsupportedField", "load", "parse"]

@@ -285,6 +285,23 @@ def test_cli_runs_a_runc_spec_bundle(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_cli_gives_a_terminal_bundle_a_pty_of_its_own(tmp_path):
+    """process.terminal, as `runc spec` writes it, is applied, not ignored: pid 1's stdio is a pty
+    of the container's devpts, sized by consoleSize, relayed to labkit's own stdout (a pipe here:
+    the pty's \r\n line ends show it went through a terminal); its exit status comes back."""
+    subprocess.run(["runc", "spec"], cwd=tmp_path, check=True)
+    rootfs.export(tmp_path / "rootfs")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["process"]["args"] = ["sh", "-c", "tty; stty size; exit 5"]
+    config["process"]["consoleSize"] = {"height": 30, "width": 100}
+    assert config["process"]["terminal"] is True            # runc spec's default
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    proc = subprocess.run([*LABKIT, "run", "--bundle", str(tmp_path)], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert (proc.returncode, proc.stdout) == (5, b"/dev/pts/0\r\n30 100\r\n"), proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
 def test_cli_refuses_an_unsupported_bundle_field(tmp_path):
     subprocess.run(["runc", "spec"], cwd=tmp_path, check=True)
     (tmp_path / "rootfs").mkdir()

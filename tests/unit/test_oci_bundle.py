@@ -80,7 +80,9 @@ def test_runc_spec_default_is_accepted(bundle):
     assert b.capabilities == ["AUDIT_WRITE", "KILL", "NET_BIND_SERVICE"]   # the bounding set, enforced
     # what labkit accepts but does not enforce is said, not hidden
     joined = " ".join(b.not_enforced)
-    assert "process.capabilities" not in joined and "/dev/mqueue" in joined and "terminal" in joined
+    assert "process.capabilities" not in joined and "/dev/mqueue" in joined
+    # process.terminal is honoured now (a pty relayed to labkit's terminal), so it is no note
+    assert b.terminal is True and b.console_size is None and "terminal" not in joined
 
 
 def test_resources_become_limits(bundle):
@@ -233,3 +235,17 @@ def test_bundle_becomes_a_container_with_the_same_settings(bundle):
                                "TERM": "xterm"}   # exactly process.env, as runc passes it
     assert box.init is False                      # pid 1 is process.args[0], as with runc
     assert box.status == "new"                    # nothing created yet
+
+
+def test_console_size_is_read_and_a_bad_one_refused_by_name(bundle):
+    spec = copy.deepcopy(RUNC_SPEC)
+    spec["process"]["consoleSize"] = {"height": 30, "width": 100}
+    assert oci.parse(spec, bundle).console_size == (30, 100)
+    for size, field in (({"height": 0, "width": 80}, "process.consoleSize.height"),
+                        ({"height": 24, "width": "80"}, "process.consoleSize.width"),
+                        ({"height": 24}, "process.consoleSize"),
+                        ({"height": 24, "width": 80, "depth": 1}, "process.consoleSize.depth")):
+        spec["process"]["consoleSize"] = size
+        with pytest.raises(LabkitError) as raised:
+            oci.parse(spec, bundle)
+        assert field in str(raised.value), (size, str(raised.value))
