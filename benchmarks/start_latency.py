@@ -108,23 +108,12 @@ def boot_clock() -> float:
 
 
 def watchdogs_started_since(since: float) -> list[int]:
-    """Live watchdog processes (labkit/watchdog.py; forked or exec'd, each names itself
-    labkit-watchdog, and an exec'd one has labkit.watchdog in its command line from the start)
-    that started at or after `since` (boot_clock())."""
-    ticks, found = os.sysconf("SC_CLK_TCK"), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            head, _, tail = Path(f"/proc/{entry}/stat").read_text().rpartition(")")
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = tail.split()
-        named = head.partition("(")[2] == "labkit-watchdog" or b"labkit.watchdog" in cmdline
-        if named and fields[0] != "Z" and int(fields[19]) / ticks >= since - 1 / ticks:
-            found.append(int(entry))
-    return found
+    """Live watchdog processes (labkit.watchdog.running) that started at or after `since`
+    (boot_clock(); less one clock tick, the resolution of a start time)."""
+    from labkit import watchdog
+
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    return [pid for pid, (_, started) in watchdog.running().items() if started >= since - tick]
 
 
 def settle(since: float, timeout: float = 5.0) -> None:

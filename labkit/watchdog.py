@@ -28,6 +28,7 @@ import sys
 import time
 
 SWEEP_DELAY = 2.0      # seconds the first sweep waits for a short-lived owner to finish
+NAME = "labkit-watchdog"   # what ps shows: every watchdog names itself so (the end of this file)
 
 
 def _wait_for(owner: int, timeout: float | None = None) -> bool:
@@ -91,7 +92,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def running() -> dict[int, tuple[int, float]]:
+    """The watchdogs alive now, {pid: (parent pid, start time in seconds since boot)}: named NAME,
+    or exec'd and still starting (`labkit.watchdog` on the command line of `nice` or `python`
+    before it names itself). While its owner lives, the parent is the owner."""
+    found, ticks = {}, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                head, _, tail = f.read().rpartition(b")")     # the name in (...) may hold spaces
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        fields = tail.split()
+        named = head.partition(b"(")[2] == NAME.encode() or b"labkit.watchdog" in cmdline
+        if named and fields[0] not in (b"Z", b"X"):
+            found[int(entry)] = (int(fields[1]), int(fields[19]) / ticks)
+    return found
+
+
 if __name__ == "__main__":
     with open("/proc/self/comm", "w") as comm:     # the name ps and top show (forked: its owner's)
-        comm.write("labkit-watchdog")
+        comm.write(NAME)
     sys.exit(main())

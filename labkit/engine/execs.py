@@ -13,11 +13,8 @@ join the cgroup, then the container's capability bounding set, no_new_privs, rli
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
-import struct
-import termios
 import threading
 from dataclasses import dataclass, field
 
@@ -111,11 +108,6 @@ class Execs:
             if record.started:
                 raise Conflict(f"exec {record.id} has already been started (an exec runs once)")
             record.started = record.running = True
-
-
-def resize(fd: int, rows: int, columns: int) -> None:
-    """Set a pty's window size (TIOCSWINSZ); the process in it gets SIGWINCH."""
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
 def inspect(record: ExecRecord) -> dict:

@@ -88,9 +88,9 @@ class Running:
         return self.container.rootfs.upper
 
     def resize(self, rows: int, columns: int) -> None:
-        from .execs import resize
+        from ..ptyrelay import set_size
         if self.container.tty_master is not None:
-            resize(self.container.tty_master, rows, columns)
+            set_size(self.container.tty_master, rows, columns)     # the process in it gets SIGWINCH
 
     def poll(self) -> int | None:
         return self.container.process.poll()
@@ -258,8 +258,8 @@ def launch(spec: ContainerSpec, image, hostname: str = "", kept: Running | None 
     try:
         container.create()          # like `runc create`: namespaces, cgroup, root; the process waits
         if spec.console_size and container.tty_master is not None:
-            from .execs import resize
-            resize(container.tty_master, *spec.console_size)   # before pid 1 runs: it starts at that size
+            from ..ptyrelay import set_size
+            set_size(container.tty_master, *spec.console_size)   # before pid 1 runs: it starts at that size
         running = Running(container)
         container.start()           # like `runc start`: the command runs
     except BaseException as exc:

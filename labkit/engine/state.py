@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from .. import cleanup
+from .. import cleanup, ptyrelay
 from ..errors import Conflict, InvalidValue, NotFound
 from . import execs, images as images_mod
 from .engine_images import EngineImages
@@ -515,7 +515,7 @@ class Engine(EngineImages):
             raise
         record.pid, record.master = process.pid, master
         if master is not None and record.size:
-            execs.resize(master, *record.size)
+            ptyrelay.set_size(master, *record.size)
         return record, process, stdin_fd, outputs, master
 
     def exec_finish(self, record: execs.ExecRecord, process) -> None:
@@ -528,7 +528,7 @@ class Engine(EngineImages):
     def exec_resize(self, exec_id: str, rows: int, columns: int) -> None:
         record = self.execs.get(exec_id)
         if record.master is not None:
-            execs.resize(record.master, rows, columns)
+            ptyrelay.set_size(record.master, rows, columns)
         else:
             record.size = (rows, columns)           # before it started: applied at start
 

@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from labkit import cleanup
+from labkit import cleanup, watchdog
 from labkit.emulation import scaled
 
 PREFIX = cleanup.PREFIX
@@ -198,15 +198,9 @@ def watchdog_of(owner: int, timeout: float = 10.0) -> int | None:
     started - hence the wait), or None."""
     deadline = time.monotonic() + scaled(timeout)
     while True:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                head, _, tail = Path(f"/proc/{entry}/stat").read_text().rpartition(")")
-            except OSError:
-                continue
-            if head.partition("(")[2] == "labkit-watchdog" and int(tail.split()[1]) == owner:
-                return int(entry)
+        for pid, (parent, _) in watchdog.running().items():
+            if parent == owner:
+                return pid
         if time.monotonic() > deadline:
             return None
         time.sleep(0.05)
